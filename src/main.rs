@@ -1,10 +1,234 @@
 //! `runner`: run ML pipeline steps from declarative YAML flavor manifests.
+//!
+//! This file parses arguments, calls the command, prints diagnostics and maps
+//! the outcome to the process exit code (see README.md, "Exit codes").
 
 mod cgroup;
+mod cli;
+mod diag;
 mod limits;
 mod logs;
 mod manifest;
+mod plan;
+mod render;
 mod report;
+mod step_info;
+mod units;
+mod util;
+mod validate;
 mod yaml;
 
-fn main() {}
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Cmd, PlanFormat, SchemaKind, StepArgs};
+use diag::Format;
+use manifest::{Flavor, Source};
+use step_info::{InfoError, StepInfo};
+
+/// Exit code for invalid manifests, step info or usage.
+const EXIT_INVALID: u8 = 2;
+/// Exit code when the runner itself could not do its work.
+const EXIT_RUNNER: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Validate { paths, format } => validate_cmd(&paths, format),
+        Cmd::Render {
+            manifest,
+            step,
+            format,
+            run_dir,
+        } => render_cmd(&manifest, &step, format, run_dir),
+        Cmd::Launch { .. } => {
+            eprintln!("error: `runner launch` is not available in this build");
+            ExitCode::from(EXIT_RUNNER)
+        }
+        Cmd::Schema { which } => {
+            let text = match which {
+                SchemaKind::Flavor => validate::FLAVOR_SCHEMA,
+                SchemaKind::StepInfo => validate::STEP_INFO_SCHEMA,
+                SchemaKind::Result => validate::RESULT_SCHEMA,
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "runner", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Files named on the command line, and `*.yaml`/`*.yml` under named folders, sorted.
+fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            out.push(dir.to_path_buf());
+            return;
+        };
+        let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+fn validate_cmd(paths: &[PathBuf], format: Format) -> ExitCode {
+    let files = manifest_files(paths);
+    let mut all = Vec::new();
+    let mut bad_files = 0;
+    for f in &files {
+        if let Err(diags) = validate::check_file(f) {
+            bad_files += 1;
+            all.extend(diags);
+        }
+    }
+    diag::emit(&all, format);
+    if format == Format::Human {
+        if all.is_empty() {
+            eprintln!(
+                "checked {} manifest{}: all valid",
+                files.len(),
+                plural(files.len())
+            );
+        } else {
+            eprintln!(
+                "checked {} manifest{}: {} error{} in {} file{}",
+                files.len(),
+                plural(files.len()),
+                all.len(),
+                plural(all.len()),
+                bad_files,
+                plural(bad_files)
+            );
+        }
+    }
+    if all.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// A manifest path, or the name of a registered flavor.
+fn resolve_manifest(arg: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(arg);
+    if p.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
+        return Ok(p);
+    }
+    let registered = util::runner_home()
+        .join("flavors")
+        .join(format!("{arg}.yaml"));
+    if registered.exists() {
+        return Ok(registered);
+    }
+    Err(format!(
+        "no manifest file or registered flavor named `{arg}`"
+    ))
+}
+
+/// Everything before execution: load and check the manifest and step info, render.
+pub struct Loaded {
+    pub source: Source,
+    pub flavor: Flavor,
+    pub info: StepInfo,
+}
+
+fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
+    let path = resolve_manifest(manifest).map_err(|e| {
+        eprintln!("error: {e}\n  = hint: pass a path to a manifest file, or register one with `runner flavor register`");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let (source, flavor) = validate::check_file(&path).map_err(|diags| {
+        diag::emit(&diags, Format::Human);
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let info = StepInfo::resolve(step.info.as_deref(), &step.overrides()).map_err(|e| {
+        match e {
+            InfoError::Invalid(diags) => diag::emit(&diags, Format::Human),
+            InfoError::Load(l) => {
+                let p = step.info.as_deref().unwrap_or(Path::new("-"));
+                diag::emit(&[validate::load_diagnostic(p, &l)], Format::Human)
+            }
+            other => eprintln!("error: {other}"),
+        }
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    Ok(Loaded {
+        source,
+        flavor,
+        info,
+    })
+}
+
+fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<plan::Plan, ExitCode> {
+    let home = util::runner_home();
+    let cwd = std::env::current_dir().map_err(|e| {
+        eprintln!("error: cannot read the current directory: {e}");
+        ExitCode::from(EXIT_RUNNER)
+    })?;
+    let at = render::Where {
+        home: &home,
+        run_id: util::new_run_id(&l.info.step.name),
+        run_dir: run_dir.map(|d| cwd.join(d)),
+        cwd,
+        env: std::env::vars().collect(),
+    };
+    render::render(&l.source, &l.flavor, &l.info, &at).map_err(|e| {
+        match e {
+            render::RenderError::Located(diags) => diag::emit(&diags, Format::Human),
+            other => eprintln!("error: {other}"),
+        }
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+fn render_cmd(
+    manifest: &str,
+    step: &StepArgs,
+    format: PlanFormat,
+    run_dir: Option<PathBuf>,
+) -> ExitCode {
+    let result = load(manifest, step).and_then(|l| render_plan(&l, run_dir));
+    let plan = match result {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match format {
+        PlanFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plan serializes")
+        ),
+        PlanFormat::Yaml => match serde_saphyr::to_string(&plan) {
+            Ok(s) if s.ends_with('\n') => print!("{s}"),
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: cannot print the plan as YAML: {e}");
+                return ExitCode::from(EXIT_RUNNER);
+            }
+        },
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,178 @@
+//! Located diagnostics: one error about one place in one file, and the three ways
+//! they are printed — for people (with the source line and a caret), for CI
+//! annotations (`::error file=…,line=…,col=…::`) and as JSON for tools.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::yaml::Pos;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// The source line, for the human format.
+    #[serde(skip)]
+    pub source_line: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(file: &Path, text: Option<&str>, pos: Pos, message: impl Into<String>) -> Self {
+        let source_line = text.and_then(|t| {
+            t.lines()
+                .nth(pos.line.saturating_sub(1))
+                .map(str::to_string)
+        });
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+            hint: None,
+            source_line,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The human form:
+    ///
+    /// ```text
+    /// error: unknown variable `step.nmae`
+    ///   --> manifests/x.yaml:12:9
+    ///    |
+    /// 12 |     - "{{ step.nmae }}"
+    ///    |         ^
+    ///    = hint: ...
+    /// ```
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "error: {}", self.message);
+        let _ = writeln!(
+            out,
+            "  --> {}:{}:{}",
+            self.file.display(),
+            self.line,
+            self.col
+        );
+        if let Some(src) = &self.source_line {
+            let num = self.line.to_string();
+            let pad = " ".repeat(num.len());
+            // Tabs would misalign the caret: show them as single spaces.
+            let shown: String = src
+                .chars()
+                .map(|c| if c == '\t' { ' ' } else { c })
+                .collect();
+            let caret_at = self.col.saturating_sub(1).min(shown.chars().count());
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{num} | {shown}");
+            let _ = writeln!(out, "{pad} | {}^", " ".repeat(caret_at));
+            if let Some(h) = &self.hint {
+                let _ = writeln!(out, "{pad} = hint: {h}");
+            }
+        } else if let Some(h) = &self.hint {
+            let _ = writeln!(out, "  = hint: {h}");
+        }
+        out
+    }
+
+    /// A GitHub Actions workflow command; `%`, CR, LF, `,` and `:` escaped as the format requires.
+    pub fn github(&self) -> String {
+        fn prop(s: &str) -> String {
+            s.replace('%', "%25")
+                .replace('\r', "%0D")
+                .replace('\n', "%0A")
+                .replace(':', "%3A")
+                .replace(',', "%2C")
+        }
+        fn data(s: &str) -> String {
+            s.replace('%', "%25")
+                .replace('\r', "%0D")
+                .replace('\n', "%0A")
+        }
+        let mut msg = self.message.clone();
+        if let Some(h) = &self.hint {
+            msg.push_str(&format!("\nhint: {h}"));
+        }
+        format!(
+            "::error file={},line={},col={}::{}",
+            prop(&self.file.display().to_string()),
+            self.line,
+            self.col,
+            data(&msg)
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Github,
+    Json,
+}
+
+/// Print all diagnostics in one format to stdout (json, github) or stderr (human).
+pub fn emit(diags: &[Diagnostic], format: Format) {
+    match format {
+        Format::Human => {
+            for d in diags {
+                eprint!("{}", d.human());
+            }
+        }
+        Format::Github => {
+            for d in diags {
+                println!("{}", d.github());
+            }
+        }
+        Format::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(diags).expect("diagnostics serialize")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_points_at_the_column() {
+        let text = "a: 1\nlaunch:\n  run: [\"{{ step.nmae }}\"]\n";
+        let d = Diagnostic::new(
+            Path::new("m.yaml"),
+            Some(text),
+            Pos { line: 3, col: 9 },
+            "unknown variable `step.nmae`",
+        )
+        .with_hint("did you mean `step.name`?");
+        assert_eq!(
+            d.human(),
+            "error: unknown variable `step.nmae`\n  --> m.yaml:3:9\n  |\n3 |   run: [\"{{ step.nmae }}\"]\n  |         ^\n  = hint: did you mean `step.name`?\n"
+        );
+    }
+
+    #[test]
+    fn github_escapes_properties_and_data() {
+        let d = Diagnostic::new(
+            Path::new("dir,x/m:1.yaml"),
+            None,
+            Pos { line: 2, col: 5 },
+            "bad 100%\nvalue",
+        );
+        assert_eq!(
+            d.github(),
+            "::error file=dir%2Cx/m%3A1.yaml,line=2,col=5::bad 100%25%0Avalue"
+        );
+    }
+}

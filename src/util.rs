@@ -1,0 +1,118 @@
+//! Small helpers with no better home: UTC timestamps, run ids, `$RUNNER_HOME`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// (year, month, day, hour, minute, second) in UTC for a Unix time.
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, da, h, mi, s) = civil(d.as_secs());
+    format!(
+        "{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        d.subsec_millis()
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+        buf.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..bytes]);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `20261128T044500-train-3f9a1c2e`: sortable, readable, unique across concurrent runs.
+pub fn new_run_id(step: &str) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let mut slug: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.truncate(32);
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "step" } else { slug };
+    format!(
+        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}-{slug}-{}",
+        random_hex(4)
+    )
+}
+
+/// `$RUNNER_HOME`, else `$XDG_STATE_HOME/steprunner`, else `~/.local/state/steprunner`.
+pub fn runner_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("RUNNER_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("steprunner");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/steprunner")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_836_300_123);
+        assert_eq!(rfc3339(t), "2026-11-28T04:45:00.123Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn run_ids_are_safe_and_unique() {
+        let a = new_run_id("../x'; rm -rf /");
+        let b = new_run_id("../x'; rm -rf /");
+        assert_ne!(a, b);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
+}
