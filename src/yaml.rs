@@ -13,13 +13,22 @@
 
 #![allow(dead_code)]
 
+mod index;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use index::Entry;
+pub use index::Index;
+use scalar::{check_collection_tag, resolve};
+
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use serde_saphyr::granit_parser::{
-    ErrorKind, Event, Marker, Options, Parser, ScalarStyle as ParserStyle, ScanError, Span, Tag,
+    ErrorKind, Event, Marker, Options, Parser, ScalarStyle as ParserStyle, ScanError, Span,
 };
 
 /// Deepest nesting of collections accepted, counting collections brought in by aliases.
@@ -78,90 +87,6 @@ impl ScalarStyle {
 pub struct Doc {
     pub value: Value,
     pub index: Index,
-}
-
-#[derive(Debug)]
-struct Entry {
-    value: Pos,
-    key: Option<Pos>,
-    scalar: Option<(Pos, ScalarStyle)>,
-    /// Set when this node is an alias: the value it expanded to, so pointers into the
-    /// expansion resolve to the alias without indexing every copied node.
-    alias: Option<Arc<Value>>,
-}
-
-/// Source positions of a loaded document, by JSON pointer (RFC 6901).
-#[derive(Debug, Default)]
-pub struct Index {
-    entries: HashMap<String, Entry>,
-}
-
-impl Index {
-    /// Position of the value node at a JSON pointer ("" = root, "/launch/run/0", keys escaped
-    /// per RFC 6901 `~0` `~1`). Nodes inside an alias's expansion report the alias.
-    pub fn value(&self, pointer: &str) -> Option<Pos> {
-        match self.entries.get(pointer) {
-            Some(entry) => Some(entry.value),
-            None => self.in_alias(pointer).map(|(entry, _)| entry.value),
-        }
-    }
-
-    /// Position of the key of the mapping member at `pointer` (for "unknown key" errors).
-    pub fn key(&self, pointer: &str) -> Option<Pos> {
-        match self.entries.get(pointer) {
-            Some(entry) => entry.key,
-            None => {
-                let (entry, rest) = self.in_alias(pointer)?;
-                let (target, parent) = (entry.alias.as_ref()?, rest.rsplit_once('/')?.0);
-                target
-                    .pointer(parent)
-                    .is_some_and(Value::is_object)
-                    .then_some(entry.value)
-            }
-        }
-    }
-
-    /// Best position for a pointer: the value if known, else the nearest ancestor's.
-    pub fn nearest(&self, pointer: &str) -> Pos {
-        if let Some(pos) = self.value(pointer) {
-            return pos;
-        }
-        let mut prefix = pointer;
-        while let Some(slash) = prefix.rfind('/') {
-            prefix = &prefix[..slash];
-            if let Some(entry) = self.entries.get(prefix) {
-                return entry.value;
-            }
-        }
-        self.entries
-            .get("")
-            .map_or(Pos { line: 1, col: 1 }, |entry| entry.value)
-    }
-
-    /// For scalars written in the source (not reached through an alias): the position of the
-    /// first character of the content and the style. For `|` and `>` blocks the position is the
-    /// first content line at the block's indentation, so line `k` of the string is at
-    /// `line + k`; for quoted scalars it is just after the opening quote.
-    pub fn scalar(&self, pointer: &str) -> Option<(Pos, ScalarStyle)> {
-        self.entries.get(pointer)?.scalar
-    }
-
-    /// The entry of the alias whose expansion contains `pointer`, and the rest of the pointer
-    /// below that alias (starting with `/`), if the pointer exists in the expansion.
-    fn in_alias<'p>(&self, pointer: &'p str) -> Option<(&Entry, &'p str)> {
-        let mut prefix = pointer;
-        while let Some(slash) = prefix.rfind('/') {
-            prefix = &prefix[..slash];
-            if let Some(entry) = self.entries.get(prefix) {
-                // Aliases add no entries below themselves, so the first indexed ancestor is
-                // the alias if there is one.
-                let rest = &pointer[prefix.len()..];
-                entry.alias.as_ref()?.pointer(rest)?;
-                return Some((entry, rest));
-            }
-        }
-        None
-    }
 }
 
 /// A document that could not be loaded, with where.
@@ -290,6 +215,10 @@ impl<'a> Loader<'a> {
             {
                 return YamlError::new(format!("unknown anchor `{name}`"), pos);
             }
+        }
+        if let ErrorKind::UnexpectedCharacter { character } = error.kind() {
+            let shown: String = character.escape_debug().collect();
+            return YamlError::new(format!("unexpected character `{shown}`"), pos);
         }
         YamlError::new(readable(&error.kind().to_string()), pos)
     }
@@ -594,190 +523,6 @@ impl<'a> Loader<'a> {
     fn slice(&self, span: &Span) -> Option<&'a str> {
         span.slice(self.text)
     }
-}
-
-/// Resolve a scalar to a JSON value: YAML 1.2 core schema with strict booleans, honouring
-/// the core tags.
-fn resolve(
-    text: &str,
-    style: ParserStyle,
-    tag: Option<&Tag>,
-    span: &Span,
-) -> Result<Value, YamlError> {
-    let pos = Pos::at(&span.start);
-    let Some(tag) = tag else {
-        return if style == ParserStyle::Plain {
-            resolve_plain(text, pos)
-        } else {
-            Ok(Value::String(text.to_owned()))
-        };
-    };
-    let invalid = |kind: &str| YamlError::new(format!("`{text}` is not a valid `!!{kind}`"), pos);
-    match core_tag(tag, span)? {
-        "str" => Ok(Value::String(text.to_owned())),
-        "int" => match parse_int(text) {
-            Some(number) => number
-                .map(Value::Number)
-                .ok_or_else(|| out_of_range(text, pos)),
-            None => Err(invalid("int")),
-        },
-        "float" => {
-            if matches!(
-                text.trim_start_matches(['+', '-']),
-                ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN"
-            ) {
-                return Err(YamlError::new(
-                    format!("`{text}` cannot be represented in JSON"),
-                    pos,
-                ));
-            }
-            let float = parse_float(text);
-            match float {
-                Some(f) => Number::from_f64(f)
-                    .map(Value::Number)
-                    .ok_or_else(|| out_of_range(text, pos)),
-                None => Err(invalid("float")),
-            }
-        }
-        "bool" => match text {
-            "true" | "True" | "TRUE" => Ok(Value::Bool(true)),
-            "false" | "False" | "FALSE" => Ok(Value::Bool(false)),
-            _ => Err(invalid("bool")),
-        },
-        "null" => match text {
-            "" | "~" | "null" | "Null" | "NULL" => Ok(Value::Null),
-            _ => Err(invalid("null")),
-        },
-        // The non-specific tag `!`: the scalar is a string.
-        "!" => Ok(Value::String(text.to_owned())),
-        other => Err(YamlError::new(
-            format!("tag `!!{other}` cannot be used on a scalar"),
-            tag_pos(span),
-        )),
-    }
-}
-
-fn resolve_plain(text: &str, pos: Pos) -> Result<Value, YamlError> {
-    match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
-        "true" | "True" | "TRUE" => return Ok(Value::Bool(true)),
-        "false" | "False" | "FALSE" => return Ok(Value::Bool(false)),
-        _ => {}
-    }
-    if let Some(number) = parse_int(text) {
-        return number
-            .map(Value::Number)
-            .ok_or_else(|| out_of_range(text, pos));
-    }
-    if is_float(text) {
-        return match parse_float(text) {
-            Some(f) => Number::from_f64(f)
-                .map(Value::Number)
-                .ok_or_else(|| out_of_range(text, pos)),
-            None => Ok(Value::String(text.to_owned())),
-        };
-    }
-    // `.inf` and `.nan` stay strings: JSON has no such numbers.
-    Ok(Value::String(text.to_owned()))
-}
-
-/// Core-schema integer: `[-+]?[0-9]+`, `0o[0-7]+`, `0x[0-9a-fA-F]+`. `None` when the text is
-/// not an integer, `Some(None)` when it is one that does not fit in 64 bits.
-fn parse_int(text: &str) -> Option<Option<Number>> {
-    let radix = |digits: &str, radix: u32| {
-        (!digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)))
-            .then(|| u64::from_str_radix(digits, radix).ok().map(Number::from))
-    };
-    if let Some(hex) = text.strip_prefix("0x") {
-        return radix(hex, 16);
-    }
-    if let Some(octal) = text.strip_prefix("0o") {
-        return radix(octal, 8);
-    }
-    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(if text.starts_with('-') {
-        text.parse::<i64>().ok().map(Number::from)
-    } else {
-        digits.parse::<u64>().ok().map(Number::from)
-    })
-}
-
-/// Core-schema float syntax: `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?` (which
-/// also matches integers; [`parse_int`] is asked first where that matters).
-fn is_float(text: &str) -> bool {
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    let s = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (mantissa, exponent) = match s.find(['e', 'E']) {
-        Some(at) => (&s[..at], Some(&s[at + 1..])),
-        None => (s, None),
-    };
-    let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty()),
-        None => !mantissa.is_empty() && digits(mantissa),
-    };
-    let exponent_ok = exponent.is_none_or(|e| {
-        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
-        !e.is_empty() && digits(e)
-    });
-    mantissa_ok && exponent_ok
-}
-
-fn parse_float(text: &str) -> Option<f64> {
-    if !is_float(text) {
-        return None;
-    }
-    // Rust's parser wants a digit after a leading dot's sign and before an exponent.
-    let text = text.strip_prefix('+').unwrap_or(text);
-    let fixed = text.replacen(".e", ".0e", 1).replacen(".E", ".0E", 1);
-    fixed.parse::<f64>().ok()
-}
-
-/// The core-schema suffix of a tag (`"int"`, ...), `"!"` for the non-specific tag, or an
-/// error naming any other tag.
-fn core_tag<'t>(tag: &'t Tag, span: &Span) -> Result<&'t str, YamlError> {
-    if tag.handle().is_empty() && tag.suffix() == "!" {
-        return Ok("!");
-    }
-    tag.core_suffix().ok_or_else(|| {
-        YamlError::new(
-            format!(
-                "unsupported tag `{}`; only !!str, !!int, !!float, !!bool, !!null, !!map and !!seq are allowed",
-                tag.original()
-            ),
-            tag_pos(span),
-        )
-    })
-}
-
-fn check_collection_tag(tag: Option<&Tag>, is_map: bool, span: &Span) -> Result<(), YamlError> {
-    let Some(tag) = tag else { return Ok(()) };
-    let (wanted, kind) = if is_map {
-        ("map", "mapping")
-    } else {
-        ("seq", "sequence")
-    };
-    match core_tag(tag, span)? {
-        "!" => Ok(()),
-        found if found == wanted => Ok(()),
-        found => Err(YamlError::new(
-            format!("tag `!!{found}` cannot be used on a {kind}"),
-            tag_pos(span),
-        )),
-    }
-}
-
-fn tag_pos(span: &Span) -> Pos {
-    Pos::at(span.tag_start.as_ref().unwrap_or(&span.start))
-}
-
-fn out_of_range(text: &str, pos: Pos) -> YamlError {
-    YamlError::new(
-        format!("number `{text}` is out of range; quote it to make it a string"),
-        pos,
-    )
 }
 
 fn too_deep(pos: Pos) -> YamlError {
