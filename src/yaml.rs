@@ -206,15 +206,14 @@ impl<'a> Loader<'a> {
     fn scan_error(&self, error: &ScanError) -> YamlError {
         let marker = error.marker();
         let pos = Pos::at(marker);
-        if matches!(error.kind(), ErrorKind::UnknownAnchor) {
-            if let Some(name) = marker
+        if matches!(error.kind(), ErrorKind::UnknownAnchor)
+            && let Some(name) = marker
                 .byte_offset()
                 .and_then(|at| self.text.get(at..))
                 .map(alias_name)
                 .filter(|name| !name.is_empty())
-            {
-                return YamlError::new(format!("unknown anchor `{name}`"), pos);
-            }
+        {
+            return YamlError::new(format!("unknown anchor `{name}`"), pos);
         }
         if let ErrorKind::UnexpectedCharacter { character } = error.kind() {
             let shown: String = character.escape_debug().collect();

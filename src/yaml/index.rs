@@ -25,7 +25,10 @@ pub struct Index {
 
 impl Index {
     /// Position of the value node at a JSON pointer ("" = root, "/launch/run/0", keys escaped
-    /// per RFC 6901 `~0` `~1`). Nodes inside an alias's expansion report the alias.
+    /// per RFC 6901 `~0` `~1`). Nodes inside an alias's expansion report the alias. A block
+    /// mapping or sequence is at its first key or `-`; a flow one at its `{` or `[`; a quoted
+    /// scalar at its opening quote; a `|`/`>` block at its first content line (not the
+    /// indicator), where the parser places it.
     pub fn value(&self, pointer: &str) -> Option<Pos> {
         match self.entries.get(pointer) {
             Some(entry) => Some(entry.value),
