@@ -29,6 +29,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use serde_saphyr::granit_parser::{
     ErrorKind, Event, Marker, Options, Parser, ScalarStyle as ParserStyle, ScanError, Span,
+    StructureStyle,
 };
 
 /// Deepest nesting of collections accepted, counting collections brought in by aliases.
@@ -252,6 +253,7 @@ impl<'a> Loader<'a> {
             _ => None,
         };
         let is_map = matches!(event, Event::MappingStart(..));
+        let block_seq = matches!(event, Event::SequenceStart(StructureStyle::Block, ..));
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let empty = is_empty_plain(style, span);
@@ -274,6 +276,11 @@ impl<'a> Loader<'a> {
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(too_deep(pos));
                 }
+                let pos = if block_seq {
+                    self.dash_before(span)
+                } else {
+                    pos
+                };
                 self.record(pos, key_pos, None);
                 let container = if is_map {
                     Container::Map {
@@ -516,6 +523,33 @@ impl<'a> Loader<'a> {
                 }
             }
             _ => start,
+        }
+    }
+
+    /// A block sequence written flush with its parent key (`key:\n- item`) starts, for the
+    /// parser, at its first item; point at the `-` before it as for indented sequences.
+    fn dash_before(&self, span: &Span) -> Pos {
+        let pos = Pos::at(&span.start);
+        let Some(at) = span.start.byte_offset() else {
+            return pos;
+        };
+        let (Some(before), Some(after)) = (self.text.get(..at), self.text.get(at..)) else {
+            return pos;
+        };
+        // Already at a `-` indicator (a dash followed by a blank or the end).
+        let mut rest = after.chars();
+        if rest.next() == Some('-') && rest.next().is_none_or(char::is_whitespace) {
+            return pos;
+        }
+        let trimmed = before.trim_end_matches(' ');
+        if !trimmed.ends_with('-') {
+            return pos;
+        }
+        // Only spaces and the dash lie between, one column each.
+        let back = before.len() - trimmed.len() + 1;
+        match pos.col.checked_sub(back) {
+            Some(col) if col >= 1 => Pos { col, ..pos },
+            _ => pos,
         }
     }
 

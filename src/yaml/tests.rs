@@ -532,3 +532,65 @@ fn large_documents_load() {
     assert_eq!(doc.value["key4999"]["run"][1]["x"], json!(4999));
     assert_eq!(doc.index.value("/key4999/run/1/x"), Some(pos(10_000, 22)));
 }
+
+#[test]
+fn design_example_manifest() {
+    let text = r#"# yaml-language-server: $schema=../schemas/flavor.schema.json
+version: 1
+name: venv
+settings:
+  properties:
+    python: {type: string, default: python3}
+env:
+  PIP_DISABLE_PIP_VERSION_CHECK: "1"
+prepare:
+  run:
+    - ["{{ settings.python }}", "-m", "venv"]
+    - script: "{{ dirs.prepare }}/venv/bin/pip install"
+      when: "{{ requirements.pip | length > 0 }}"
+launch:
+  limits:
+    pids: 4096
+  kill_grace: 10s
+cleanup:
+  run: []
+"#;
+    let doc = load(text).unwrap();
+    assert_eq!(doc.value["version"], json!(1));
+    assert_eq!(
+        doc.value["env"]["PIP_DISABLE_PIP_VERSION_CHECK"],
+        json!("1")
+    );
+    assert_eq!(doc.value["launch"]["limits"]["pids"], json!(4096));
+    assert_eq!(doc.value["cleanup"]["run"], json!([]));
+    let index = &doc.index;
+    assert_eq!(index.key("/version"), Some(pos(2, 1)));
+    assert_eq!(
+        index.value("/settings/properties/python/default"),
+        Some(pos(6, 37))
+    );
+    assert_eq!(index.value("/prepare/run/0/2"), Some(pos(11, 39)));
+    assert_eq!(
+        index.scalar("/prepare/run/1/when"),
+        Some((pos(13, 14), ScalarStyle::DoubleQuoted))
+    );
+    assert_eq!(index.key("/launch/kill_grace"), Some(pos(17, 3)));
+    assert_eq!(index.value("/cleanup/run"), Some(pos(19, 8)));
+}
+
+#[test]
+fn anchored_and_tagged_collections_are_at_their_content() {
+    let doc = load("a: &x !!map\n  b: 1\nc: !!seq\n- 1\n").unwrap();
+    assert_eq!(doc.value, json!({"a": {"b": 1}, "c": [1]}));
+    assert_eq!(doc.index.value("/a"), Some(pos(2, 3)));
+    assert_eq!(doc.index.value("/c"), Some(pos(4, 1)));
+    let doc = load("- - x\n  -   - y\n").unwrap();
+    assert_eq!(doc.index.value(""), Some(pos(1, 1)));
+    assert_eq!(doc.index.value("/0"), Some(pos(1, 3)));
+    assert_eq!(doc.index.value("/0/1"), Some(pos(2, 7)));
+    assert_eq!(doc.index.value("/0/1/0"), Some(pos(2, 9)));
+    let doc = load("k:\n- -1\n").unwrap();
+    assert_eq!(doc.value, json!({"k": [-1]}));
+    assert_eq!(doc.index.value("/k"), Some(pos(2, 1)));
+    assert_eq!(doc.index.value("/k/0"), Some(pos(2, 3)));
+}
