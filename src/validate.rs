@@ -166,8 +166,9 @@ pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
             BTreeSet::new()
         }
     };
+    let has_prepare = flavor.prepare.is_some();
     for t in flavor.templates() {
-        check_template(src, &t, &settings_keys, &mut diags);
+        check_template(src, &t, &settings_keys, has_prepare, &mut diags);
     }
     if diags.is_empty() {
         Ok(flavor)
@@ -308,6 +309,7 @@ fn check_template(
     src: &Source,
     t: &TemplateRef,
     settings: &BTreeSet<String>,
+    has_prepare: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
     let env = render::environment();
@@ -319,8 +321,11 @@ fn check_template(
     let tmpl = match env.template_from_named_str(name, &t.text) {
         Ok(tmpl) => tmpl,
         Err(e) => {
-            let line_in = e.line().unwrap_or(1);
-            let pos = template_pos(src, &t.pointer, &t.text, line_offset(&t.text, line_in));
+            let offset = e
+                .range()
+                .map(|r| r.start)
+                .unwrap_or_else(|| line_offset(&t.text, e.line().unwrap_or(1)));
+            let pos = template_pos(src, &t.pointer, &t.text, offset);
             let msg = format!("invalid template: {}", e.detail().unwrap_or("syntax error"));
             diags.push(Diagnostic::new(&src.path, Some(&src.text), pos, msg));
             return;
@@ -343,6 +348,10 @@ fn check_template(
             }
             Some(("dirs", _)) if t.kind == TemplateKind::Key && attr == Some("prepare") => Some((
                 "the prepare key cannot use `dirs.prepare`: the cache folder is named after the key".to_string(),
+                None,
+            )),
+            Some(("dirs", _)) if !has_prepare && attr == Some("prepare") => Some((
+                "`dirs.prepare` is only defined when the flavor has a `prepare` stage".to_string(),
                 None,
             )),
             Some(("settings", _)) => match attr {
