@@ -96,6 +96,7 @@ pub enum Run {
     Argv { argv: Vec<String> },
 }
 
+#[allow(dead_code)] // Used by `runner launch`, which is not wired into this build yet.
 impl CommandPlan {
     /// The argv actually executed.
     pub fn argv(&self) -> Vec<String> {

@@ -149,11 +149,18 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
-    fn fail(&mut self, pointer: &str, text: Option<&str>, err: &Error) {
+    /// `base`: where the source minijinja saw starts in `text` (an expression inside `{{ }}`).
+    fn fail(&mut self, pointer: &str, text: Option<&str>, base: usize, err: &Error) {
+        // The exact span when minijinja knows it, else the start of the line.
         let offset = text
             .and_then(|t| {
-                err.line()
-                    .map(|l| t.split_inclusive('\n').take(l - 1).map(str::len).sum())
+                err.range()
+                    .map(|r| base + r.start)
+                    .filter(|&o| o <= t.len())
+                    .or_else(|| {
+                        err.line()
+                            .map(|l| t.split_inclusive('\n').take(l - 1).map(str::len).sum())
+                    })
             })
             .unwrap_or(0);
         let pos = match text {
@@ -203,24 +210,26 @@ impl Renderer<'_> {
             }
             Ok(s) => Some(s),
             Err(e) => {
-                self.fail(pointer, Some(text), &e);
+                self.fail(pointer, Some(text), 0, &e);
                 None
             }
         }
     }
 
+    /// `expr` is a slice of `text` (see [`single_expression`]).
     fn expression(&mut self, pointer: &str, text: &str, expr: &str) -> Option<JValue> {
+        let base = (expr.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
         let compiled = match self.jenv.compile_expression(expr) {
             Ok(c) => c,
             Err(e) => {
-                self.fail(pointer, Some(text), &e);
+                self.fail(pointer, Some(text), base, &e);
                 return None;
             }
         };
         match compiled.eval(&self.ctx) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.fail(pointer, Some(text), &e);
+                self.fail(pointer, Some(text), base, &e);
                 None
             }
         }

@@ -78,8 +78,18 @@ fn describe(err: &ValidationError<'_>, instance: &Value, out: &mut Vec<(String, 
             }
         }
         ValidationErrorKind::Required { property } => {
+            // Point at the key that holds the incomplete mapping (`launch:`), not at
+            // whatever key happens to come first inside it.
             let name = property.as_str().unwrap_or_default();
-            out.push((ptr, false, format!("missing required key `{name}`")));
+            out.push((ptr, true, format!("missing required key `{name}`")));
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            let found = instance.pointer(&ptr).unwrap_or(&Value::Null);
+            out.push((
+                ptr,
+                false,
+                format!("expected `{expected_value}`, found `{found}`"),
+            ));
         }
         _ => out.push((ptr, false, err.to_string())),
     }
@@ -163,7 +173,13 @@ pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
             for (ptr, msg) in errs {
                 diags.push(Diagnostic::new(&src.path, Some(&src.text), at(&ptr), msg));
             }
-            BTreeSet::new()
+            // Still check `settings.x` against the names declared, if they can be read:
+            // an invalid schema should not also make every use of a setting an error.
+            match flavor.settings.as_ref().and_then(|s| s.get("properties")) {
+                Some(Value::Object(props)) => props.keys().cloned().collect(),
+                Some(_) => BTreeSet::from(["*".to_string()]),
+                None => BTreeSet::new(),
+            }
         }
     };
     let has_prepare = flavor.prepare.is_some();
@@ -207,14 +223,14 @@ fn check_settings_schema(flavor: &Flavor) -> Result<BTreeSet<String>, Vec<(Strin
     if let Some(props) = props {
         for (name, sub) in props {
             keys.insert(name.clone());
-            if let Some(default) = sub.get("default") {
-                if let Ok(v) = settings_validator(sub) {
-                    for e in v.iter_errors(default) {
-                        errs.push((
-                            format!("/settings/properties/{}/default", ptr_escape(name)),
-                            format!("default of setting `{name}` does not satisfy its schema: {e}"),
-                        ));
-                    }
+            if let Some(default) = sub.get("default")
+                && let Ok(v) = settings_validator(sub)
+            {
+                for e in v.iter_errors(default) {
+                    errs.push((
+                        format!("/settings/properties/{}/default", ptr_escape(name)),
+                        format!("default of setting `{name}` does not satisfy its schema: {e}"),
+                    ));
                 }
             }
         }
@@ -355,7 +371,8 @@ fn check_template(
                 None,
             )),
             Some(("settings", _)) => match attr {
-                Some(a) if !settings.contains(a) => {
+                // `*`: the settings schema is unreadable, its names unknown.
+                Some(a) if !settings.contains(a) && !settings.contains("*") => {
                     let declared: Vec<&str> = settings.iter().map(String::as_str).collect();
                     let hint = closest(a, &declared)
                         .map(|b| format!("did you mean `settings.{b}`?"))
@@ -432,21 +449,56 @@ pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> P
     let lines = before.matches('\n').count();
     let last_line = before.rsplit('\n').next().unwrap_or("");
     let col_chars = last_line.chars().count();
+    // `start` is the first character of the content (after the opening quote, if any).
     match style {
         ScalarStyle::Literal | ScalarStyle::Folded => Pos {
             line: start.line + lines,
             col: start.col + col_chars,
         },
-        ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if lines == 0 => Pos {
-            line: start.line,
-            col: start.col + 1 + col_chars,
-        },
+        ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if lines == 0 => {
+            let line = src
+                .text
+                .lines()
+                .nth(start.line.saturating_sub(1))
+                .unwrap_or("");
+            let content: String = line.chars().skip(start.col.saturating_sub(1)).collect();
+            Pos {
+                line: start.line,
+                col: start.col + source_chars(&content, style, col_chars),
+            }
+        }
         ScalarStyle::Plain if lines == 0 => Pos {
             line: start.line,
             col: start.col + col_chars,
         },
         _ => start,
     }
+}
+
+/// How many source characters of a quoted scalar's content hold its first `decoded`
+/// characters: `''` in single quotes and `\` escapes in double quotes are longer than
+/// the character they stand for.
+fn source_chars(content: &str, style: ScalarStyle, decoded: usize) -> usize {
+    let mut chars = content.chars().peekable();
+    let mut used = 0;
+    for _ in 0..decoded {
+        let width = match (style, chars.next()) {
+            (ScalarStyle::SingleQuoted, Some('\'')) if chars.peek() == Some(&'\'') => 2,
+            (ScalarStyle::DoubleQuoted, Some('\\')) => match chars.peek() {
+                Some('x') => 4,
+                Some('u') => 6,
+                Some('U') => 10,
+                _ => 2,
+            },
+            (_, Some(_)) => 1,
+            (_, None) => break,
+        };
+        for _ in 1..width {
+            chars.next();
+        }
+        used += width;
+    }
+    used
 }
 
 /// The closest candidate within a small edit distance, for "did you mean".
@@ -518,6 +570,22 @@ mod tests {
             Some(20)
         );
         assert_eq!(find_word("{{ step.names }}", "step.name"), None);
+    }
+
+    #[test]
+    fn template_positions_in_quoted_scalars() {
+        let text = "a: \"{{ x }}\"\nb: 'it''s {{ y }}'\nc: \"\\t{{ z }}\"\n";
+        let src = Source::parse(Path::new("m.yaml"), text.to_string()).unwrap();
+        let at = |ptr: &str, word: &str| {
+            let Value::String(t) = src.doc.value.pointer(ptr).unwrap() else {
+                panic!()
+            };
+            let pos = template_pos(&src, ptr, t, t.find(word).unwrap());
+            (pos.line, pos.col)
+        };
+        assert_eq!(at("/a", "x"), (1, 8));
+        assert_eq!(at("/b", "y"), (2, 14));
+        assert_eq!(at("/c", "z"), (3, 10));
     }
 
     #[test]

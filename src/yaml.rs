@@ -140,6 +140,8 @@ struct Frame {
     anchor: usize,
     nodes: usize,
     height: usize,
+    /// For a flow collection, its opening bracket and where it is (for "unclosed `[`").
+    flow: Option<(char, Pos)>,
 }
 
 struct Loader<'a> {
@@ -206,7 +208,32 @@ impl<'a> Loader<'a> {
 
     fn scan_error(&self, error: &ScanError) -> YamlError {
         let marker = error.marker();
-        let pos = Pos::at(marker);
+        let mut pos = Pos::at(marker);
+        if let Some(unclosed) = self.unclosed_flow(pos, &error.kind().to_string()) {
+            return unclosed;
+        }
+        if matches!(
+            error.kind(),
+            ErrorKind::TabInBlockIndentation
+                | ErrorKind::TabInIndentation
+                | ErrorKind::TabNotAllowed
+                | ErrorKind::TabAtBlockScalarStart
+                | ErrorKind::TabInPlainScalar
+        ) {
+            // The parser reports the token after the tab; point at the tab itself.
+            let line = self.text.lines().nth(pos.line - 1).unwrap_or("");
+            let upto: Vec<char> = line.chars().take(pos.col).collect();
+            if let Some(i) = upto.iter().rposition(|&c| c == '\t') {
+                pos.col = i + 1;
+            }
+            return YamlError::new(
+                format!(
+                    "{}: indent with spaces",
+                    readable(&error.kind().to_string())
+                ),
+                pos,
+            );
+        }
         if matches!(error.kind(), ErrorKind::UnknownAnchor)
             && let Some(name) = marker
                 .byte_offset()
@@ -221,6 +248,30 @@ impl<'a> Loader<'a> {
             return YamlError::new(format!("unexpected character `{shown}`"), pos);
         }
         YamlError::new(readable(&error.kind().to_string()), pos)
+    }
+
+    /// An error inside a flow collection (`[` or `{`) opened on an earlier line, on a line
+    /// indented no deeper than the line of the opening bracket, means the bracket was never
+    /// closed: a flow collection's continuation lines must be indented more. Point at the
+    /// bracket, not at wherever the parser gave up.
+    fn unclosed_flow(&self, at: Pos, message: &str) -> Option<YamlError> {
+        let (bracket, open) = self.stack.iter().find_map(|f| f.flow)?;
+        let indent = |line: usize| -> usize {
+            let text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            text.chars().take_while(|&c| c == ' ').count()
+        };
+        if at.line <= open.line || indent(at.line) > indent(open.line) {
+            return None;
+        }
+        let close = if bracket == '[' { ']' } else { '}' };
+        Some(YamlError::new(
+            format!(
+                "unclosed `{bracket}`: expected `{close}` before line {} ({})",
+                at.line,
+                readable(message)
+            ),
+            open,
+        ))
     }
 
     /// Is the next node a mapping key?
@@ -254,6 +305,12 @@ impl<'a> Loader<'a> {
         };
         let is_map = matches!(event, Event::MappingStart(..));
         let block_seq = matches!(event, Event::SequenceStart(StructureStyle::Block, ..));
+        let flow = matches!(
+            event,
+            Event::SequenceStart(StructureStyle::Flow, ..)
+                | Event::MappingStart(StructureStyle::Flow, ..)
+        )
+        .then_some((if is_map { '{' } else { '[' }, pos));
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let empty = is_empty_plain(style, span);
@@ -296,6 +353,7 @@ impl<'a> Loader<'a> {
                     anchor,
                     nodes: 1,
                     height: 1,
+                    flow,
                 });
             }
             Event::Alias(id) => {

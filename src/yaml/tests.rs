@@ -390,7 +390,7 @@ fn exactly_one_document() {
 fn syntax_errors_carry_parser_positions() {
     let cases = [
         ("a: 'abc", pos(1, 4)),
-        ("a:\n\tb: 1\n", pos(2, 2)),
+        ("a:\n\tb: 1\n", pos(2, 1)),
         ("{", pos(1, 1)),
         ("a: [1, 2\n", pos(1, 4)),
         ("a: b\0c", pos(1, 5)),
@@ -593,4 +593,20 @@ fn anchored_and_tagged_collections_are_at_their_content() {
     assert_eq!(doc.value, json!({"k": [-1]}));
     assert_eq!(doc.index.value("/k"), Some(pos(2, 1)));
     assert_eq!(doc.index.value("/k/0"), Some(pos(2, 3)));
+}
+
+#[test]
+fn tab_errors_point_at_the_tab() {
+    let e = error("a: 1\nb:\n\tc: 2\n");
+    assert_eq!(e.pos, pos(3, 1), "{}", e.message);
+    assert!(e.message.contains("indent with spaces"), "{}", e.message);
+}
+
+#[test]
+fn unclosed_flow_points_at_the_bracket() {
+    let e = error("a:\n  b: [x, y\n  c: 1\n");
+    assert_eq!(e.pos, pos(2, 6), "{}", e.message);
+    assert!(e.message.starts_with("unclosed `[`"), "{}", e.message);
+    // A flow collection continued on deeper-indented lines is fine.
+    assert_eq!(value("a: [1,\n  2]\n"), json!({"a": [1, 2]}));
 }
