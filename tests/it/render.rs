@@ -1,0 +1,369 @@
+//! `runner render`: render-time errors, snapshots of the plans of the shipped
+//! manifests, the JSON plan, settings and step-info errors, and shell safety of
+//! `script:` interpolation (rendered scripts are executed to prove it).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::common::{Output, Runner, check_first_diagnostic, fixtures, root, runner};
+
+const RENDER_INVALID: &str = "tests/fixtures/render-invalid";
+
+#[test]
+fn each_render_invalid_fixture_reports_its_first_diagnostic() {
+    let files = fixtures(RENDER_INVALID);
+    assert!(!files.is_empty());
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let out = runner([
+                "render".as_ref(),
+                f.as_os_str(),
+                "--".as_ref(),
+                "true".as_ref(),
+            ]);
+            check_first_diagnostic(f, &out).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Render-time fixtures are valid manifests: the error only shows with values.
+#[test]
+fn render_invalid_fixtures_pass_validate() {
+    runner(["validate", RENDER_INVALID]).expect_code(0);
+}
+
+/// Escape a literal for a regex (only the characters the regex syntax gives meaning).
+fn escape(literal: &str) -> String {
+    let mut out = String::new();
+    for c in literal.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Render and snapshot stdout with machine-specific parts replaced.
+fn snapshot_render(name: &str, args: &[&str]) {
+    let r = Runner::new();
+    let home = r.home().to_path_buf();
+    let out = r.arg("render").args(args).run();
+    out.expect_code(0);
+    let mut filters: Vec<(String, String)> = vec![
+        // Strings over 80 characters are printed folded (`>-` + newline); how many are
+        // depends on the length of the paths below, so unfold them first.
+        (r">-\n\s+".to_string(), String::new()),
+    ];
+    if let Ok(path) = std::env::var("PATH")
+        && !path.is_empty()
+    {
+        filters.push((escape(&path), "[PATH]".into()));
+    }
+    for (dir, label) in [(home, "[RUNNER_HOME]"), (root(), "[CWD]")] {
+        if let Ok(canonical) = dir.canonicalize() {
+            filters.push((escape(&canonical.display().to_string()), label.into()));
+        }
+        filters.push((escape(&dir.display().to_string()), label.into()));
+    }
+    filters.push((
+        r"\d{8}T\d{6}-[a-z0-9-]+-[0-9a-f]{8}".into(),
+        "[RUN_ID]".into(),
+    ));
+    let mut settings = insta::Settings::clone_current();
+    for (re, with) in &filters {
+        settings.add_filter(re, with.as_str());
+    }
+    settings.set_description(format!("runner render {}", args.join(" ")));
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!(name, out.stdout));
+}
+
+#[test]
+fn render_local() {
+    snapshot_render(
+        "render_local",
+        &["manifests/local.yaml", "--info", "examples/hello/step.yaml"],
+    );
+}
+
+#[test]
+fn render_local_with_flags() {
+    snapshot_render(
+        "render_local_with_flags",
+        &[
+            "manifests/local.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "0.5",
+            "-r",
+            "requests==2.32.3",
+            "--set",
+            "pids=64",
+        ],
+    );
+}
+
+#[test]
+fn render_venv() {
+    snapshot_render(
+        "render_venv",
+        &["manifests/venv.yaml", "--info", "examples/hello/step.yaml"],
+    );
+}
+
+#[test]
+fn render_venv_with_flags() {
+    snapshot_render(
+        "render_venv_with_flags",
+        &[
+            "manifests/venv.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "0.5",
+            "-r",
+            "requests==2.32.3",
+            "--set",
+            "installer=uv",
+        ],
+    );
+}
+
+#[test]
+fn json_plan_has_parsed_limits() {
+    let out = runner([
+        "render",
+        "manifests/venv.yaml",
+        "--info",
+        "examples/hello/step.yaml",
+        "--memory",
+        "1GiB",
+        "--cpus",
+        "0.5",
+        "-r",
+        "requests==2.32.3",
+        "--set",
+        "installer=uv",
+        "--format",
+        "json",
+    ]);
+    out.expect_code(0);
+    let plan = out.json();
+    assert_eq!(
+        plan["launch"]["limits"]["memory_bytes"],
+        json!(1_073_741_824u64)
+    );
+    assert_eq!(plan["launch"]["limits"]["cpus"], json!(0.5));
+    assert_eq!(
+        plan["launch"]["command"]["argv"],
+        json!(["python3", "examples/hello/train.py"])
+    );
+    // `--set installer=uv` picks the uv commands; `-r` feeds the install after `--`.
+    let cmds = plan["prepare"]["commands"]
+        .as_array()
+        .expect("prepare commands");
+    let run: Vec<&Value> = cmds
+        .iter()
+        .filter(|c| c["skipped"] != json!(true))
+        .collect();
+    assert_eq!(run.len(), 2, "{cmds:#?}");
+    assert_eq!(run[0]["argv"][0], "uv");
+    let install = run[1]["argv"].as_array().expect("argv");
+    assert_eq!(install.last(), Some(&json!("requests==2.32.3")));
+    assert_eq!(install[install.len() - 2], "--");
+    // The run folder is under RUNNER_HOME.
+    let run_dir = plan["dirs"]["run"].as_str().expect("dirs.run");
+    assert!(Path::new(run_dir).starts_with(out.home.path()), "{run_dir}");
+}
+
+#[test]
+fn a_setting_outside_its_enum_is_named() {
+    let out = runner(["render", "manifests/venv.yaml", "--set", "installer=conda"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("`installer`"), "{}", out.stderr);
+    assert!(out.stderr.contains("conda"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn an_unknown_setting_is_named() {
+    let out = runner(["render", "manifests/venv.yaml", "--set", "nope=1"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("unknown setting `nope`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_bad_memory_flag_lists_the_accepted_forms() {
+    let out = runner(["render", "manifests/venv.yaml", "--memory", "12parsecs"]);
+    out.expect_code(2);
+    for form in ["`12parsecs`", "KB MB GB TB", "KiB MiB GiB TiB", "512MiB"] {
+        assert!(out.stderr.contains(form), "no `{form}` in:\n{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_step_info_of_the_wrong_type_is_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info = dir.path().join("step.yaml");
+    std::fs::write(
+        &info,
+        "step:\n  name: hello\nresources:\n  cpu_count: many\n",
+    )
+    .expect("write step info");
+    let out = runner([
+        "render".as_ref(),
+        "manifests/local.yaml".as_ref(),
+        "--info".as_ref(),
+        info.as_os_str(),
+    ]);
+    out.expect_code(2);
+    let want = format!("--> {}:4:14", info.display());
+    assert!(
+        out.stderr.contains(&want),
+        "no `{want}` in:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("\"many\""), "{}", out.stderr);
+}
+
+// ---- shell safety of `script:` ----
+
+const STEP: &str = "x'; touch PWNED; echo '";
+const PIP: [&str; 2] = ["$(touch PWNED2)", "`touch PWNED3`"];
+const NOTE: &str = "a\nb; touch PWNED4";
+
+/// A flavor whose prepare and cleanup scripts print hostile values.
+const HOSTILE: &str = r#"version: 1
+name: hostile
+prepare:
+  key: ["{{ requirements.pip | join(' ') }}"]
+  run:
+    - script: |
+        printf '%s\n' {{ step.name }}
+        printf '%s\n' {{ requirements.pip }}
+        printf '%s\n' {{ step.parameters.note }}
+launch:
+  run: ["{{ entrypoint }}"]
+cleanup:
+  run:
+    - script: "printf '[%s]' {{ step.name }} {{ step.parameters.note }}"
+"#;
+
+/// The same, opting out of quoting with `| safe`: the value runs as shell code.
+const UNSAFE: &str = r#"version: 1
+name: unsafe
+launch:
+  run: ["{{ entrypoint }}"]
+cleanup:
+  run:
+    - script: |
+        printf '%s\n' {{ step.parameters.note | safe }}
+"#;
+
+/// Write `manifest` and a step info with `note` into `dir`, render, return the plan.
+fn render_in(dir: &Path, manifest: &str, note: &str) -> Value {
+    let m = dir.join("flavor.yaml");
+    std::fs::write(&m, manifest).expect("write manifest");
+    let info = dir.join("step.json");
+    let step = json!({"step": {"name": "ignored", "parameters": {"note": note}}});
+    std::fs::write(&info, step.to_string()).expect("write step info");
+    let mut args: Vec<PathBuf> = vec![
+        "render".into(),
+        m,
+        "--info".into(),
+        info,
+        "--step".into(),
+        STEP.into(),
+        "--format".into(),
+        "json".into(),
+    ];
+    for p in PIP {
+        args.extend(["-r".into(), p.into()]);
+    }
+    args.extend(["--".into(), "true".into()]);
+    let out: Output = runner(&args);
+    out.expect_code(0);
+    out.json()
+}
+
+/// Run a rendered script the way the plan says (`SHELL -c SCRIPT`) in `cwd`; its stdout.
+fn execute(command: &Value, cwd: &Path) -> String {
+    let shell = command["shell"].as_str().expect("a script command");
+    let script = command["script"].as_str().expect("a script command");
+    let out = std::process::Command::new(shell)
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .expect("run the shell");
+    assert!(
+        out.status.success(),
+        "script failed: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn pwned(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("list dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("PWNED") || n == "CONTROL")
+        .collect()
+}
+
+#[test]
+fn hostile_values_in_scripts_stay_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let plan = render_in(dir.path(), HOSTILE, NOTE);
+
+    let prepare = &plan["prepare"]["commands"][0];
+    let printed = execute(prepare, &work);
+    let expected = format!("{STEP}\n{}\n{}\n{NOTE}\n", PIP[0], PIP[1]);
+    assert_eq!(printed, expected, "script:\n{}", prepare["script"]);
+
+    let cleanup = &plan["cleanup"]["commands"][0];
+    let printed = execute(cleanup, &work);
+    assert_eq!(
+        printed,
+        format!("[{STEP}][{NOTE}]"),
+        "script:\n{}",
+        cleanup["script"]
+    );
+
+    assert_eq!(
+        pwned(&work),
+        Vec::<String>::new(),
+        "a hostile value ran as shell code"
+    );
+    assert_eq!(pwned(dir.path()), Vec::<String>::new());
+}
+
+/// Positive control: without quoting the same harness does see the injection, so the
+/// test above could fail.
+#[test]
+fn safe_opts_out_of_quoting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let plan = render_in(dir.path(), UNSAFE, "$(touch CONTROL)");
+    let cleanup = &plan["cleanup"]["commands"][0];
+    assert_eq!(cleanup["script"], "printf '%s\\n' $(touch CONTROL)");
+    execute(cleanup, &work);
+    assert_eq!(pwned(&work), vec!["CONTROL".to_string()]);
+}

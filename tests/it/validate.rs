@@ -1,0 +1,226 @@
+//! `runner validate` on the invalid-manifest corpus and the shipped manifests, its
+//! output formats, and the rest of the command-line surface (`schema`, `completions`,
+//! `--help`).
+
+use std::path::Path;
+
+use crate::common::{check_first_diagnostic, fixtures, root, runner};
+
+const INVALID: &str = "tests/fixtures/invalid";
+
+#[test]
+fn corpus_is_large_enough() {
+    let n = fixtures(INVALID).len();
+    assert!(n >= 32, "only {n} fixtures in {INVALID}");
+}
+
+/// Each fixture alone: exit 2, and the first diagnostic is at the header's `LINE:COL`
+/// with the header's text. Every mismatch is listed, by fixture, before failing.
+#[test]
+fn each_invalid_fixture_reports_its_first_diagnostic() {
+    let failures: Vec<String> = fixtures(INVALID)
+        .iter()
+        .filter_map(|f| {
+            check_first_diagnostic(f, &runner(["validate".as_ref(), f.as_os_str()])).err()
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// One run over the folder reports every file, not just the first bad one.
+#[test]
+fn validating_the_folder_reports_every_file() {
+    let files = fixtures(INVALID);
+    let out = runner(["validate", INVALID]);
+    out.expect_code(2);
+    let located = out
+        .stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--> "))
+        .count();
+    assert!(
+        located >= files.len(),
+        "{located} diagnostics for {} files\n{}",
+        files.len(),
+        out.stderr
+    );
+    for f in &files {
+        let want = format!("--> {}:", f.display());
+        assert!(
+            out.stderr.contains(&want),
+            "no diagnostic for {}",
+            f.display()
+        );
+    }
+    assert!(
+        out.stderr
+            .contains(&format!("checked {} manifests", files.len())),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn shipped_manifests_are_valid() {
+    let out = runner(["validate", "manifests/"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("all valid"), "{}", out.stderr);
+    assert!(
+        out.stdout.is_empty(),
+        "stdout is for data only: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn github_format_annotates_file_line_col() {
+    let f = format!("{INVALID}/unknown-key-limits-typo.yaml");
+    let out = runner(["validate", "--format", "github", &f]);
+    out.expect_code(2);
+    let line = out.stdout.lines().next().unwrap_or_default();
+    let rest = line
+        .strip_prefix(&format!("::error file={f},"))
+        .unwrap_or_else(|| panic!("not an annotation for {f}: {line:?}"));
+    let (props, message) = rest.split_once("::").expect("`::` before the message");
+    let props: Vec<(&str, &str)> = props
+        .split(',')
+        .map(|p| p.split_once('=').expect("key=value"))
+        .collect();
+    assert_eq!(props, [("line", "7"), ("col", "5")], "{line}");
+    assert!(message.starts_with("unknown key `memroy`"), "{line}");
+    // The hint rides along, escaped onto the same line.
+    assert!(message.contains("(did you mean `memory`?)"), "{line}");
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+}
+
+#[test]
+fn json_format_lists_located_diagnostics() {
+    let out = runner(["validate", "--format", "json", INVALID]);
+    out.expect_code(2);
+    let diags = out.json();
+    let diags = diags.as_array().expect("a JSON array");
+    assert!(diags.len() >= fixtures(INVALID).len());
+    for d in diags {
+        assert!(
+            d["file"].as_str().is_some_and(|f| f.starts_with(INVALID)),
+            "{d}"
+        );
+        assert!(d["line"].as_u64().is_some_and(|l| l >= 1), "{d}");
+        assert!(d["col"].as_u64().is_some_and(|c| c >= 1), "{d}");
+        assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+    }
+    let first = diags
+        .iter()
+        .find(|d| d["file"] == format!("{INVALID}/var-step-nmae.yaml"))
+        .expect("a diagnostic for var-step-nmae.yaml");
+    assert_eq!(
+        (first["line"].as_u64(), first["col"].as_u64()),
+        (Some(7), Some(20))
+    );
+    assert_eq!(first["hint"], "did you mean `step.name`?");
+}
+
+#[test]
+fn json_format_on_valid_manifests_is_an_empty_array() {
+    let out = runner(["validate", "--format", "json", "manifests/"]);
+    out.expect_code(0);
+    assert_eq!(out.json(), serde_json::json!([]));
+}
+
+#[test]
+fn schemas_print_as_json_and_match_the_committed_files() {
+    for (kind, file) in [
+        ("flavor", "schemas/flavor.schema.json"),
+        ("step-info", "schemas/step-info.schema.json"),
+        ("result", "schemas/result.schema.json"),
+    ] {
+        let out = runner(["schema", kind]);
+        out.expect_code(0);
+        let printed = out.json();
+        assert_eq!(
+            printed["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "{kind}"
+        );
+        let committed = std::fs::read_to_string(root().join(file)).expect("schema file");
+        assert_eq!(
+            out.stdout, committed,
+            "`runner schema {kind}` differs from {file}"
+        );
+    }
+}
+
+/// The flavor schema accepts every shipped manifest (`validate` checks it first).
+#[test]
+fn the_flavor_schema_accepts_every_shipped_manifest() {
+    let manifests: Vec<_> = std::fs::read_dir(root().join("manifests"))
+        .expect("manifests folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(manifests.len() >= 2);
+    for m in manifests {
+        let rel = Path::new("manifests").join(m.file_name().expect("name"));
+        runner(["validate".as_ref(), rel.as_os_str()]).expect_code(0);
+    }
+}
+
+#[test]
+fn completions_mention_the_binary() {
+    let out = runner(["completions", "bash"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("runner"), "{}", out.stdout);
+    assert!(out.stdout.contains("validate"), "{}", out.stdout);
+}
+
+#[test]
+fn help_mentions_each_command_and_its_key_flags() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &["validate", "render", "launch", "schema", "completions"],
+        ),
+        (&["validate", "--help"], &["--format", "github", "json"]),
+        (
+            &["render", "--help"],
+            &[
+                "--info",
+                "--step",
+                "--requirement",
+                "--cpus",
+                "--memory",
+                "--gpus",
+                "--set",
+                "--format",
+                "--run-dir",
+            ],
+        ),
+        (
+            &["launch", "--help"],
+            &[
+                "--info",
+                "--json",
+                "--run-dir",
+                "--best-effort-limits",
+                "--log-limit",
+            ],
+        ),
+        (&["schema", "--help"], &["flavor", "step-info", "result"]),
+        (&["completions", "--help"], &["bash", "zsh", "fish"]),
+    ];
+    for (args, words) in cases {
+        let out = runner(*args);
+        out.expect_code(0);
+        for w in *words {
+            assert!(
+                out.stdout.contains(w),
+                "`runner {}` does not mention `{w}`:\n{}",
+                args.join(" "),
+                out.stdout
+            );
+        }
+    }
+}
