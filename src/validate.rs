@@ -16,6 +16,8 @@ use crate::manifest::{Flavor, Source, TemplateKind, TemplateRef, ptr_escape};
 use crate::render;
 use crate::yaml::{Pos, ScalarStyle};
 
+mod script;
+
 pub const FLAVOR_SCHEMA: &str = include_str!("../schemas/flavor.schema.json");
 pub const STEP_INFO_SCHEMA: &str = include_str!("../schemas/step-info.schema.json");
 pub const RESULT_SCHEMA: &str = include_str!("../schemas/result.schema.json");
@@ -347,6 +349,20 @@ fn check_template(
             return;
         }
     };
+    if t.kind == TemplateKind::Script {
+        for (offset, context) in script::unsafe_interpolations(&t.text) {
+            let pos = template_pos(src, &t.pointer, &t.text, offset);
+            let msg = format!(
+                "interpolation {} in a script: its value would be quoted twice and could run as shell code",
+                context.describe()
+            );
+            diags.push(
+                Diagnostic::new(&src.path, Some(&src.text), pos, msg).with_hint(
+                    "script interpolations are shell-quoted already: write `{{ x }}` as a bare word, or `{{ x | safe }}` for trusted shell text",
+                ),
+            );
+        }
+    }
     let mut vars: Vec<String> = tmpl.undeclared_variables(true).into_iter().collect();
     vars.sort();
     for var in vars {
