@@ -14,7 +14,7 @@ mod v2;
 #[cfg(test)]
 mod tests_fake;
 #[cfg(test)]
-mod tests_real;
+pub(crate) mod tests_real;
 
 use std::fs::File;
 use std::io;

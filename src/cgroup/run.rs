@@ -244,6 +244,10 @@ impl RunCgroup {
         rcg
     }
 
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -219,7 +219,7 @@ fn v2_create_writes_limits_and_enables_controllers() {
     };
     let rcg = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap();
     let dir = own.join("steprunner/1-2-run");
-    assert_eq!(rcg.dirs(), [dir.clone()]);
+    assert_eq!(rcg.dirs(), std::slice::from_ref(&dir));
     assert_eq!(
         read(&own.join("cgroup.subtree_control")),
         "+memory +cpu +pids"
@@ -499,7 +499,7 @@ fn fake_clean_stale_removes_dead_owners_only() {
     let stale = RunCgroup::create_named(&fs, &dead, &Request::default()).unwrap();
     drop(stale);
     put(&mem.join("steprunner/not-ours"), &[]);
-    assert_eq!(fs.clean_stale(), [dead.clone()]);
+    assert_eq!(fs.clean_stale(), std::slice::from_ref(&dead));
     assert!(!mem.join("steprunner").join(&dead).exists());
     assert!(mem.join("steprunner").join(live.name()).exists());
     assert!(mem.join("steprunner/not-ours").exists());
