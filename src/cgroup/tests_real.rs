@@ -275,3 +275,52 @@ fn real_clean_stale_kills_and_removes_dead_owners_only() {
     assert_eq!(live_child.wait().unwrap().signal(), Some(9));
     gone(&live_dirs);
 }
+
+/// The v1 path of `kill_all` (freezer, SIGKILL each pid, thaw), with the unified tree
+/// hidden so `cgroup.kill` cannot do the work.
+#[test]
+fn real_kill_all_with_v1_freezer_only() {
+    if !real_tests_enabled("real_kill_all_with_v1_freezer_only") {
+        return;
+    }
+    let _g = serial();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v1_only: String = mountinfo
+        .lines()
+        .filter(|l| !l.contains(" - cgroup2 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let fs = CgroupFs::from_texts(&v1_only, &cgroup, None).unwrap();
+    if fs.version() != super::Version::V1 || fs.v1_dir("freezer").is_none() {
+        eprintln!("skipping: no v1 freezer on this machine");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rcg = RunCgroup::create(&fs, "freezer", &Request::default()).unwrap();
+    assert!(
+        rcg.dirs()
+            .iter()
+            .all(|d| !d.starts_with("/sys/fs/cgroup/unified"))
+    );
+    let sleep = escaped_sleep(&rcg, &tmp.path().join("pid"));
+    // A forking loop too: the freezer must stop it from outrunning the kills.
+    let mut forker = spawn(
+        Some(&rcg),
+        &Rlimits::default(),
+        Command::new("sh").args(["-c", "while :; do sleep 1000 & done"]),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rcg.populated());
+    let killed = rcg.kill_all().unwrap();
+    assert!(killed >= 3, "killed {killed}");
+    assert!(proc_gone_or_zombie(sleep));
+    assert_eq!(forker.wait().unwrap().signal(), Some(9));
+    assert!(rcg.pids().is_empty() && !rcg.populated());
+    let freezer = rcg.dirs().iter().find(|d| d.join("freezer.state").exists());
+    let state = std::fs::read_to_string(freezer.unwrap().join("freezer.state")).unwrap();
+    assert_eq!(state.trim(), "THAWED", "never left frozen");
+    let dirs = rcg.dirs().to_vec();
+    rcg.remove().unwrap();
+    gone(&dirs);
+}
