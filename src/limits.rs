@@ -1,1 +1,204 @@
-//! placeholder, see DESIGN
+//! Limits that are not cgroups: rlimits (checked in the parent, applied in `pre_exec`),
+//! GPU selection for `CUDA_VISIBLE_DEVICES`, and machine capacity checks.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error(
+        "rlimit `{limit}` of {value} exceeds the hard limit {hard}, which cannot be raised without CAP_SYS_RESOURCE"
+    )]
+    AboveHard {
+        limit: &'static str,
+        value: u64,
+        hard: u64,
+    },
+    #[error("failed to read rlimit `{limit}`")]
+    Get {
+        limit: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("{requested} GPUs requested but {detected} detected")]
+    NotEnoughGpus { requested: u32, detected: usize },
+    #[error("memory limit of {requested} bytes exceeds the machine's {total} bytes of RAM")]
+    MemoryAboveTotal { requested: u64, total: u64 },
+    #[error("cpus limit of {requested} exceeds the machine's {cores} logical cores")]
+    CpusAboveCores { requested: f64, cores: usize },
+}
+
+/// Per-process resource limits for a step; each set value becomes soft = hard.
+#[derive(Default, Clone, Debug)]
+pub struct Rlimits {
+    pub open_files: Option<u64>,
+    /// Seconds.
+    pub cpu_time: Option<u64>,
+    /// Bytes.
+    pub file_size: Option<u64>,
+    /// Bytes.
+    pub core: Option<u64>,
+    /// Bytes.
+    pub address_space: Option<u64>,
+}
+
+impl Rlimits {
+    /// Set limits with their names, in a fixed array: no allocation (usable in `pre_exec`).
+    fn entries(&self) -> [(&'static str, Resource, Option<u64>); 5] {
+        [
+            ("open_files", Resource::RLIMIT_NOFILE, self.open_files),
+            ("cpu_time", Resource::RLIMIT_CPU, self.cpu_time),
+            ("file_size", Resource::RLIMIT_FSIZE, self.file_size),
+            ("core", Resource::RLIMIT_CORE, self.core),
+            ("address_space", Resource::RLIMIT_AS, self.address_space),
+        ]
+    }
+
+    /// In the parent, before fork: a value above the current hard limit would fail in
+    /// the child (root here lacks CAP_SYS_RESOURCE), so refuse it with a clear message.
+    pub fn check(&self) -> Result<(), LimitError> {
+        for (limit, resource, value) in self.entries() {
+            let Some(value) = value else { continue };
+            let (_soft, hard) =
+                getrlimit(resource).map_err(|source| LimitError::Get { limit, source })?;
+            if hard != libc::RLIM_INFINITY && value > hard {
+                return Err(LimitError::AboveHard { limit, value, hard });
+            }
+        }
+        Ok(())
+    }
+
+    /// Async-signal-safe, for `pre_exec`: `setrlimit(soft = hard = value)` for each set limit.
+    pub fn apply_in_child(&self) -> Result<(), nix::errno::Errno> {
+        for (_, resource, value) in self.entries() {
+            if let Some(v) = value {
+                setrlimit(resource, v, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+}
+
+const NVIDIA_PROC: &str = "/proc/driver/nvidia/gpus";
+
+/// Detect NVIDIA GPUs: `RUNNER_GPU_INFO` (a file in `nvidia-smi -L` format) when set,
+/// else the driver's `/proc` files, else `nvidia-smi -L`. Sorted by index.
+pub fn detect_gpus() -> Vec<Gpu> {
+    let info = std::env::var_os("RUNNER_GPU_INFO");
+    detect_gpus_from(info.as_deref().map(Path::new), Path::new(NVIDIA_PROC))
+}
+
+fn detect_gpus_from(info_file: Option<&Path>, proc_dir: &Path) -> Vec<Gpu> {
+    let mut gpus = if let Some(file) = info_file {
+        std::fs::read_to_string(file)
+            .map(|t| parse_nvidia_smi_l(&t))
+            .unwrap_or_default()
+    } else {
+        let from_proc = gpus_from_proc(proc_dir);
+        if from_proc.is_empty() {
+            std::process::Command::new("nvidia-smi")
+                .arg("-L")
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| parse_nvidia_smi_l(&String::from_utf8_lossy(&o.stdout)))
+                .unwrap_or_default()
+        } else {
+            from_proc
+        }
+    };
+    gpus.sort_by_key(|g| g.index);
+    gpus
+}
+
+/// `<dir>/*/information` files: `Model:` and `Device Minor:` lines.
+fn gpus_from_proc(dir: &Path) -> Vec<Gpu> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
+        .filter_map(|text| parse_proc_information(&text))
+        .collect()
+}
+
+fn parse_proc_information(text: &str) -> Option<Gpu> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        })
+    };
+    Some(Gpu {
+        index: field("Device Minor")?.parse().ok()?,
+        name: field("Model")?,
+    })
+}
+
+/// `GPU 0: Tesla T4 (UUID: GPU-…)` lines; other lines (MIG devices, blanks) are skipped.
+pub fn parse_nvidia_smi_l(text: &str) -> Vec<Gpu> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("GPU ")?;
+            let (index, name) = rest.split_once(':')?;
+            let name = name.trim();
+            let name = name.rfind(" (UUID:").map_or(name, |i| &name[..i]);
+            Some(Gpu {
+                index: index.trim().parse().ok()?,
+                name: name.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The first `n` detected GPUs as a `CUDA_VISIBLE_DEVICES` value, e.g. `"0,1"`.
+pub fn select_gpus(n: u32, detected: &[Gpu]) -> Result<String, LimitError> {
+    if n as usize > detected.len() {
+        return Err(LimitError::NotEnoughGpus {
+            requested: n,
+            detected: detected.len(),
+        });
+    }
+    Ok(detected[..n as usize]
+        .iter()
+        .map(|g| g.index.to_string())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// Refuse limits the machine cannot satisfy: memory above total RAM, cpus above cores.
+pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), LimitError> {
+    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing()
+            .with_memory(MemoryRefreshKind::nothing().with_ram())
+            .with_cpu(CpuRefreshKind::nothing()),
+    );
+    if let Some(requested) = memory {
+        let total = sys.total_memory();
+        if total > 0 && requested > total {
+            return Err(LimitError::MemoryAboveTotal { requested, total });
+        }
+    }
+    if let Some(requested) = cpus {
+        let cores = sys.cpus().len();
+        if cores > 0 && requested > cores as f64 {
+            return Err(LimitError::CpusAboveCores { requested, cores });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

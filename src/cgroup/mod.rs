@@ -1,1 +1,167 @@
-//! placeholder, see DESIGN
+//! Control groups for one step: where cgroups live ([`CgroupFs`]), the per-run cgroup
+//! ([`RunCgroup`]) that enforces memory/cpu/pids limits, joins the child from `pre_exec`,
+//! kills the whole tree, reports counters and is removed afterwards.
+//!
+//! Version-specific file formats live in `v1` and `v2`; mount detection in `detect`;
+//! removal and stale-cgroup cleanup in `run`.
+#![allow(dead_code)]
+
+mod detect;
+mod run;
+mod v1;
+mod v2;
+
+#[cfg(test)]
+mod tests_fake;
+#[cfg(test)]
+pub(crate) mod tests_real;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+pub use detect::CgroupFs;
+#[allow(unused_imports)]
+pub use run::RunCgroup;
+
+/// Which cgroup interface enforces limits. A hybrid host reports `V1` (controllers are
+/// there) and additionally exposes its unified tree through [`CgroupFs::unified`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Limits requested for one run; `None` means "not limited".
+#[derive(Default, Clone, Debug)]
+pub struct Request {
+    /// Bytes.
+    pub memory: Option<u64>,
+    /// Fractional cores, e.g. `0.5`.
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// Counters of a run, read before its cgroup is removed.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// OOM kills since the cgroup was created.
+    pub oom_kills: u64,
+    pub peak_memory: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub cpu_total_ns: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("failed to read `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write `{value}` to `{path}`")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to open `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to create cgroup `{path}`")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to remove cgroup `{path}`")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unexpected content in `{path}`: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("no cgroup filesystem is mounted according to `{path}`")]
+    NoCgroupMount { path: PathBuf },
+    #[error("controller `{controller}` is not available for `{path}`")]
+    ControllerMissing {
+        controller: &'static str,
+        path: PathBuf,
+    },
+    #[error("processes still in `{path}` after killing: {pids:?}")]
+    KillTimeout { path: PathBuf, pids: Vec<i32> },
+    #[error("invalid cpus value {value} for `{path}`: must be a positive finite number")]
+    InvalidCpus { value: f64, path: PathBuf },
+}
+
+pub(crate) fn read_string(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Write `value` in one `write(2)`, as cgroupfs expects. Never creates a file; O_TRUNC
+/// is ignored by cgroupfs (as with a shell's `>`) and keeps fake trees in tests honest.
+pub(crate) fn write_value(path: &Path, value: &str) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let err = |source| CgroupError::Write {
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(value.as_bytes()).map_err(err)
+}
+
+/// Open a `cgroup.procs` file for the child to write into after fork.
+pub(crate) fn open_procs(path: &Path) -> Result<File, CgroupError> {
+    // std opens with O_CLOEXEC already; the fd must not leak into the step.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| CgroupError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Value of `key` in a flat-keyed file such as `memory.events` or `cpu.stat`.
+pub(crate) fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+    })
+}
+
+/// Pids listed in a `cgroup.procs` text.
+pub(crate) fn parse_pids(text: &str) -> Vec<i32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Join the cgroups whose `cgroup.procs` fds were opened before fork.
+///
+/// Async-signal-safe: meant for `pre_exec` (no allocation, no locks).
+pub fn join_in_child(fds: &[RawFd]) -> Result<(), nix::errno::Errno> {
+    for &fd in fds {
+        // SAFETY: `write` is async-signal-safe; the buffer is a static 1-byte slice and
+        // `fd` is a descriptor the parent opened and kept open across fork.
+        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(nix::errno::Errno::last());
+        }
+    }
+    Ok(())
+}

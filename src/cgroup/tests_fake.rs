@@ -1,0 +1,507 @@
+//! Tests on a fake cgroupfs tree in a temporary directory (v2, v1 with a nested memory
+//! path and comounted `cpu,cpuacct`, hybrid), plus `from_texts` on real-looking samples.
+//!
+//! A fake tree has no kernel behind it: new directories get the parent's files (as
+//! cgroupfs would give them control files) and removal deletes those files first.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+
+use super::{CgroupError, CgroupFs, Request, RunCgroup, Version};
+
+fn is_fake(dir: &Path) -> bool {
+    statfs(dir).is_ok_and(|s| {
+        s.filesystem_type() != CGROUP_SUPER_MAGIC && s.filesystem_type() != CGROUP2_SUPER_MAGIC
+    })
+}
+
+/// Give a new fake cgroup the control files of its parent, as the kernel would.
+pub(super) fn populate_if_fake(dir: &Path) {
+    if !is_fake(dir) {
+        return;
+    }
+    let parent = dir.parent().unwrap();
+    for e in fs::read_dir(parent).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            let name = e.file_name();
+            let content = match name.to_str() {
+                Some("cgroup.procs" | "cgroup.subtree_control") => String::new(),
+                _ => fs::read_to_string(e.path()).unwrap(),
+            };
+            fs::write(dir.join(name), content).unwrap();
+        }
+    }
+}
+
+/// Fake cgroups are plain directories with files: delete the files so rmdir can work.
+pub(super) fn clear_if_fake(dir: &Path) {
+    if !is_fake(dir) {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_file() {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+}
+
+/// For the shared `steprunner` parent: only once no run cgroup is left in it.
+pub(super) fn clear_if_fake_and_childless(dir: &Path) {
+    let has_child = fs::read_dir(dir)
+        .map(|mut it| it.any(|e| e.is_ok_and(|e| e.file_type().unwrap().is_dir())))
+        .unwrap_or(true);
+    if !has_child {
+        clear_if_fake(dir);
+    }
+}
+
+fn put(dir: &Path, files: &[(&str, &str)]) {
+    fs::create_dir_all(dir).unwrap();
+    for (name, content) in files {
+        fs::write(dir.join(name), content).unwrap();
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+const V2_MOUNTINFO: &str = "\
+24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+29 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+30 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
+";
+const V2_CGROUP: &str = "0::/user.slice/user-1000.slice/session-2.scope\n";
+
+/// This VM's layout: separate v1 mounts, nested memory path, empty unified tree.
+const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+const HYBRID_CGROUP: &str = "\
+9:name=systemd:/
+8:pids:/
+6:freezer:/
+4:memory:/process_api/5742f39a
+3:cpuset:/
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+
+/// Classic v1 (Debian 10 / older Docker hosts): comounted `cpu,cpuacct`, no unified tree,
+/// optional fields before the separator.
+const V1_MOUNTINFO: &str = "\
+25 21 0:23 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid shared:10 - cgroup cgroup rw,xattr,name=systemd
+29 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
+30 25 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+31 25 0:29 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,pids
+32 25 0:30 / /sys/fs/cgroup/freezer rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,freezer
+";
+const V1_CGROUP: &str = "\
+6:freezer:/ci/job
+5:pids:/ci/job
+4:memory:/process_api/abc/nested
+2:cpu,cpuacct:/ci/job
+1:name=systemd:/ci/job
+";
+
+#[test]
+fn from_texts_v2_only() {
+    let fs = CgroupFs::from_texts(V2_MOUNTINFO, V2_CGROUP, None).unwrap();
+    assert_eq!(fs.version(), Version::V2);
+    assert_eq!(
+        fs.unified().unwrap(),
+        Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/session-2.scope")
+    );
+    assert!(fs.v1_hierarchies().is_empty());
+}
+
+#[test]
+fn from_texts_hybrid_this_vm() {
+    let fs = CgroupFs::from_texts(HYBRID_MOUNTINFO, HYBRID_CGROUP, None).unwrap();
+    assert_eq!(fs.version(), Version::V1);
+    assert_eq!(
+        fs.v1_dir("memory").unwrap(),
+        Path::new("/sys/fs/cgroup/memory/process_api/5742f39a")
+    );
+    assert_eq!(fs.v1_dir("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu"));
+    assert_eq!(
+        fs.v1_dir("cpuacct").unwrap(),
+        Path::new("/sys/fs/cgroup/cpuacct")
+    );
+    assert_eq!(fs.unified().unwrap(), Path::new("/sys/fs/cgroup/unified"));
+    assert!(fs.v1_dir("systemd").is_none() && fs.v1_dir("name=systemd").is_none());
+    assert_eq!(fs.v1_hierarchies().len(), 6);
+}
+
+#[test]
+fn from_texts_v1_comounted_with_prefix() {
+    let fs = CgroupFs::from_texts(V1_MOUNTINFO, V1_CGROUP, Some(Path::new("/tmp/x"))).unwrap();
+    assert_eq!(fs.version(), Version::V1);
+    assert!(fs.unified().is_none());
+    let cpu = fs.v1_dir("cpu").unwrap();
+    assert_eq!(cpu, Path::new("/tmp/x/sys/fs/cgroup/cpu,cpuacct/ci/job"));
+    assert_eq!(fs.v1_dir("cpuacct").unwrap(), cpu, "comounted is one dir");
+    assert_eq!(
+        fs.v1_dir("memory").unwrap(),
+        Path::new("/tmp/x/sys/fs/cgroup/memory/process_api/abc/nested")
+    );
+}
+
+#[test]
+fn from_texts_container_mount_root_and_escapes() {
+    let mi = "1 0 0:1 /docker/abc /sys/fs/cgroup/my\\040mem ro - cgroup cgroup rw,memory\n";
+    let fs = CgroupFs::from_texts(mi, "3:memory:/docker/abc\n", None).unwrap();
+    assert_eq!(
+        fs.v1_dir("memory").unwrap(),
+        Path::new("/sys/fs/cgroup/my mem")
+    );
+}
+
+#[test]
+fn from_texts_without_cgroups_is_an_error() {
+    let mi = "30 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
+    let err = CgroupFs::from_texts(mi, "", None).unwrap_err();
+    assert!(matches!(err, CgroupError::NoCgroupMount { .. }), "{err}");
+    let err = CgroupFs::from_texts("garbage", "", None).unwrap_err();
+    assert!(err.to_string().contains("/proc/self/mountinfo"), "{err}");
+}
+
+/// A fake v2 tree at `<tmp>/sys/fs/cgroup/user.slice/user-1000.slice/session-2.scope`.
+fn fake_v2(tmp: &Path, controllers: &str) -> (CgroupFs, PathBuf) {
+    let fs = CgroupFs::from_texts(V2_MOUNTINFO, V2_CGROUP, Some(tmp)).unwrap();
+    let own = fs.unified().unwrap().to_owned();
+    put(
+        &own,
+        &[
+            ("cgroup.controllers", controllers),
+            ("cgroup.subtree_control", ""),
+            ("cgroup.procs", ""),
+            ("cgroup.events", "populated 0\nfrozen 0\n"),
+            ("cgroup.kill", ""),
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("memory.oom.group", "0"),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 3\noom_kill 2\n"),
+            ("memory.peak", "0"),
+            ("cpu.max", "max 100000"),
+            ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+            ("pids.max", "max"),
+        ],
+    );
+    (fs, own)
+}
+
+#[test]
+fn v2_create_writes_limits_and_enables_controllers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, own) = fake_v2(tmp.path(), "cpuset cpu io memory pids");
+    let req = Request {
+        memory: Some(64 << 20),
+        cpus: Some(1.5),
+        pids: Some(20),
+    };
+    let rcg = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap();
+    let dir = own.join("steprunner/1-2-run");
+    assert_eq!(rcg.dirs(), std::slice::from_ref(&dir));
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    assert_eq!(
+        read(&own.join("steprunner/cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    assert_eq!(read(&dir.join("memory.max")), "67108864");
+    assert_eq!(read(&dir.join("memory.swap.max")), "0");
+    assert_eq!(read(&dir.join("memory.oom.group")), "1");
+    assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
+    assert_eq!(read(&dir.join("pids.max")), "20");
+    assert_eq!(
+        rcg.enforcement(),
+        [
+            ("memory", "cgroup-v2"),
+            ("cpus", "cgroup-v2"),
+            ("pids", "cgroup-v2")
+        ]
+    );
+    assert_eq!(rcg.procs_fds().len(), 1);
+
+    // Counters move after creation: the oom delta is taken from the baseline (2).
+    put(
+        &dir,
+        &[
+            ("memory.events", "low 0\nhigh 0\nmax 9\noom 5\noom_kill 5\n"),
+            ("memory.peak", "1048576\n"),
+            (
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n",
+            ),
+            ("cgroup.procs", "4242\n"),
+        ],
+    );
+    let stats = rcg.stats();
+    assert_eq!(stats.oom_kills, 3);
+    assert_eq!(stats.peak_memory, Some(1 << 20));
+    assert_eq!(stats.cpu_user_ns, Some(1_000_000));
+    assert_eq!(stats.cpu_system_ns, Some(500_000));
+    assert_eq!(stats.cpu_total_ns, Some(1_500_000));
+    assert_eq!(rcg.pids(), [4242]);
+    assert!(!rcg.populated(), "cgroup.events is authoritative on v2");
+    put(
+        &dir,
+        &[("cgroup.procs", ""), ("cgroup.events", "populated 1\n")],
+    );
+    assert!(rcg.populated());
+    put(&dir, &[("cgroup.events", "populated 0\n")]);
+
+    assert_eq!(rcg.kill_all().unwrap(), 0);
+    assert_eq!(
+        read(&dir.join("cgroup.kill")),
+        "1",
+        "v2 kills with cgroup.kill"
+    );
+    rcg.remove().unwrap();
+    assert!(!dir.exists(), "run dir removed");
+    assert!(!own.join("steprunner").exists(), "empty base removed");
+    assert!(own.exists(), "own cgroup untouched");
+}
+
+#[test]
+fn v2_missing_controller_is_an_error_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, own) = fake_v2(tmp.path(), "cpu memory");
+    let req = Request {
+        pids: Some(10),
+        ..Request::default()
+    };
+    let err = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap_err();
+    match &err {
+        CgroupError::ControllerMissing { controller, path } => {
+            assert_eq!(*controller, "pids");
+            assert_eq!(path, &own);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains("`pids`"), "{err}");
+    assert!(!own.join("steprunner/1-2-run").exists());
+}
+
+/// A fake v1 tree laid out like `V1_MOUNTINFO` + `V1_CGROUP`, plus an optional unified tree.
+fn fake_v1(tmp: &Path, with_unified: bool) -> (CgroupFs, [PathBuf; 4]) {
+    let mut mi = V1_MOUNTINFO.to_owned();
+    let mut cg = V1_CGROUP.to_owned();
+    if with_unified {
+        mi.push_str("41 25 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n");
+        cg.push_str("0::/\n");
+    }
+    let fs = CgroupFs::from_texts(&mi, &cg, Some(tmp)).unwrap();
+    let mem = fs.v1_dir("memory").unwrap().to_owned();
+    put(
+        &mem,
+        &[
+            ("cgroup.procs", ""),
+            ("memory.limit_in_bytes", "9223372036854771712"),
+            ("memory.memsw.limit_in_bytes", "9223372036854771712"),
+            ("memory.swappiness", "60"),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            ),
+            ("memory.max_usage_in_bytes", "0"),
+        ],
+    );
+    let cpu = fs.v1_dir("cpu").unwrap().to_owned();
+    put(
+        &cpu,
+        &[
+            ("cgroup.procs", ""),
+            ("cpu.cfs_period_us", "100000"),
+            ("cpu.cfs_quota_us", "-1"),
+            ("cpuacct.usage", "0"),
+            ("cpuacct.stat", "user 0\nsystem 0\n"),
+        ],
+    );
+    let pids = fs.v1_dir("pids").unwrap().to_owned();
+    put(&pids, &[("cgroup.procs", ""), ("pids.max", "max")]);
+    let freezer = fs.v1_dir("freezer").unwrap().to_owned();
+    put(
+        &freezer,
+        &[("cgroup.procs", ""), ("freezer.state", "THAWED")],
+    );
+    if let Some(u) = fs.unified() {
+        put(
+            u,
+            &[
+                ("cgroup.procs", ""),
+                ("cgroup.events", "populated 0\nfrozen 0\n"),
+                ("cgroup.kill", ""),
+            ],
+        );
+    }
+    (fs, [mem, cpu, pids, freezer])
+}
+
+#[test]
+fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, [mem, cpu, pids, freezer]) = fake_v1(tmp.path(), false);
+    let req = Request {
+        memory: Some(64 << 20),
+        cpus: Some(0.5),
+        pids: Some(20),
+    };
+    let rcg = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap();
+    let leaf = |d: &Path| d.join("steprunner/1-2-run");
+    assert_eq!(
+        rcg.dirs(),
+        [leaf(&mem), leaf(&cpu), leaf(&pids), leaf(&freezer)],
+        "cpu,cpuacct is one dir, created once"
+    );
+    assert_eq!(read(&leaf(&mem).join("memory.limit_in_bytes")), "67108864");
+    assert_eq!(
+        read(&leaf(&mem).join("memory.memsw.limit_in_bytes")),
+        "67108864"
+    );
+    assert_eq!(read(&leaf(&mem).join("memory.swappiness")), "0");
+    assert_eq!(read(&leaf(&cpu).join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(&leaf(&cpu).join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read(&leaf(&pids).join("pids.max")), "20");
+    assert_eq!(rcg.procs_fds().len(), 4);
+    assert_eq!(
+        rcg.enforcement(),
+        [
+            ("memory", "cgroup-v1"),
+            ("cpus", "cgroup-v1"),
+            ("pids", "cgroup-v1")
+        ]
+    );
+
+    put(
+        &leaf(&mem),
+        &[
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n",
+            ),
+            ("memory.max_usage_in_bytes", "67108864\n"),
+        ],
+    );
+    put(
+        &leaf(&cpu),
+        &[
+            ("cpuacct.usage", "2000000000\n"),
+            ("cpuacct.stat", "user 150\nsystem 50\n"),
+        ],
+    );
+    let stats = rcg.stats();
+    assert_eq!(stats.oom_kills, 1, "delta from the baseline of 3");
+    assert_eq!(stats.peak_memory, Some(64 << 20));
+    assert_eq!(stats.cpu_total_ns, Some(2_000_000_000));
+    // USER_HZ is 100 on Linux: 150 ticks = 1.5 s.
+    assert_eq!(stats.cpu_user_ns, Some(1_500_000_000));
+    assert_eq!(stats.cpu_system_ns, Some(500_000_000));
+
+    assert!(!rcg.populated());
+    put(&leaf(&pids), &[("cgroup.procs", "77\n78\n")]);
+    assert!(rcg.populated(), "cgroup.procs counts without cgroup.events");
+    assert_eq!(rcg.pids(), [77, 78]);
+    put(&leaf(&pids), &[("cgroup.procs", "")]);
+
+    let dirs = rcg.dirs().to_vec();
+    rcg.remove().unwrap();
+    for d in dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(mem.exists() && cpu.exists());
+}
+
+#[test]
+fn v1_hybrid_also_uses_the_unified_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, [mem, ..]) = fake_v1(tmp.path(), true);
+    let rcg = RunCgroup::create_named(&fs, "1-2-run", &Request::default()).unwrap();
+    let unified = fs.unified().unwrap().join("steprunner/1-2-run");
+    assert_eq!(rcg.dirs().last().unwrap(), &unified);
+    assert_eq!(rcg.procs_fds().len(), 5, "4 v1 dirs + unified");
+    assert!(rcg.enforcement().is_empty());
+    assert!(!rcg.populated());
+    put(&unified, &[("cgroup.events", "populated 1\n")]);
+    assert!(rcg.populated());
+    put(&unified, &[("cgroup.events", "populated 0\n")]);
+    // Nothing requested, yet memory counters are there.
+    assert_eq!(rcg.stats().oom_kills, 0);
+    rcg.kill_all().unwrap();
+    assert_eq!(
+        read(&unified.join("cgroup.kill")),
+        "1",
+        "hybrid uses cgroup.kill"
+    );
+    rcg.remove().unwrap();
+    assert!(!unified.exists() && !mem.join("steprunner").exists());
+}
+
+#[test]
+fn v1_requested_controller_missing_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mi: String = V1_MOUNTINFO
+        .lines()
+        .filter(|l| !l.contains("cpu,cpuacct"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let fs = CgroupFs::from_texts(&mi, V1_CGROUP, Some(tmp.path())).unwrap();
+    let req = Request {
+        cpus: Some(1.0),
+        ..Request::default()
+    };
+    let err = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CgroupError::ControllerMissing {
+                controller: "cpu",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let bad = Request {
+        cpus: Some(f64::NAN),
+        ..Request::default()
+    };
+    let err = RunCgroup::create_named(&fs, "1-2-run", &bad).unwrap_err();
+    assert!(matches!(err, CgroupError::InvalidCpus { .. }), "{err}");
+}
+
+#[test]
+fn fake_clean_stale_removes_dead_owners_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, [mem, ..]) = fake_v1(tmp.path(), true);
+    let live = RunCgroup::create(&fs, "live", &Request::default()).unwrap();
+    // pid 0 never names a runner; start time 1 never matches a real process.
+    let dead = format!("{}-1-dead", std::process::id());
+    let stale = RunCgroup::create_named(&fs, &dead, &Request::default()).unwrap();
+    drop(stale);
+    put(&mem.join("steprunner/not-ours"), &[]);
+    assert_eq!(fs.clean_stale(), std::slice::from_ref(&dead));
+    assert!(!mem.join("steprunner").join(&dead).exists());
+    assert!(mem.join("steprunner").join(live.name()).exists());
+    assert!(mem.join("steprunner/not-ours").exists());
+    live.remove().unwrap();
+}

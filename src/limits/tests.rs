@@ -1,0 +1,174 @@
+//! Rlimit checks and real children under rlimits; GPU parsing and selection; capacity.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use nix::sys::resource::{Resource, getrlimit};
+
+use super::*;
+use crate::cgroup::tests_real::{python, real_tests_enabled, spawn};
+
+#[test]
+fn check_refuses_values_above_the_hard_limit() {
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert_ne!(
+        hard,
+        libc::RLIM_INFINITY,
+        "RLIMIT_NOFILE hard is always finite"
+    );
+    let too_many = Rlimits {
+        open_files: Some(hard + 1),
+        ..Rlimits::default()
+    };
+    let err = too_many.check().unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("`open_files`"), "{msg}");
+    assert!(msg.contains(&(hard + 1).to_string()), "{msg}");
+    assert!(msg.contains(&format!("hard limit {hard}")), "{msg}");
+    let fine = Rlimits {
+        open_files: Some(hard),
+        cpu_time: Some(10),
+        ..Rlimits::default()
+    };
+    fine.check().unwrap();
+}
+
+#[test]
+fn real_open_files_limit_makes_the_17th_open_fail() {
+    if !real_tests_enabled("real_open_files_limit_makes_the_17th_open_fail") {
+        return;
+    }
+    let rl = Rlimits {
+        open_files: Some(16),
+        ..Rlimits::default()
+    };
+    rl.check().unwrap();
+    let script = "\
+import os
+fds = []
+try:
+    while True:
+        fds.append(os.open('/dev/null', os.O_RDONLY))
+except OSError as e:
+    print(e.errno, max(fds))
+";
+    let child = spawn(
+        None,
+        &rl,
+        Command::new(python())
+            .args(["-c", script])
+            .stdout(Stdio::piped()),
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // EMFILE (24) once fd 15, the 16th, is taken: the 17th descriptor cannot exist.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "24 15");
+}
+
+#[test]
+fn real_file_size_limit_sends_sigxfsz() {
+    if !real_tests_enabled("real_file_size_limit_sends_sigxfsz") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big");
+    let rl = Rlimits {
+        file_size: Some(4096),
+        ..Rlimits::default()
+    };
+    let mut child = spawn(
+        None,
+        &rl,
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=1024", "count=64"])
+            .arg(format!("of={}", file.display()))
+            .stderr(Stdio::null()),
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGXFSZ), "{status:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 4096);
+}
+
+const SMI_L: &str = "\
+GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-4a5f8c2e-1111-2222-3333-444455556666)
+  MIG 1g.5gb      Device  0: (UUID: MIG-aaaa)
+GPU 1: Tesla T4 (UUID: GPU-bbbbbbbb-1111-2222-3333-444455556666)
+";
+
+#[test]
+fn nvidia_smi_l_lines_are_parsed_and_mig_lines_skipped() {
+    assert_eq!(
+        parse_nvidia_smi_l(SMI_L),
+        [
+            Gpu {
+                index: 0,
+                name: "NVIDIA A100-SXM4-40GB".into()
+            },
+            Gpu {
+                index: 1,
+                name: "Tesla T4".into()
+            }
+        ]
+    );
+    assert!(parse_nvidia_smi_l("No devices were found\n").is_empty());
+}
+
+#[test]
+fn detect_prefers_the_info_file_then_proc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = tmp.path().join("smi.txt");
+    std::fs::write(&info, SMI_L).unwrap();
+    let proc_dir = tmp.path().join("gpus");
+    for (bus, minor, model) in [
+        ("0000:3b:00.0", 1, "Tesla V100"),
+        ("0000:18:00.0", 0, "Tesla P4"),
+    ] {
+        let d = proc_dir.join(bus);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("information"),
+            format!("Model: \t\t {model}\nIRQ:   \t\t 31\nDevice Minor: \t {minor}\n"),
+        )
+        .unwrap();
+    }
+    let from_file = detect_gpus_from(Some(&info), &proc_dir);
+    assert_eq!(from_file.len(), 2);
+    assert_eq!(from_file[1].name, "Tesla T4");
+    let from_proc = detect_gpus_from(None, &proc_dir);
+    assert_eq!(
+        from_proc,
+        [
+            Gpu {
+                index: 0,
+                name: "Tesla P4".into()
+            },
+            Gpu {
+                index: 1,
+                name: "Tesla V100".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn select_gpus_picks_the_first_n_or_fails_naming_both_numbers() {
+    let gpus = parse_nvidia_smi_l(SMI_L);
+    assert_eq!(select_gpus(2, &gpus).unwrap(), "0,1");
+    assert_eq!(select_gpus(1, &gpus).unwrap(), "0");
+    let err = select_gpus(3, &gpus).unwrap_err().to_string();
+    assert_eq!(err, "3 GPUs requested but 2 detected");
+    let err = select_gpus(1, &[]).unwrap_err().to_string();
+    assert_eq!(err, "1 GPUs requested but 0 detected");
+}
+
+#[test]
+fn capacity_checks_against_this_machine() {
+    check_capacity(Some(1 << 20), Some(0.5)).unwrap();
+    let err = check_capacity(Some(u64::MAX), None).unwrap_err();
+    assert!(matches!(err, LimitError::MemoryAboveTotal { .. }), "{err}");
+    let err = check_capacity(None, Some(100_000.0)).unwrap_err();
+    assert!(
+        matches!(err, LimitError::CpusAboveCores { cores, .. } if cores >= 1),
+        "{err}"
+    );
+}
