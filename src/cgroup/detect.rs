@@ -124,7 +124,7 @@ impl CgroupFs {
     /// Remove cgroups left by runners that died (their processes are killed first).
     /// Returns the names removed.
     pub fn clean_stale(&self) -> Vec<String> {
-        super::run::clean_stale(self)
+        super::stale::clean_stale(self)
     }
 }
 

@@ -3,11 +3,12 @@
 //! kills the whole tree, reports counters and is removed afterwards.
 //!
 //! Version-specific file formats live in `v1` and `v2`; mount detection in `detect`;
-//! removal and stale-cgroup cleanup in `run`.
+//! the per-run lifecycle in `run`; cleanup after dead runners in `stale`.
 #![allow(dead_code)]
 
 mod detect;
 mod run;
+mod stale;
 mod v1;
 mod v2;
 

@@ -1,5 +1,5 @@
 //! The cgroup of one run: creation with limits, joining, killing, counters, removal,
-//! and cleanup of cgroups whose owning runner died (names embed pid + start time).
+//! and the naming (pid + start time) that `stale` relies on.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -216,7 +216,7 @@ impl RunCgroup {
     }
 
     /// Handle on an existing run cgroup (for `clean_stale`): whatever directories exist.
-    fn open_existing(fs: &CgroupFs, name: &str) -> RunCgroup {
+    pub(super) fn open_existing(fs: &CgroupFs, name: &str) -> RunCgroup {
         let mut rcg = Self::empty(fs, name);
         for h in fs.v1_hierarchies() {
             let dir = h.dir.join(BASE).join(name);
@@ -555,50 +555,6 @@ pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// `(pid, start time)` from a run cgroup name; `None` for names that are not ours.
-pub(crate) fn parse_owner(name: &str) -> Option<(i32, u64)> {
-    let mut it = name.splitn(3, '-');
-    let pid = it.next()?.parse().ok()?;
-    let start = it.next()?.parse().ok()?;
-    it.next()?;
-    Some((pid, start))
-}
-
-/// Is the runner that created a cgroup still alive? Unknown counts as alive.
-fn owner_alive(pid: i32, start: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(text) => parse_start_time(&text).is_none_or(|s| s == start),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
-    }
-}
-
-pub(super) fn clean_stale(fs: &CgroupFs) -> Vec<String> {
-    let bases = fs
-        .v1_hierarchies()
-        .iter()
-        .map(|h| h.dir.join(BASE))
-        .chain(fs.unified().map(|u| u.join(BASE)));
-    let mut stale = BTreeSet::new();
-    for base in bases {
-        let Ok(entries) = std::fs::read_dir(&base) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((pid, start)) = parse_owner(&name)
-                && e.file_type().is_ok_and(|t| t.is_dir())
-                && !owner_alive(pid, start)
-            {
-                stale.insert(name);
-            }
-        }
-    }
-    stale
-        .into_iter()
-        .filter(|name| RunCgroup::open_existing(fs, name).remove().is_ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,19 +563,6 @@ mod tests {
     fn start_time_survives_odd_comm() {
         let stat = "42 (a) b (c) S 1 42 42 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 27617 3133440";
         assert_eq!(parse_start_time(stat), Some(27617));
-    }
-
-    #[test]
-    fn owner_round_trips_through_name() {
-        assert_eq!(parse_owner("12-345-run-1"), Some((12, 345)));
-        assert_eq!(parse_owner("not-ours"), None);
-        assert_eq!(parse_owner("12-345"), None);
-        let name = RunCgroup::name_for("a/b c").unwrap();
-        let (pid, start) = parse_owner(&name).unwrap();
-        assert_eq!(pid as u32, std::process::id());
-        assert!(owner_alive(pid, start));
-        assert!(!owner_alive(pid, start + 1));
-        assert!(name.ends_with("-a_b_c"), "{name}");
     }
 
     #[test]

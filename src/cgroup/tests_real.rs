@@ -60,6 +60,38 @@ pub(crate) fn spawn(rcg: Option<&RunCgroup>, rl: &Rlimits, cmd: &mut Command) ->
     cmd.stdin(Stdio::null()).spawn().expect("spawn")
 }
 
+/// SIGKILLs the processes a test started when the test ends, passed or not, so that a
+/// broken `join_in_child`/`kill_all` cannot leave them running.
+#[derive(Default)]
+struct Reaper(Vec<i32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Wait up to 10 s for `child` to be killed by a signal; kill it ourselves otherwise.
+fn wait_signal(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.signal();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} was not killed", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn fs() -> CgroupFs {
     CgroupFs::detect().expect("cgroups detected")
 }
@@ -128,7 +160,7 @@ for _ in range(60):
         break
     if pid == 0:
         os.close(1)  # let the test read stdout to EOF without waiting for us
-        time.sleep(30)
+        time.sleep(10)
         os._exit(0)
     kids.append(pid)
 print(len(kids), err)
@@ -222,6 +254,7 @@ fn real_kill_all_catches_double_forked_setsid_sleep() {
     let tmp = tempfile::tempdir().unwrap();
     let rcg = RunCgroup::create(&fs(), "kill", &Request::default()).unwrap();
     let sleep = escaped_sleep(&rcg, &tmp.path().join("pid"));
+    let _reaper = Reaper(vec![sleep]);
     assert!(rcg.populated());
     assert!(rcg.pids().contains(&sleep), "{:?}", rcg.pids());
     let killed = rcg.kill_all().unwrap();
@@ -261,10 +294,11 @@ fn real_clean_stale_kills_and_removes_dead_owners_only() {
         Command::new("sleep").arg("1000"),
     );
 
+    let _reaper = Reaper(vec![orphan.id() as i32, live_child.id() as i32]);
     let removed = fs.clean_stale();
     assert!(removed.contains(&name), "{removed:?}");
     assert!(!removed.iter().any(|n| n == live.name()));
-    assert_eq!(orphan.wait().unwrap().signal(), Some(9));
+    assert_eq!(wait_signal(&mut orphan), Some(9));
     gone(&stale_dirs);
     assert!(live.dirs().iter().all(|d| d.exists()));
     assert!(live.populated(), "live run untouched");
@@ -272,7 +306,7 @@ fn real_clean_stale_kills_and_removes_dead_owners_only() {
 
     let live_dirs = live.dirs().to_vec();
     live.remove().unwrap();
-    assert_eq!(live_child.wait().unwrap().signal(), Some(9));
+    assert_eq!(wait_signal(&mut live_child), Some(9));
     gone(&live_dirs);
 }
 
@@ -304,18 +338,23 @@ fn real_kill_all_with_v1_freezer_only() {
             .all(|d| !d.starts_with("/sys/fs/cgroup/unified"))
     );
     let sleep = escaped_sleep(&rcg, &tmp.path().join("pid"));
-    // A forking loop too: the freezer must stop it from outrunning the kills.
+    // A forking loop too: the freezer must stop it from outrunning the kills. Bounded
+    // (500 short sleeps) so that a broken join cannot turn it into a fork bomb.
     let mut forker = spawn(
         Some(&rcg),
         &Rlimits::default(),
-        Command::new("sh").args(["-c", "while :; do sleep 1000 & done"]),
+        Command::new("sh").args([
+            "-c",
+            "i=0; while [ $i -lt 500 ]; do sleep 60 & i=$((i+1)); sleep 0.01; done; wait",
+        ]),
     );
+    let _reaper = Reaper(vec![sleep, forker.id() as i32]);
     std::thread::sleep(Duration::from_millis(200));
     assert!(rcg.populated());
     let killed = rcg.kill_all().unwrap();
     assert!(killed >= 3, "killed {killed}");
     assert!(proc_gone_or_zombie(sleep));
-    assert_eq!(forker.wait().unwrap().signal(), Some(9));
+    assert_eq!(wait_signal(&mut forker), Some(9));
     assert!(rcg.pids().is_empty() && !rcg.populated());
     let freezer = rcg.dirs().iter().find(|d| d.join("freezer.state").exists());
     let state = std::fs::read_to_string(freezer.unwrap().join("freezer.state")).unwrap();
