@@ -1,1 +1,435 @@
-//! placeholder, see DESIGN
+//! The run's result: the [`Outcome`] written as JSON (`schemas/result.schema.json`),
+//! the exit-code mapping of DESIGN.md, and the one-line human summary for stderr.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// The committed JSON Schema of [`Outcome`].
+pub const SCHEMA: &str = include_str!("../schemas/result.schema.json");
+
+/// Current `version` of the result format.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    TimedOut,
+    OomKilled,
+    Cancelled,
+    PrepareFailed,
+    LaunchError,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::OomKilled => "oom_killed",
+            Status::Cancelled => "cancelled",
+            Status::PrepareFailed => "prepare_failed",
+            Status::LaunchError => "launch_error",
+        }
+    }
+}
+
+/// How a run ended, as the supervisor saw it; [`Ending::status`],
+/// [`Ending::exit_code`] and [`Ending::signal`] fill the matching [`Outcome`] fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The step exited by itself with this code (0 is success).
+    Exited(i32),
+    /// The step was killed by this signal, not by us.
+    Signaled(i32),
+    /// Over its timeout; `signal` is what finally killed it, when it had to be.
+    TimedOut {
+        signal: Option<i32>,
+    },
+    /// Killed by the out-of-memory killer of its cgroup.
+    OomKilled {
+        signal: Option<i32>,
+    },
+    /// The runner received `received` (SIGINT, SIGTERM, SIGHUP) and stopped the step.
+    Cancelled {
+        received: i32,
+    },
+    PrepareFailed,
+    LaunchError(LaunchFailure),
+}
+
+/// Why a step could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchFailure {
+    /// The command does not exist (`ENOENT`): exit 127, like a shell.
+    NotFound,
+    /// It exists but cannot be executed (`EACCES`, `ENOEXEC`): exit 126.
+    NotExecutable,
+    /// Anything else: a limit that cannot be enforced, a failed fork: exit 125.
+    Other,
+}
+
+impl Ending {
+    pub fn status(&self) -> Status {
+        match self {
+            Ending::Exited(0) => Status::Succeeded,
+            Ending::Exited(_) | Ending::Signaled(_) => Status::Failed,
+            Ending::TimedOut { .. } => Status::TimedOut,
+            Ending::OomKilled { .. } => Status::OomKilled,
+            Ending::Cancelled { .. } => Status::Cancelled,
+            Ending::PrepareFailed => Status::PrepareFailed,
+            Ending::LaunchError(_) => Status::LaunchError,
+        }
+    }
+
+    /// The runner's exit code (DESIGN.md, "Exit codes and result").
+    pub fn exit_code(&self) -> i32 {
+        match *self {
+            Ending::Exited(0) => 0,
+            Ending::Exited(n @ 1..=255) => n,
+            // Not a Unix exit status; still a failure, never mistaken for success.
+            Ending::Exited(_) => 1,
+            Ending::Signaled(s) => 128 + s,
+            Ending::TimedOut { .. } => 124,
+            Ending::OomKilled { .. } => 137,
+            Ending::Cancelled { received } => 128 + received,
+            Ending::PrepareFailed | Ending::LaunchError(LaunchFailure::Other) => 125,
+            Ending::LaunchError(LaunchFailure::NotExecutable) => 126,
+            Ending::LaunchError(LaunchFailure::NotFound) => 127,
+        }
+    }
+
+    /// The `signal` of the result: what killed the step, or for `cancelled` the
+    /// signal the runner received.
+    pub fn signal(&self) -> Option<i32> {
+        match *self {
+            Ending::Signaled(s) | Ending::Cancelled { received: s } => Some(s),
+            Ending::TimedOut { signal } | Ending::OomKilled { signal } => signal,
+            _ => None,
+        }
+    }
+}
+
+/// The runner's exit code for `ending`; see [`Ending::exit_code`].
+pub fn exit_code(ending: &Ending) -> i32 {
+    ending.exit_code()
+}
+
+/// What the result file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub version: u32,
+    pub run_id: String,
+    pub flavor: String,
+    pub step: String,
+    pub status: Status,
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub message: Option<String>,
+    pub started_at: String,
+    pub duration_secs: f64,
+    pub stages: Stages,
+    pub cache: Option<CacheInfo>,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_user_secs: Option<f64>,
+    pub cpu_system_secs: Option<f64>,
+    pub oom_kills: u64,
+    pub leftover_processes_killed: u64,
+    pub limits: Vec<LimitRecord>,
+    pub logs: Logs,
+    pub cleanup_error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    /// Set `status`, `exit_code` and `signal` from how the run ended.
+    pub fn set_ending(&mut self, ending: Ending) {
+        self.status = ending.status();
+        self.exit_code = ending.exit_code();
+        self.signal = ending.signal();
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    pub prepare: Option<StageTiming>,
+    pub launch: Option<StageTiming>,
+    pub cleanup: Option<StageTiming>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageTiming {
+    pub duration_secs: f64,
+    pub exit_code: Option<i32>,
+    /// `ok`, `failed`, `skipped`, `cached`, `timed_out`, `cancelled`, `oom_killed`.
+    pub status: String,
+    pub commands: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheInfo {
+    pub hit: bool,
+    pub key: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRecord {
+    /// `memory`, `cpus`, `pids`, `open_files`, `cpu_time`, `file_size`, `core`,
+    /// `address_space`, `gpus`, `timeout`.
+    pub name: String,
+    /// Bytes for memory and sizes, cores for cpus, seconds for times, a count
+    /// otherwise; for gpus the list of visible device ids.
+    pub value: serde_json::Value,
+    pub enforced_by: Enforcement,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    #[serde(rename = "cgroup-v2")]
+    CgroupV2,
+    #[serde(rename = "cgroup-v1")]
+    CgroupV1,
+    #[serde(rename = "rlimit")]
+    Rlimit,
+    #[serde(rename = "env")]
+    Env,
+    /// The runner itself, for timeouts.
+    #[serde(rename = "supervisor")]
+    Supervisor,
+    /// Asked for but not enforced (`--best-effort-limits`).
+    #[serde(rename = "none")]
+    None,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub truncated: bool,
+}
+
+/// `t` as RFC 3339 in UTC with milliseconds, the form of `started_at`.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write result file `{path}`")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot serialize the result")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// Write `outcome` as pretty JSON with a trailing newline, atomically: into
+/// `<path>.tmp.<pid>` in the same directory, fsync, rename over `path`, fsync the
+/// directory. A reader sees either no file (or the previous one) or the whole new one.
+pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
+    let mut json = serde_json::to_vec_pretty(outcome).map_err(ReportError::Serialize)?;
+    json.push(b'\n');
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let write = |p: &Path| -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)?;
+        file.write_all(&json)?;
+        file.sync_all()
+    };
+    if let Err(source) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ReportError::Write { path: tmp, source });
+    }
+    if let Err(source) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ReportError::Write {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    // Make the rename itself durable; a directory that cannot be opened for this
+    // (unusual permissions) does not make the result any less complete.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// One line for stderr, e.g.
+/// `runner: succeeded in 1.23s · exit 0 · peak memory 12.3 MiB · cpu 0.45s user 0.02s system · logs /run/stdout.log /run/stderr.log`
+pub fn summary(outcome: &Outcome) -> String {
+    let mut parts = vec![
+        format!(
+            "runner: {} in {}",
+            outcome.status.as_str(),
+            format_secs(outcome.duration_secs)
+        ),
+        format!("exit {}", outcome.exit_code),
+    ];
+    let signal = outcome.signal.map(signal_name);
+    match (outcome.status, signal) {
+        (Status::Cancelled, Some(name)) => parts.push(format!("received {name}")),
+        (_, Some(name)) => parts.push(format!("killed by {name}")),
+        _ => {}
+    }
+    match outcome.status {
+        Status::OomKilled => parts.push(match limit_value(outcome, "memory") {
+            Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
+                format!(
+                    "memory limit {} reached",
+                    format_limit_bytes(n.as_u64().unwrap_or(0))
+                )
+            }
+            _ => "out of memory".to_owned(),
+        }),
+        Status::TimedOut => {
+            if let Some(serde_json::Value::Number(n)) = limit_value(outcome, "timeout")
+                && let Some(secs) = n.as_f64()
+            {
+                parts.push(format!("timeout {} reached", format_timeout(secs)));
+            }
+        }
+        _ => {}
+    }
+    if let Some(message) = &outcome.message {
+        parts.push(message.clone());
+    }
+    if outcome.cache.as_ref().is_some_and(|c| c.hit) {
+        parts.push("prepare cached".to_owned());
+    }
+    if let Some(peak) = outcome.peak_memory_bytes {
+        parts.push(format!("peak memory {}", format_bytes(peak)));
+    }
+    match (outcome.cpu_user_secs, outcome.cpu_system_secs) {
+        (None, None) => {}
+        (user, system) => parts.push(format!(
+            "cpu {} user {} system",
+            format_secs(user.unwrap_or(0.0)),
+            format_secs(system.unwrap_or(0.0))
+        )),
+    }
+    if outcome.leftover_processes_killed > 0 {
+        parts.push(format!(
+            "{} leftover processes killed",
+            outcome.leftover_processes_killed
+        ));
+    }
+    if outcome.cleanup_error.is_some() {
+        parts.push("cleanup failed".to_owned());
+    }
+    match outcome.warnings.len() {
+        0 => {}
+        1 => parts.push("1 warning".to_owned()),
+        n => parts.push(format!("{n} warnings")),
+    }
+    let logs = &outcome.logs;
+    let paths: Vec<&str> = [&logs.stdout, &logs.stderr]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(String::as_str)
+        .collect();
+    if !paths.is_empty() {
+        let truncated = if logs.truncated { " (truncated)" } else { "" };
+        parts.push(format!("logs {}{truncated}", paths.join(" ")));
+    }
+    parts.join(" · ")
+}
+
+fn limit_value<'a>(outcome: &'a Outcome, name: &str) -> Option<&'a serde_json::Value> {
+    outcome
+        .limits
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| &l.value)
+}
+
+/// `SIGKILL (9)`, or `signal 70` for one without a name.
+fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(s) => format!("{} ({signal})", s.as_str()),
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+/// Binary units with one decimal: 1536 → `1.5 KiB`, 512 → `512 B`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    // Move up when rounding to one decimal would print 1024.0.
+    while value >= 1023.95 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A configured limit: exact when it is a whole number of units (`64 MiB`).
+fn format_limit_bytes(n: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format_bytes(n)
+}
+
+/// `0.45s`, `12.30s`, `2m 05s`, `1h 02m 05s`.
+fn format_secs(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".to_owned();
+    }
+    if secs < 60.0 {
+        return format!("{secs:.2}s");
+    }
+    let whole = secs.round() as u64;
+    let (h, m, s) = (whole / 3600, whole / 60 % 60, whole % 60);
+    if h > 0 {
+        format!("{h}h {m:02}m {s:02}s")
+    } else {
+        format!("{m}m {s:02}s")
+    }
+}
+
+/// A configured timeout as written in manifests: `90s` → `1m 30s`, `1h`.
+fn format_timeout(secs: f64) -> String {
+    if secs.fract() == 0.0 && secs >= 0.0 {
+        humantime::format_duration(Duration::from_secs(secs as u64)).to_string()
+    } else {
+        format_secs(secs)
+    }
+}
+
+#[cfg(test)]
+mod tests;
