@@ -59,7 +59,11 @@ fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
 impl Lease {
     /// Lock the entry exclusively. When another runner holds it, call `waiting`
     /// once and block; `cancelled` is asked after each interruption by a signal.
-    pub fn acquire(dir: &Path, waiting: impl FnOnce(), cancelled: impl Fn() -> bool) -> Result<Lease, CacheError> {
+    pub fn acquire(
+        dir: &Path,
+        waiting: impl FnOnce(),
+        mut cancelled: impl FnMut() -> bool,
+    ) -> Result<Lease, CacheError> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         let lp = lock_path(dir);

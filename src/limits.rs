@@ -1,6 +1,5 @@
 //! Limits that are not cgroups: rlimits (checked in the parent, applied in `pre_exec`),
 //! GPU selection for `CUDA_VISIBLE_DEVICES`, and machine capacity checks.
-#![allow(dead_code)]
 
 use std::path::Path;
 

@@ -11,7 +11,6 @@
 //! getting every byte. A failing log file does not stop the draining either: the
 //! step is never blocked or killed because of its logs, the error comes out of
 //! [`LogPump::join`].
-#![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -51,6 +50,7 @@ pub enum Live {
     Stderr,
     None,
     /// Any other writable descriptor (a pipe to a log shipper, a test).
+    #[cfg_attr(not(test), allow(dead_code))]
     Fd(OwnedFd),
 }
 
@@ -98,7 +98,6 @@ pub enum LogError {
 /// A running pump; [`LogPump::join`] waits for the pipe's end of file.
 #[derive(Debug)]
 pub struct LogPump {
-    path: PathBuf,
     thread: JoinHandle<Result<LogStats, LogError>>,
 }
 
@@ -138,7 +137,7 @@ pub fn pump(pipe: OwnedFd, spec: LogSpec) -> Result<LogPump, LogError> {
             path: path.clone(),
             source,
         })?;
-    Ok(LogPump { path, thread })
+    Ok(LogPump { thread })
 }
 
 impl LogPump {
@@ -148,10 +147,6 @@ impl LogPump {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

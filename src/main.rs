@@ -3,15 +3,18 @@
 //! This file parses arguments, calls the command, prints diagnostics and maps
 //! the outcome to the process exit code (see README.md, "Exit codes").
 
+mod cache;
 mod cgroup;
 mod cli;
 mod diag;
+mod exec;
 mod limits;
 mod logs;
 mod manifest;
 mod plan;
 mod render;
 mod report;
+mod signals;
 mod step_info;
 mod units;
 mod util;
@@ -23,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Cmd, PlanFormat, SchemaKind, StepArgs};
+use cli::{Cli, Cmd, LaunchArgs, PlanFormat, SchemaKind, StepArgs};
 use diag::Format;
 use manifest::{Flavor, Source};
 use step_info::{InfoError, StepInfo};
@@ -43,15 +46,16 @@ fn main() -> ExitCode {
             format,
             run_dir,
         } => render_cmd(&manifest, &step, format, run_dir),
-        Cmd::Launch { .. } => {
-            eprintln!("error: `runner launch` is not available in this build");
-            ExitCode::from(EXIT_RUNNER)
-        }
+        Cmd::Launch {
+            manifest,
+            step,
+            opts,
+        } => launch_cmd(&manifest, &step, &opts),
         Cmd::Schema { which } => {
             let text = match which {
                 SchemaKind::Flavor => validate::FLAVOR_SCHEMA,
                 SchemaKind::StepInfo => validate::STEP_INFO_SCHEMA,
-                SchemaKind::Result => validate::RESULT_SCHEMA,
+                SchemaKind::Result => report::SCHEMA,
             };
             print!("{text}");
             ExitCode::SUCCESS
@@ -231,4 +235,59 @@ fn render_cmd(
         },
     }
     ExitCode::SUCCESS
+}
+
+fn launch_cmd(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> ExitCode {
+    let log_limit = match args
+        .log_limit
+        .as_deref()
+        .map(units::parse_bytes)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --log-limit: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let loaded = match load(manifest, step) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let plan = match render_plan(&loaded, args.run_dir.clone()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let opts = exec::Options {
+        quiet: args.quiet,
+        json: args.json,
+        log_limit,
+        best_effort: args.best_effort_limits,
+        stdin: args.stdin,
+    };
+    let outcome = match exec::execute(&plan, &loaded.info.environment, &opts) {
+        Ok(o) => o,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(s) = cur {
+                msg.push_str(&format!(": {s}"));
+                cur = s.source();
+            }
+            eprintln!("error: {msg}\n  = hint: the step was not started");
+            return ExitCode::from(EXIT_RUNNER);
+        }
+    };
+    let result_path = plan.dirs.run.join("result.json");
+    if let Err(e) = report::write_atomic(&result_path, &outcome) {
+        eprintln!("warning: cannot write `{}`: {e}", result_path.display());
+    }
+    eprintln!("{}", report::summary(&outcome));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).expect("outcome serializes")
+        );
+    }
+    ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
 }

@@ -96,13 +96,30 @@ pub enum Run {
     Argv { argv: Vec<String> },
 }
 
-#[allow(dead_code)] // Used by `runner launch`, which is not wired into this build yet.
 impl CommandPlan {
     /// The argv actually executed.
     pub fn argv(&self) -> Vec<String> {
         match &self.run {
             Run::Argv { argv } => argv.clone(),
             Run::Script { shell, script } => vec![shell.clone(), "-c".into(), script.clone()],
+        }
+    }
+
+    /// One line for progress messages: the argv, or a script's first line.
+    pub fn display(&self) -> String {
+        let text = match &self.run {
+            Run::Argv { argv } => argv.join(" "),
+            Run::Script { shell, script } => {
+                let mut lines = script.lines().filter(|l| !l.trim().is_empty());
+                let first = lines.next().unwrap_or("");
+                let more = if lines.next().is_some() { " …" } else { "" };
+                format!("{shell}: {first}{more}")
+            }
+        };
+        if text.chars().count() > 120 {
+            format!("{}…", text.chars().take(119).collect::<String>())
+        } else {
+            text
         }
     }
 

@@ -1,6 +1,5 @@
 //! The run's result: the [`Outcome`] written as JSON (`schemas/result.schema.json`),
 //! the exit-code mapping of DESIGN.md, and the one-line human summary for stderr.
-#![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -115,11 +114,6 @@ impl Ending {
             _ => None,
         }
     }
-}
-
-/// The runner's exit code for `ending`; see [`Ending::exit_code`].
-pub fn exit_code(ending: &Ending) -> i32 {
-    ending.exit_code()
 }
 
 /// What the result file holds.

@@ -51,7 +51,10 @@ impl Signals {
                 }
             }
         }
-        Ok(Signals { read, _write: write })
+        Ok(Signals {
+            read,
+            _write: write,
+        })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -64,7 +67,8 @@ impl Signals {
         let mut buf = [0u8; 64];
         loop {
             // SAFETY: reading into a stack buffer of the given length.
-            let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 break;
             }

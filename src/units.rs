@@ -83,7 +83,6 @@ pub fn parse_count(text: &str) -> Result<u64, UnitError> {
 }
 
 /// `1536` → `1.5 KiB`: binary units, one decimal.
-#[allow(dead_code)] // Used by `runner launch`, which is not wired into this build yet.
 pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {

@@ -20,7 +20,6 @@ mod script;
 
 pub const FLAVOR_SCHEMA: &str = include_str!("../schemas/flavor.schema.json");
 pub const STEP_INFO_SCHEMA: &str = include_str!("../schemas/step-info.schema.json");
-pub const RESULT_SCHEMA: &str = include_str!("../schemas/result.schema.json");
 
 fn compile(text: &str) -> Validator {
     let schema: Value = serde_json::from_str(text).expect("embedded schema is JSON");

@@ -11,8 +11,6 @@
 //! cannot overflow the stack; depth and alias expansion are bounded by [`MAX_DEPTH`] and
 //! [`MAX_ALIAS_NODES`].
 
-#![allow(dead_code)]
-
 mod index;
 mod scalar;
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //!
 //! Version-specific file formats live in `v1` and `v2`; mount detection in `detect`;
 //! the per-run lifecycle in `run`; cleanup after dead runners in `stale`.
-#![allow(dead_code)]
 
 mod detect;
 mod run;

@@ -244,15 +244,18 @@ impl RunCgroup {
         rcg
     }
 
+    #[cfg(test)]
     pub fn version(&self) -> Version {
         self.version
     }
 
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Every directory of this run (v1 hierarchies, then the unified tree).
+    #[cfg(test)]
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }

@@ -177,7 +177,7 @@ fn exit_codes_follow_the_design_table() {
     ];
     for (ending, status, code, signal) in cases {
         assert_eq!(
-            (ending.status(), exit_code(&ending), ending.signal()),
+            (ending.status(), ending.exit_code(), ending.signal()),
             (status, code, signal),
             "{ending:?}"
         );

@@ -4,5 +4,6 @@
 //! One test binary (faster to link, shared helpers); one module per command.
 
 mod common;
+mod launch;
 mod render;
 mod validate;

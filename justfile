@@ -1,0 +1,24 @@
+# steprunner tasks. `just` is optional: each recipe is a plain command.
+
+default: test
+
+# Build the release binary
+build:
+    cargo build --release
+
+# Run every test (as root for the cgroup and limit tests; CI=true makes them mandatory)
+test:
+    cargo nextest run --no-fail-fast
+
+# Formatting and lints, as CI checks them
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Run a real step end to end on the shipped venv flavor and example step
+demo:
+    cargo run --release -- launch manifests/venv.yaml --info examples/hello/step.yaml
+
+# Benchmarks against baselines; results in bench/results.md
+bench:
+    bash bench/run.sh

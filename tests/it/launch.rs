@@ -1,0 +1,644 @@
+//! `runner launch` end to end: real steps under real limits. These tests create
+//! cgroups, so they need root; with `CI=true` they fail instead of skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Output, Runner, root};
+
+/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
+fn needs_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs root (it creates cgroups) and CI=true forbids skipping it");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// `runner launch --json -q ARGS…`: the output and the parsed result.
+fn launch(args: &[&str]) -> (Output, Value) {
+    launch_with(Runner::new(), args)
+}
+
+fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
+    let out = r.arg("launch").arg("--json").arg("-q").args(args).run();
+    let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no result JSON on stdout ({e})\n--- stdout\n{}\n--- stderr\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (out, result)
+}
+
+/// Processes whose command line contains `marker` (other than this test).
+fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Cgroup folders of a run, in every hierarchy.
+fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, run_id: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(run_id))
+            {
+                out.push(p.clone());
+            }
+            walk(&p, depth - 1, run_id, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, run_id, &mut out);
+    out
+}
+
+fn run_id(result: &Value) -> &str {
+    result["run_id"].as_str().expect("run_id")
+}
+
+#[track_caller]
+fn assert_nothing_left(result: &Value, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let procs = processes_with(marker);
+        if procs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the step are still alive: {procs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = cgroups_of(run_id(result));
+    assert!(left.is_empty(), "cgroups of the run are left: {left:?}");
+}
+
+fn limit<'a>(result: &'a Value, name: &str) -> &'a Value {
+    result["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no limit `{name}` in {result}"))
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    if !needs_root() {
+        return;
+    }
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    out.expect_code(3);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["exit_code"], 3);
+    let run = PathBuf::from(r["logs"]["stdout"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert_eq!(std::fs::read(run.join("stdout.log")).unwrap(), b"out\n");
+    assert_eq!(std::fs::read(run.join("stderr.log")).unwrap(), b"err\n");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, r, "result.json and --json agree");
+    assert!(out.stderr.contains("runner: failed in "), "{}", out.stderr);
+
+    let (out, r) = launch(&["manifests/local.yaml", "--", "true"]);
+    out.expect_code(0);
+    assert_eq!(r["status"], "succeeded");
+}
+
+#[test]
+fn not_found_is_127_and_not_executable_126() {
+    if !needs_root() {
+        return;
+    }
+    let (out, r) = launch(&["manifests/local.yaml", "--", "/nonexistent/train"]);
+    out.expect_code(127);
+    assert_eq!(r["status"], "launch_error");
+    assert!(r["message"].as_str().unwrap().contains("not found"), "{r}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("train.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let (out, r) = launch(&["manifests/local.yaml", "--", script.to_str().unwrap()]);
+    out.expect_code(126);
+    assert_eq!(r["status"], "launch_error");
+}
+
+#[test]
+fn oom_killed_at_the_memory_limit() {
+    if !needs_root() {
+        return;
+    }
+    let alloc = "b = bytearray(256 << 20); print(len(b))";
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--memory",
+        "64MiB",
+        "--",
+        "python3",
+        "-c",
+        alloc,
+    ]);
+    out.expect_code(137);
+    assert_eq!(r["status"], "oom_killed");
+    assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
+    let peak = r["peak_memory_bytes"].as_u64().unwrap();
+    assert!(
+        peak > 48 << 20 && peak <= 65 << 20,
+        "peak {peak} should be about the 64 MiB limit"
+    );
+    assert_eq!(limit(&r, "memory")["enforced_by"], "cgroup-v1");
+    assert_nothing_left(&r, "bytearray(256 << 20)");
+
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--memory",
+        "512MiB",
+        "--",
+        "python3",
+        "-c",
+        alloc,
+    ]);
+    out.expect_code(0);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["oom_kills"], 0);
+}
+
+#[test]
+fn fork_bomb_is_contained_by_pids() {
+    if !needs_root() {
+        return;
+    }
+    let bomb = r#"
+import os, sys, time
+children = 0
+try:
+    for _ in range(10000):
+        if os.fork() == 0:
+            time.sleep(600)  # forkbomb-marker-7731
+            os._exit(0)
+        children += 1
+except OSError as e:
+    print("fork failed after", children, "children:", e)
+    sys.exit(1)
+"#;
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--set",
+        "pids=32",
+        "--",
+        "python3",
+        "-c",
+        bomb,
+    ]);
+    out.expect_code(1);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(limit(&r, "pids")["value"], 32);
+    let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    let children: u32 = log
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(9999);
+    assert!(children < 32, "the pids limit stops forking: {log}");
+    assert!(
+        r["leftover_processes_killed"].as_u64().unwrap() >= u64::from(children.min(1)),
+        "{r}"
+    );
+    assert_nothing_left(&r, "forkbomb-marker-7731");
+}
+
+#[test]
+fn cpu_quota_halves_cpu_time() {
+    if !needs_root() {
+        return;
+    }
+    let busy = "import time\nt = time.time()\nwhile time.time() - t < 2: pass";
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--cpus",
+        "0.5",
+        "--",
+        "python3",
+        "-c",
+        busy,
+    ]);
+    out.expect_code(0);
+    let cpu = r["cpu_user_secs"].as_f64().unwrap() + r["cpu_system_secs"].as_f64().unwrap();
+    let wall = r["stages"]["launch"]["duration_secs"].as_f64().unwrap();
+    let ratio = cpu / wall;
+    assert!(
+        (0.3..=0.7).contains(&ratio),
+        "cpu {cpu}s over wall {wall}s = {ratio}, expected about 0.5"
+    );
+    assert_eq!(limit(&r, "cpus")["value"], 0.5);
+}
+
+#[test]
+fn open_files_limit_applies_inside_the_step() {
+    if !needs_root() {
+        return;
+    }
+    let probe = r#"
+import os
+fds = []
+try:
+    while True:
+        fds.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as e:
+    print(max(fds) + 1, e.errno)
+"#;
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--set",
+        "open_files=16",
+        "--",
+        "python3",
+        "-c",
+        probe,
+    ]);
+    out.expect_code(0);
+    let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        log.trim(),
+        format!("16 {}", libc::EMFILE),
+        "the 17th descriptor fails with EMFILE"
+    );
+    assert_eq!(limit(&r, "open_files")["enforced_by"], "rlimit");
+}
+
+#[test]
+fn timeout_kills_the_whole_tree_including_setsid_escapees() {
+    if !needs_root() {
+        return;
+    }
+    let step = "setsid sleep 1000.4242 & trap '' TERM; echo started; while :; do sleep 0.1; done";
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--set",
+        "timeout=1s",
+        "--set",
+        "kill_grace=1s",
+        "--",
+        "sh",
+        "-c",
+        step,
+    ]);
+    out.expect_code(124);
+    assert_eq!(r["status"], "timed_out");
+    assert_eq!(limit(&r, "timeout")["enforced_by"], "supervisor");
+    assert_nothing_left(&r, "sleep 1000.4242");
+}
+
+/// Start `runner launch` in the background; the step signals readiness by creating `ready`.
+fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(assert_cmd::cargo::cargo_bin("runner"))
+        .current_dir(root())
+        .env("RUNNER_HOME", home)
+        .arg("launch")
+        .arg("--json")
+        .arg("-q")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runner starts")
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "`{}` never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigint_cancels_runs_cleanup_and_leaves_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ready = out.path().join("ready");
+    let step = format!("touch {}; exec sleep 1000.5151", ready.display());
+    let set = format!("out={}", out.path().display());
+    let child = spawn_runner(
+        home.path(),
+        &[
+            "tests/fixtures/launch/staged.yaml",
+            "--set",
+            &set,
+            "--",
+            "sh",
+            "-c",
+            &step,
+        ],
+    );
+    wait_for(&ready);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("cleanup")).unwrap(),
+        "cancelled 130\n"
+    );
+    assert_eq!(r["stages"]["cleanup"]["status"], "ok");
+    assert_nothing_left(&r, "sleep 1000.5151");
+}
+
+#[test]
+fn a_sigkilled_runner_takes_its_step_along_and_the_next_run_removes_its_cgroup() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ready = out.path().join("ready");
+    let step = format!("touch {}; exec sleep 1000.6161", ready.display());
+    let mut child = spawn_runner(
+        home.path(),
+        &["manifests/local.yaml", "--", "sh", "-c", &step],
+    );
+    wait_for(&ready);
+    let runs: Vec<_> = std::fs::read_dir(home.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    let first_run = runs[0].file_name().to_string_lossy().into_owned();
+    assert!(
+        !cgroups_of(&first_run).is_empty(),
+        "the step runs in its cgroup"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with("sleep 1000.6161").is_empty() {
+        assert!(Instant::now() < deadline, "the step outlived its runner");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The dead runner could not remove its cgroup; the next run does.
+    let (out, _) = launch_with(
+        Runner::new().env("RUNNER_HOME", home.path()),
+        &["manifests/local.yaml", "--", "true"],
+    );
+    out.expect_code(0);
+    assert_eq!(
+        cgroups_of(&first_run),
+        Vec::<PathBuf>::new(),
+        "the stale cgroup is removed"
+    );
+}
+
+#[test]
+fn logs_1gib_each_on_stdout_and_stderr_are_exact() {
+    if !needs_root() {
+        return;
+    }
+    let step = "head -c 1073741824 /dev/zero & head -c 1073741824 /dev/zero >&2; wait";
+    let (out, r) = launch(&["manifests/local.yaml", "--", "sh", "-c", step]);
+    out.expect_code(0);
+    assert_eq!(r["logs"]["stdout_bytes"], 1u64 << 30);
+    assert_eq!(r["logs"]["stderr_bytes"], 1u64 << 30);
+    for key in ["stdout", "stderr"] {
+        let path = r["logs"][key].as_str().unwrap();
+        assert_eq!(
+            std::fs::metadata(path).unwrap().len(),
+            1 << 30,
+            "{key}.log is complete"
+        );
+    }
+}
+
+#[test]
+fn log_limit_keeps_head_and_tail() {
+    if !needs_root() {
+        return;
+    }
+    let step = "seq 1 100000";
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--log-limit",
+        "1000",
+        "--",
+        "sh",
+        "-c",
+        step,
+    ]);
+    out.expect_code(0);
+    let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    assert!(log.starts_with("1\n2\n3\n"), "{log}");
+    assert!(log.ends_with("99999\n100000\n"), "{log}");
+    assert!(log.contains("bytes omitted]"), "{log}");
+    assert_eq!(r["logs"]["truncated"], true);
+    assert_eq!(
+        r["logs"]["stdout_bytes"], 588895,
+        "the total counts every byte the step wrote"
+    );
+}
+
+#[test]
+fn unenforceable_limits_refuse_unless_best_effort() {
+    if !needs_root() {
+        return;
+    }
+    // A cgroup root that exists but cannot be written: cgroups unavailable.
+    let fake = tempfile::tempdir().unwrap();
+    let ro = fake.path().join("cgroup");
+    std::fs::create_dir(&ro).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "none"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a read-only tmpfs");
+    let r1 = launch_with(
+        Runner::new().env("RUNNER_CGROUP_ROOT", &ro),
+        &["manifests/local.yaml", "--memory", "64MiB", "--", "true"],
+    );
+    let r2 = launch_with(
+        Runner::new().env("RUNNER_CGROUP_ROOT", &ro),
+        &[
+            "manifests/local.yaml",
+            "--best-effort-limits",
+            "--memory",
+            "64MiB",
+            "--",
+            "true",
+        ],
+    );
+    let _ = Command::new("umount").arg(&ro).status();
+    let (out, r) = r1;
+    out.expect_code(125);
+    assert_eq!(r["status"], "launch_error");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("--best-effort-limits"),
+        "{r}"
+    );
+    assert!(r["stages"]["launch"].is_null(), "the step did not start");
+    let (out, r) = r2;
+    out.expect_code(0);
+    assert_eq!(limit(&r, "memory")["enforced_by"], "none");
+    assert!(!r["warnings"].as_array().unwrap().is_empty(), "{r}");
+}
+
+#[test]
+fn results_match_the_result_schema() {
+    if !needs_root() {
+        return;
+    }
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/result.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::draft202012::new(&schema).unwrap();
+    for args in [
+        &["manifests/local.yaml", "--", "true"][..],
+        &["manifests/local.yaml", "--", "sh", "-c", "exit 4"][..],
+        &["manifests/local.yaml", "--", "/nonexistent"][..],
+    ] {
+        let (_, r) = launch(args);
+        let errors: Vec<String> = v.iter_errors(&r).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{r}");
+    }
+}
+
+#[test]
+fn failed_prepare_is_not_cached_and_cleanup_still_runs() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let set = format!("out={}", out.path().display());
+    let args = [
+        "tests/fixtures/launch/staged.yaml",
+        "--set",
+        &set,
+        "--set",
+        "fail_prepare=true",
+        "--",
+        "true",
+    ];
+    let (o, r) = launch_with(Runner::new().env("RUNNER_HOME", home.path()), &args);
+    o.expect_code(125);
+    assert_eq!(r["status"], "prepare_failed");
+    assert_eq!(r["stages"]["prepare"]["exit_code"], 7);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("cleanup")).unwrap(),
+        "prepare_failed 125\n"
+    );
+    let (o, r) = launch_with(Runner::new().env("RUNNER_HOME", home.path()), &args);
+    o.expect_code(125);
+    assert_eq!(r["cache"]["hit"], false, "a failed prepare is never reused");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("prepare-count")).unwrap(),
+        "prepared\nprepared\n"
+    );
+}
+
+#[test]
+fn concurrent_launches_with_one_key_prepare_once() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let set = format!("out={}", out.path().display());
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            spawn_runner(
+                home.path(),
+                &[
+                    "tests/fixtures/launch/staged.yaml",
+                    "--set",
+                    &set,
+                    "--set",
+                    "prepare_sleep=1",
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat \"$READY\"",
+                ],
+            )
+        })
+        .collect();
+    let mut hits = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        hits += usize::from(r["cache"]["hit"] == true);
+        let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+        assert_eq!(log, "ready\n");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("prepare-count")).unwrap(),
+        "prepared\n",
+        "prepare ran once"
+    );
+    assert_eq!(hits, 7);
+}
