@@ -3,33 +3,17 @@
 //! This file parses arguments, calls the command, prints diagnostics and maps
 //! the outcome to the process exit code (see README.md, "Exit codes").
 
-mod cache;
-mod cgroup;
-mod cli;
-mod diag;
-mod exec;
-mod limits;
-mod logs;
-mod manifest;
-mod plan;
-mod render;
-mod report;
-mod signals;
-mod step_info;
-mod units;
-mod util;
-mod validate;
-mod yaml;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Cmd, LaunchArgs, PlanFormat, SchemaKind, StepArgs};
-use diag::Format;
-use manifest::{Flavor, Source};
-use step_info::{InfoError, StepInfo};
+use steprunner::{diag, exec, render, report, units, util, validate};
+
+use steprunner::cli::{Cli, Cmd, LaunchArgs, PlanFormat, SchemaKind, StepArgs};
+use steprunner::diag::Format;
+use steprunner::manifest::{Flavor, Source};
+use steprunner::step_info::{InfoError, StepInfo};
 
 /// Exit code for invalid manifests, step info or usage.
 const EXIT_INVALID: u8 = 2;
@@ -187,7 +171,7 @@ fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
     })
 }
 
-fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<plan::Plan, ExitCode> {
+fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<steprunner::plan::Plan, ExitCode> {
     let home = util::runner_home();
     let cwd = std::env::current_dir().map_err(|e| {
         eprintln!("error: cannot read the current directory: {e}");

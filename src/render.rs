@@ -544,6 +544,13 @@ pub fn render(
         );
         e.insert("RUNNER_STEP".to_string(), info.step.name.clone());
         e.insert("RUNNER_STAGE".to_string(), stage.to_string());
+        e.insert(
+            "RUNNER_ENGINE_OUTCOME".to_string(),
+            dirs.run
+                .join(crate::exec::ENGINE_OUTCOME)
+                .display()
+                .to_string(),
+        );
         if let Some(p) = &dirs.prepare {
             e.insert("RUNNER_PREPARE_DIR".to_string(), p.display().to_string());
         }

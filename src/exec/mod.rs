@@ -10,7 +10,7 @@ use arm::arm;
 use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,48 @@ use crate::report::{CacheInfo, Ending, LaunchFailure, Logs, Outcome, StageTiming
 use crate::signals::{self, Signals};
 
 use child::{Ended, Spec, Stop, Supervision, Waited};
+
+/// File in the run folder where a launch command may report what only its engine
+/// knows (a container's OOM kill, a cluster job's TIMEOUT): `{"status": "oom_killed"
+/// | "timed_out" | "failed" | "succeeded", "exit_code": N, "message": "…"}`.
+pub const ENGINE_OUTCOME: &str = "engine-outcome.json";
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineOutcome {
+    status: String,
+    #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// The engine's own report, if the launch command wrote one.
+fn engine_outcome(run: &Path, warnings: &mut Vec<String>) -> Option<(Ending, Option<String>)> {
+    let path = run.join(ENGINE_OUTCOME);
+    let text = std::fs::read(&path).ok()?;
+    let parsed: EngineOutcome = match serde_json::from_slice(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            warnings.push(format!("ignored `{}`: {e}", path.display()));
+            return None;
+        }
+    };
+    let ending = match parsed.status.as_str() {
+        "oom_killed" => Ending::OomKilled { signal: None },
+        "timed_out" => Ending::TimedOut { signal: None },
+        "succeeded" => Ending::Exited(0),
+        "failed" => Ending::Exited(parsed.exit_code.filter(|c| *c != 0).unwrap_or(1)),
+        other => {
+            warnings.push(format!(
+                "ignored `{}`: unknown status `{other}`",
+                path.display()
+            ));
+            return None;
+        }
+    };
+    Some((ending, parsed.message))
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -534,6 +576,12 @@ fn launch(
             Ending::Signaled(s),
             Some(format!("killed by {}", signals::name(s))),
         ),
+    };
+    // What the engine reported wins over what its client process exited with,
+    // unless the runner itself stopped the step.
+    let (ending, message) = match (w.stopped, engine_outcome(run, &mut out.warnings)) {
+        (None, Some((e, m))) => (e, m.or(message)),
+        _ => (ending, message),
     };
     if out.oom_kills > 0 && ending == Ending::Exited(0) {
         out.warnings.push(format!(

@@ -642,3 +642,25 @@ fn concurrent_launches_with_one_key_prepare_once() {
     );
     assert_eq!(hits, 7);
 }
+
+#[test]
+fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
+    if !needs_root() {
+        return;
+    }
+    // A container client exits 137 without the runner's cgroup seeing an OOM kill:
+    // the flavor's launch command says what happened.
+    let step = r#"echo '{"status": "oom_killed", "message": "container OOM-killed"}' > "$RUNNER_ENGINE_OUTCOME"; exit 137"#;
+    let (out, r) = launch(&["manifests/local.yaml", "--", "sh", "-c", step]);
+    out.expect_code(137);
+    assert_eq!(r["status"], "oom_killed");
+    assert_eq!(r["message"], "container OOM-killed");
+
+    let step = r#"echo '{"status": "bogus"}' > "$RUNNER_ENGINE_OUTCOME"; exit 3"#;
+    let (out, r) = launch(&["manifests/local.yaml", "--", "sh", "-c", step]);
+    out.expect_code(3);
+    assert!(
+        r["warnings"].to_string().contains("unknown status `bogus`"),
+        "{r}"
+    );
+}
