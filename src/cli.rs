@@ -93,6 +93,9 @@ pub struct StepArgs {
     /// A flavor setting (repeatable); `a.b=c` sets nested values
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Pass the runner's environment variable NAME to the step (repeatable); its value is never printed
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
     /// The step's source folder (`dirs.source`; default: the current directory)
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
@@ -147,6 +150,7 @@ impl StepArgs {
             memory: self.memory.clone(),
             set: self.set.clone(),
             source: self.source.clone(),
+            env: self.env.clone(),
             entrypoint: self.entrypoint.clone(),
         }
     }

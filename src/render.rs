@@ -99,6 +99,19 @@ pub fn environment() -> Environment<'static> {
         };
         Ok(secs.ceil() as u64)
     });
+    // `{{ names | flags('-e') }}` → `-e A -e B`; `flags('--x=')` → `--x=A --x=B`.
+    env.add_filter(
+        "flags",
+        |v: JValue, flag: String| -> Result<Vec<String>, Error> {
+            let items = v.try_iter()?;
+            Ok(items
+                .flat_map(|item| match flag.strip_suffix('=') {
+                    Some(_) => vec![format!("{flag}{}", plain(&item))],
+                    None => vec![flag.clone(), plain(&item)],
+                })
+                .collect())
+        },
+    );
     env.add_filter("hash", |v: JValue| {
         let json = serde_json::to_string(&v).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
@@ -494,6 +507,7 @@ pub fn render(
         "resources": info.resources,
         "settings": settings,
         "entrypoint": info.entrypoint,
+        "environment": info.environment.keys().collect::<Vec<_>>(),
         "env": at.env,
         "dirs": {"run": dirs.run, "work": dirs.work, "source": dirs.source},
     });
@@ -706,6 +720,20 @@ mod tests {
         assert_eq!(out, "echo 'a b' 'x;y' z $HOME 'a b'");
         let plain = env.render_named_str("s", "{{ name }}", &ctx).unwrap();
         assert_eq!(plain, "a b");
+    }
+
+    #[test]
+    fn flags_pair_each_item_with_a_flag() {
+        let env = environment();
+        let ctx = minijinja::context! { names => vec!["A", "B"] };
+        let expr = env.compile_expression("names | flags('-e')").unwrap();
+        let v = expr.eval(&ctx).unwrap();
+        assert_eq!(v.to_string(), r#"["-e", "A", "-e", "B"]"#);
+        let expr = env.compile_expression("names | flags('--env=')").unwrap();
+        assert_eq!(
+            expr.eval(&ctx).unwrap().to_string(),
+            r#"["--env=A", "--env=B"]"#
+        );
     }
 
     #[test]

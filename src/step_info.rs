@@ -103,6 +103,8 @@ pub struct Overrides {
     pub memory: Option<String>,
     pub set: Vec<String>,
     pub source: Option<PathBuf>,
+    /// Names of the runner's variables passed to the step.
+    pub env: Vec<String>,
     pub entrypoint: Vec<String>,
 }
 
@@ -120,6 +122,8 @@ pub enum InfoError {
     },
     #[error("--set `{0}`: expected KEY=VALUE")]
     Set(String),
+    #[error("--env `{0}`: not set in the runner's environment")]
+    Env(String),
 }
 
 impl StepInfo {
@@ -217,6 +221,10 @@ impl StepInfo {
                 .filter(|(k, _)| !k.is_empty())
                 .ok_or_else(|| InfoError::Set(kv.clone()))?;
             set_path(&mut self.settings, key, parse_set_value(value));
+        }
+        for name in &f.env {
+            let value = std::env::var(name).map_err(|_| InfoError::Env(name.clone()))?;
+            self.environment.insert(name.clone(), value);
         }
         if let Some(s) = &f.source {
             self.source = Some(s.clone());
