@@ -46,6 +46,8 @@ fn main() -> ExitCode {
             stderr,
         } => commands::logs(&run, follow, stderr),
         Cmd::Ps { json, all } => commands::ps(json, all),
+        Cmd::Cache { command } => commands::cache_cmd(command),
+        Cmd::Flavor { command } => commands::flavor_cmd(command),
         Cmd::Supervise { dir, opts } => match launch_opts(&opts) {
             Ok(mut o) => {
                 o.quiet = true;

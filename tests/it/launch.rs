@@ -670,3 +670,59 @@ fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
         "{r}"
     );
 }
+
+#[test]
+fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
+    if !needs_root() {
+        return;
+    }
+    use steprunner::render::shell_quote as q;
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("runner");
+    let set = format!("out={}", out.path().display());
+    // Two step names, two cache keys: both runs prepare.
+    let args = |step: &str| {
+        let mut a: Vec<String> = ["launch", "tests/fixtures/launch/staged.yaml", "--set", &set]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--set", "prepare_sleep=0.3", "--step", step, "--", "true"].map(String::from));
+        a
+    };
+    // `script` gives the runner a pseudo-terminal as its stderr.
+    let line = std::iter::once(q(bin.to_str().unwrap()))
+        .chain(args("tty").iter().map(|a| q(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(root())
+        .env("RUNNER_HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("\r\x1b[2K"), "redrawn in place: {shown:?}");
+    assert!(
+        shown.contains("✓ prepare 1/1 `sh: sleep 0.3 …`"),
+        "{shown:?}"
+    );
+
+    let plain = Runner::new()
+        .env("RUNNER_HOME", home.path())
+        .args(args("plain"))
+        .run();
+    plain.expect_code(0);
+    assert!(
+        plain
+            .stderr
+            .contains("runner: prepare 1/1 `sh: sleep 0.3 …`\n"),
+        "{}",
+        plain.stderr
+    );
+    assert!(
+        !plain.stderr.contains('\r'),
+        "no terminal codes when not a terminal"
+    );
+}

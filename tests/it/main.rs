@@ -6,5 +6,6 @@
 mod common;
 mod launch;
 mod lifecycle;
+mod registry;
 mod render;
 mod validate;
