@@ -304,6 +304,7 @@ pub const CONTEXT: &[(&str, Option<&[&str]>)] = &[
     ("resources", Some(&["cpu_count", "gpu_count", "memory"])),
     ("settings", None),
     ("entrypoint", None),
+    ("run_id", None),
     ("environment", None),
     ("env", None),
     ("dirs", Some(&["run", "prepare", "work", "source"])),

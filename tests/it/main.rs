@@ -3,6 +3,7 @@
 //!
 //! One test binary (faster to link, shared helpers); one module per command.
 
+mod cloud;
 mod common;
 mod launch;
 mod lifecycle;

@@ -73,6 +73,11 @@ fn snapshot_render(name: &str, args: &[&str]) {
         r"\d{8}T\d{6}-[a-z0-9-]+-[0-9a-f]{8}".into(),
         "[RUN_ID]".into(),
     ));
+    // Cloud job names end with the run id's last 8 hex digits.
+    filters.push((
+        r"(runner-[a-z0-9-]+-)[0-9a-f]{8}\b".into(),
+        "${1}[SHORT_RUN_ID]".into(),
+    ));
     let mut settings = insta::Settings::clone_current();
     for (re, with) in &filters {
         settings.add_filter(re, with.as_str());
@@ -134,6 +139,60 @@ fn render_venv_with_flags() {
             "requests==2.32.3",
             "--set",
             "installer=uv",
+        ],
+    );
+}
+
+#[test]
+fn render_kubernetes() {
+    snapshot_render(
+        "render_kubernetes",
+        &[
+            "manifests/kubernetes.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--gpus",
+            "1",
+            "--set",
+            "image=registry.example/hello:1",
+            "--set",
+            "namespace=ml",
+        ],
+    );
+}
+
+#[test]
+fn render_sagemaker() {
+    snapshot_render(
+        "render_sagemaker",
+        &[
+            "manifests/sagemaker.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--set",
+            "image=123456789012.dkr.ecr.eu-west-1.amazonaws.com/hello:1",
+            "--set",
+            "instance_type=ml.m5.large",
+            "--set",
+            "role_arn=arn:aws:iam::123456789012:role/sagemaker",
+            "--set",
+            "output_path=s3://bucket/out",
+        ],
+    );
+}
+
+#[test]
+fn render_vertex() {
+    snapshot_render(
+        "render_vertex",
+        &[
+            "manifests/vertex.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--set",
+            "image=europe-docker.pkg.dev/proj/hello:1",
+            "--set",
+            "machine_type=n1-standard-4",
         ],
     );
 }
