@@ -5,6 +5,7 @@
 
 mod cloud;
 mod common;
+mod docker;
 mod launch;
 mod lifecycle;
 mod registry;

@@ -49,6 +49,11 @@ fn escape(literal: &str) -> String {
 
 /// Render and snapshot stdout with machine-specific parts replaced.
 fn snapshot_render(name: &str, args: &[&str]) {
+    snapshot_render_filtered(name, args, &[]);
+}
+
+/// [`snapshot_render`] with more `(regex, replacement)` filters, applied last.
+fn snapshot_render_filtered(name: &str, args: &[&str], extra: &[(&str, &str)]) {
     let r = Runner::new();
     let home = r.home().to_path_buf();
     let out = r.arg("render").args(args).run();
@@ -78,6 +83,11 @@ fn snapshot_render(name: &str, args: &[&str]) {
         r"(runner-[a-z0-9-]+-)[0-9a-f]{8}\b".into(),
         "${1}[SHORT_RUN_ID]".into(),
     ));
+    filters.extend(
+        extra
+            .iter()
+            .map(|(re, with)| (re.to_string(), with.to_string())),
+    );
     let mut settings = insta::Settings::clone_current();
     for (re, with) in &filters {
         settings.add_filter(re, with.as_str());
@@ -140,6 +150,46 @@ fn render_venv_with_flags() {
             "--set",
             "installer=uv",
         ],
+    );
+}
+
+/// The docker flavor's cache key names the source folder, an absolute path that differs
+/// between machines: the key (also the image's tag) is filtered.
+const DOCKER_KEY: (&str, &str) = (r"\b[0-9a-f]{16}\b", "[KEY]");
+
+#[test]
+fn render_docker() {
+    snapshot_render_filtered(
+        "render_docker",
+        &[
+            "manifests/docker.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+        ],
+        &[DOCKER_KEY],
+    );
+}
+
+#[test]
+fn render_docker_with_requirements() {
+    snapshot_render_filtered(
+        "render_docker_with_requirements",
+        &[
+            "manifests/docker.yaml",
+            "--info",
+            "tests/fixtures/docker/step.yaml",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "1.5",
+            "--env",
+            "HOME",
+            "--set",
+            "build_network=host",
+            "--set",
+            "network=host",
+        ],
+        &[DOCKER_KEY],
     );
 }
 
