@@ -18,7 +18,6 @@ dir=$base/slurm
 conf=$dir/slurm.conf
 # The node's name in slurm.conf; slurmd runs with `-N` so the host name does not matter.
 node=localhost
-daemons=(slurmd slurmctld munged) # stop order
 
 say() { echo "slurm: $*" >&2; }
 
@@ -96,7 +95,8 @@ JobCompType=jobcomp/none
 MpiDefault=none
 KillWait=5
 NodeName=$node CPUs=$cpus RealMemory=$mem_mib State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Jobs may share cores (up to 4 a core): a test's long job does not hold up the others.
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
     cat >"$dir/cgroup.conf" <<EOF
 CgroupPlugin=cgroup/v1
@@ -197,15 +197,25 @@ reap() {
     done
 }
 
+# SIGTERM to the Slurm daemons together (each takes 1-2 s to exit), then to munged,
+# which they authenticate through until they are gone.
 stop_daemons() {
-    local d pid
-    for d in "${daemons[@]}"; do
-        pid=$(pid_of "$d")
-        if alive "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
+    local group d pid pids
+    for group in "slurmd slurmctld" munged; do
+        pids=()
+        for d in $group; do
+            pid=$(pid_of "$d")
+            if alive "$pid"; then
+                kill -TERM "$pid" 2>/dev/null || true
+                pids+=("$pid")
+            fi
+        done
+        for pid in "${pids[@]}"; do
             reap "$pid"
-        fi
-        rm -f "$dir/$d.pid"
+        done
+        for d in $group; do
+            rm -f "$dir/$d.pid"
+        done
     done
 }
 
