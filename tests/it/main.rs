@@ -6,4 +6,5 @@
 mod common;
 mod launch;
 mod render;
+mod slurm;
 mod validate;
