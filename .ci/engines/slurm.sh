@@ -119,7 +119,7 @@ spawn() {
 start() {
     # Already running (a previous `start` without `stop`): reuse it.
     if alive "$(pid_of slurmctld)" && alive "$(pid_of slurmd)" && alive "$(pid_of munged)" &&
-        [ "$(SLURM_CONF=$conf sinfo -h -o %T 2>/dev/null)" = idle ]; then
+        [[ "$(SLURM_CONF=$conf sinfo -h -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]; then
         say "already running"
         exports
         return 0
