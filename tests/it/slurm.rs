@@ -134,6 +134,23 @@ fn slurm_step_output_exit_code_and_resources_come_back() {
 }
 
 #[test]
+fn slurm_a_job_sbatch_refuses_is_reported() {
+    if !needs_slurm() {
+        return;
+    }
+    let (out, r) = launch(&["--set", "partition=no-such-partition", "--", "true"]);
+    out.expect_code(125);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["message"], "sbatch could not submit the job");
+    let stderr = read(run_dir(&r).join("stderr.log"));
+    assert!(
+        stderr.contains("invalid partition"),
+        "sbatch says why: {stderr}"
+    );
+    assert_eq!(r["stages"]["cleanup"]["status"], "ok", "{r}");
+}
+
+#[test]
 fn slurm_job_over_its_memory_is_oom_killed() {
     if !needs_slurm() {
         return;
@@ -244,6 +261,11 @@ fn slurm_cancelling_the_runner_cancels_the_job() {
     let r: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(r["status"], "cancelled");
     assert_eq!(r["stages"]["cleanup"]["status"], "ok", "{r}");
+    assert_eq!(
+        read(run_dir(&r).join("stderr.log")),
+        "",
+        "nothing but the step's output in its log"
+    );
     let job = read(run_dir(&r).join("slurm-job-id"));
     assert_eq!(in_queue(&format!("--jobs={}", job.trim())), "");
     assert_eq!(in_queue(&format!("--name={name}")), "", "no job is left");
