@@ -26,10 +26,11 @@ alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 pid_of() { cat "$dir/$1.pid" 2>/dev/null || true; }
 
 tails() {
-    for f in munged slurmctld slurmd; do
-        [ -s "$dir/$f.log" ] || continue
-        echo "--- last lines of $dir/$f.log" >&2
-        tail -n 15 "$dir/$f.log" >&2
+    local f
+    for f in "$dir/munged.log" "$dir/munge/munged.log" "$dir/slurmctld.log" "$dir/slurmd.log"; do
+        [ -s "$f" ] || continue
+        echo "--- last lines of $f" >&2
+        tail -n 15 "$f" >&2
     done
 }
 
@@ -144,7 +145,7 @@ start() {
     done
     if [ ! -S "$dir/munge/munge.socket" ]; then
         say "munged did not start"
-        tail -n 15 "$dir/munge/munged.log" >&2 || true
+        tails
         stop_daemons
         exit 1
     fi
