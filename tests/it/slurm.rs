@@ -307,3 +307,51 @@ fn slurm_runner_timeout_cancels_the_job() {
     assert_eq!(r["stages"]["cleanup"]["status"], "ok", "{r}");
     assert_eq!(in_queue(&format!("--name={name}")), "", "no job is left");
 }
+
+/// When `scontrol` keeps failing (the controller is gone) the launch stops waiting
+/// after 60 looks instead of hanging, and cleanup still cancels the job.
+#[test]
+fn slurm_a_lost_controller_ends_the_wait_and_the_job() {
+    if !needs_slurm() {
+        return;
+    }
+    let fake = tempfile::tempdir().unwrap();
+    let scontrol = fake.path().join("scontrol");
+    std::fs::write(
+        &scontrol,
+        "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &scontrol,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let name = format!("lost-controller-{}", std::process::id());
+    let out = Runner::new()
+        .env("PATH", path)
+        .args(["launch", "--json", "-q", MANIFEST, "--step", &name])
+        .args(["--set", "poll_interval=0.1", "--", "sleep", "600"])
+        .run();
+    out.expect_code(125);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("lost the Slurm controller"),
+        "{r}"
+    );
+    assert!(
+        read(run_dir(&r).join("stderr.log")).contains("Unable to contact"),
+        "the last error reaches stderr.log"
+    );
+    assert_eq!(r["stages"]["cleanup"]["status"], "ok", "{r}");
+    assert_eq!(in_queue(&format!("--name={name}")), "", "no job is left");
+}
