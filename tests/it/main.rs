@@ -10,4 +10,5 @@ mod launch;
 mod lifecycle;
 mod registry;
 mod render;
+mod slurm;
 mod validate;

@@ -248,6 +248,42 @@ fn render_vertex() {
 }
 
 #[test]
+fn render_slurm() {
+    snapshot_render(
+        "render_slurm",
+        &["manifests/slurm.yaml", "--info", "examples/hello/step.yaml"],
+    );
+}
+
+#[test]
+fn render_slurm_with_flags() {
+    snapshot_render(
+        "render_slurm_with_flags",
+        &[
+            "manifests/slurm.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--step",
+            "x'; touch PWNED; '",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "1.5",
+            "--gpus",
+            "1",
+            "--set",
+            "partition=gpu",
+            "--set",
+            "account=ml team",
+            "--set",
+            "time_limit=2:00:00",
+            "--set",
+            "extra_args=[\"--qos=high\", \"--constraint=a100\"]",
+        ],
+    );
+}
+
+#[test]
 fn json_plan_has_parsed_limits() {
     let out = runner([
         "render",
