@@ -115,8 +115,18 @@ impl RunCgroup {
             Version::V1 => self.build_v1(fs, req)?,
             Version::V2 => self.build_v2(fs, req)?,
         }
+        // v1 hierarchies are joined through `tasks`: moving only the writing thread
+        // (`0` = the child itself, single-threaded right after fork) skips the
+        // kernel's global threadgroup lock, whose writer waits for an RCU grace
+        // period: measured here, 0.5 ms instead of 7.5 ms (up to 19 ms) per launch.
+        // The unified tree only has `cgroup.procs`.
         for dir in &self.dirs {
-            self.procs.push(open_procs(&dir.join("cgroup.procs"))?);
+            let file = if Some(dir) == self.unified.as_ref() {
+                "cgroup.procs"
+            } else {
+                "tasks"
+            };
+            self.procs.push(open_procs(&dir.join(file))?);
         }
         self.oom_baseline = self.read_oom_kills().unwrap_or(0);
         Ok(())
@@ -168,7 +178,12 @@ impl RunCgroup {
         self.memory = dir_of("memory");
         self.cpuacct = dir_of("cpuacct");
         self.freezer = dir_of("freezer");
-        if let Some(own) = fs.unified() {
+        // On hybrid, the unified tree offers `cgroup.kill` — but joining it costs the
+        // slow `cgroup.procs` migration. The v1 freezer kills just as race-free, so the
+        // unified tree is used only when there is no freezer.
+        if self.freezer.is_none()
+            && let Some(own) = fs.unified()
+        {
             let dir = own.join(BASE).join(&self.name);
             make_dir(&dir)?;
             self.dirs.push(dir.clone());
