@@ -55,6 +55,61 @@ pub enum Cmd {
         #[command(flatten)]
         opts: LaunchArgs,
     },
+    /// Show whether a run is running, finished or lost
+    Status {
+        /// A run id (or a unique prefix), or a run folder
+        run: String,
+        /// Print JSON: `{run_id, run_dir, state, result}`
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a run to finish; exits with the step's exit code
+    Wait {
+        /// A run id (or a unique prefix), or a run folder
+        run: String,
+        /// Print the result JSON on stdout
+        #[arg(long)]
+        json: bool,
+        /// Give up after this long (exit 124; the run goes on), e.g. `30s`
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// Stop a running step like Ctrl-C: SIGTERM to its tree, grace, SIGKILL; cleanup runs
+    Cancel {
+        /// A run id (or a unique prefix), or a run folder
+        run: String,
+        /// Return at once instead of waiting for the run to finish
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print a run's step output
+    Logs {
+        /// A run id (or a unique prefix), or a run folder
+        run: String,
+        /// Keep printing new output until the run finishes
+        #[arg(long, short)]
+        follow: bool,
+        /// The step's stderr instead of its stdout
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// List runs
+    Ps {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Also list finished runs (default: running and lost ones, and the last 10)
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Supervise a run whose folder and plan exist (used by `launch --detach`)
+    #[command(hide = true)]
+    Supervise {
+        #[arg(value_name = "RUN_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        opts: LaunchArgs,
+    },
     /// Print an embedded JSON Schema
     Schema {
         #[arg(value_enum)]
@@ -122,8 +177,12 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub best_effort_limits: bool,
     /// Give the step the runner's stdin (default: /dev/null)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "detach")]
     pub stdin: bool,
+    /// Return at once with the run id; the run goes on under its own supervisor
+    /// (see `runner status | wait | cancel | logs`)
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,5 +212,15 @@ impl StepArgs {
             env: self.env.clone(),
             entrypoint: self.entrypoint.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

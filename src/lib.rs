@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod runs;
 pub mod signals;
 pub mod step_info;
 pub mod units;

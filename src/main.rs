@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use steprunner::{diag, exec, render, report, units, util, validate};
+use steprunner::{diag, exec, render, report, runs, units, util, validate};
+
+mod commands;
 
 use steprunner::cli::{Cli, Cmd, LaunchArgs, PlanFormat, SchemaKind, StepArgs};
 use steprunner::diag::Format;
@@ -16,9 +18,9 @@ use steprunner::manifest::{Flavor, Source};
 use steprunner::step_info::{InfoError, StepInfo};
 
 /// Exit code for invalid manifests, step info or usage.
-const EXIT_INVALID: u8 = 2;
+pub const EXIT_INVALID: u8 = 2;
 /// Exit code when the runner itself could not do its work.
-const EXIT_RUNNER: u8 = 125;
+pub const EXIT_RUNNER: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +37,23 @@ fn main() -> ExitCode {
             step,
             opts,
         } => launch_cmd(&manifest, &step, &opts),
+        Cmd::Status { run, json } => commands::status(&run, json),
+        Cmd::Wait { run, json, timeout } => commands::wait(&run, json, timeout.as_deref()),
+        Cmd::Cancel { run, no_wait } => commands::cancel(&run, no_wait),
+        Cmd::Logs {
+            run,
+            follow,
+            stderr,
+        } => commands::logs(&run, follow, stderr),
+        Cmd::Ps { json, all } => commands::ps(json, all),
+        Cmd::Supervise { dir, opts } => match launch_opts(&opts) {
+            Ok(mut o) => {
+                o.quiet = true;
+                o.json = false;
+                commands::supervise(&dir, o)
+            }
+            Err(code) => code,
+        },
         Cmd::Schema { which } => {
             let text = match which {
                 SchemaKind::Flavor => validate::FLAVOR_SCHEMA,
@@ -221,18 +240,40 @@ fn render_cmd(
     ExitCode::SUCCESS
 }
 
-fn launch_cmd(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> ExitCode {
-    let log_limit = match args
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    msg
+}
+
+fn launch_opts(args: &LaunchArgs) -> Result<exec::Options, ExitCode> {
+    let log_limit = args
         .log_limit
         .as_deref()
         .map(units::parse_bytes)
         .transpose()
-    {
-        Ok(l) => l,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: --log-limit: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+            ExitCode::from(EXIT_INVALID)
+        })?;
+    Ok(exec::Options {
+        quiet: args.quiet,
+        json: args.json,
+        log_limit,
+        best_effort: args.best_effort_limits,
+        stdin: args.stdin,
+    })
+}
+
+fn launch_cmd(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> ExitCode {
+    let opts = match launch_opts(args) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     let loaded = match load(manifest, step) {
         Ok(l) => l,
@@ -242,36 +283,111 @@ fn launch_cmd(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let opts = exec::Options {
-        quiet: args.quiet,
-        json: args.json,
-        log_limit,
-        best_effort: args.best_effort_limits,
-        stdin: args.stdin,
-    };
-    let outcome = match exec::execute(&plan, &loaded.info.environment, &opts) {
+    if let Err(e) = exec::make_run_dir(&plan) {
+        eprintln!(
+            "error: {}\n  = hint: the step was not started",
+            error_chain(&e)
+        );
+        return ExitCode::from(EXIT_RUNNER);
+    }
+    if args.detach {
+        return detach(&plan, &loaded.info.environment, args);
+    }
+    // SAFETY: getpid has no preconditions.
+    let _ = runs::write_pid(&plan.dirs.run, unsafe { libc::getpid() });
+    run_and_report(&plan, &loaded.info.environment, &opts)
+}
+
+/// Execute a plan whose run folder exists, write `result.json`, print, and exit with the step's code.
+pub fn run_and_report(
+    plan: &steprunner::plan::Plan,
+    secrets: &std::collections::BTreeMap<String, String>,
+    opts: &exec::Options,
+) -> ExitCode {
+    let outcome = match exec::execute(plan, secrets, opts) {
         Ok(o) => o,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(s) = cur {
-                msg.push_str(&format!(": {s}"));
-                cur = s.source();
-            }
-            eprintln!("error: {msg}\n  = hint: the step was not started");
+            eprintln!(
+                "error: {}\n  = hint: the step was not started",
+                error_chain(&e)
+            );
+            let _ = std::fs::remove_dir_all(&plan.dirs.run);
             return ExitCode::from(EXIT_RUNNER);
         }
     };
-    let result_path = plan.dirs.run.join("result.json");
+    let result_path = plan.dirs.run.join(runs::RESULT_FILE);
     if let Err(e) = report::write_atomic(&result_path, &outcome) {
-        eprintln!("warning: cannot write `{}`: {e}", result_path.display());
+        eprintln!(
+            "warning: cannot write `{}`: {}",
+            result_path.display(),
+            error_chain(&e)
+        );
     }
     eprintln!("{}", report::summary(&outcome));
-    if args.json {
+    if opts.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&outcome).expect("outcome serializes")
         );
     }
     ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
+}
+
+/// Start a supervisor for the run and return at once.
+fn detach(
+    plan: &steprunner::plan::Plan,
+    secrets: &std::collections::BTreeMap<String, String>,
+    args: &LaunchArgs,
+) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let run = &plan.dirs.run;
+    let spawned = std::env::current_exe().and_then(|exe| {
+        let log = std::fs::File::create(run.join("supervisor.log"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("supervise").arg(run);
+        if let Some(l) = &args.log_limit {
+            cmd.arg("--log-limit").arg(l);
+        }
+        if args.best_effort_limits {
+            cmd.arg("--best-effort-limits");
+        }
+        // Values of the step's variables travel in the environment, never in argv or files.
+        cmd.envs(secrets)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; the supervisor leaves our session so a
+        // closing terminal or the caller's exit does not reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    });
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot start the supervisor: {e}");
+            let _ = std::fs::remove_dir_all(run);
+            return ExitCode::from(EXIT_RUNNER);
+        }
+    };
+    if let Err(e) = runs::write_pid(run, child.id() as i32) {
+        eprintln!("warning: cannot record the supervisor's pid: {e}");
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"run_id": plan.run_id, "run_dir": run})
+        );
+    } else {
+        println!("{}", plan.run_id);
+        eprintln!(
+            "runner: started `{}`; `runner wait {}` waits for it, `runner logs -f {}` follows it",
+            plan.run_id, plan.run_id, plan.run_id
+        );
+    }
+    ExitCode::SUCCESS
 }

@@ -211,7 +211,13 @@ fn real_cpu_quota_halves_cpu_time() {
     let total = stats.cpu_total_ns.expect("cpu total") as f64;
     let ratio = total / wall;
     eprintln!("cpu test: {stats:?}, wall {wall} ns, ratio {ratio:.3}");
-    assert!((0.3..0.7).contains(&ratio), "cpu/wall = {ratio:.3}");
+    // A quota is a ceiling: a loaded machine lowers the ratio, only a missing quota
+    // raises it (to about 1.0 on an idle core).
+    assert!(
+        ratio <= 0.65,
+        "cpu/wall = {ratio:.3}: more than the 0.5 quota"
+    );
+    assert!(ratio >= 0.05, "cpu/wall = {ratio:.3}: cpu time not counted");
     assert!(stats.cpu_user_ns.is_some_and(|u| u > 0), "{stats:?}");
     rcg.remove().unwrap();
 }

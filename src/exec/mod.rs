@@ -119,8 +119,9 @@ fn timing(start: Instant, status: &str, exit_code: Option<i32>, commands: u32) -
     }
 }
 
-/// Create the run folder: fresh under `runs/`, or an empty (or new) `--run-dir`.
-fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
+/// Create the run folder (fresh under `runs/`, or an empty or new `--run-dir`) and
+/// write `plan.json` into it. Call before [`execute`].
+pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     let err = |source| ExecError::RunDir {
         path: plan.dirs.run.clone(),
         source,
@@ -154,7 +155,7 @@ fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Run the plan. The outcome is also written to `result.json` in the run folder.
+/// Run the plan in its run folder (made by [`make_run_dir`]).
 pub fn execute(
     plan: &Plan,
     secrets: &BTreeMap<String, String>,
@@ -162,7 +163,6 @@ pub fn execute(
 ) -> Result<Outcome, ExecError> {
     let started_at = crate::report::rfc3339(SystemTime::now());
     let t0 = Instant::now();
-    make_run_dir(plan)?;
     let signals = Signals::install().map_err(ExecError::Signals)?;
     let mut cancelled: Option<i32> = None;
     let run = &plan.dirs.run;

@@ -269,9 +269,15 @@ fn cpu_quota_halves_cpu_time() {
     let cpu = r["cpu_user_secs"].as_f64().unwrap() + r["cpu_system_secs"].as_f64().unwrap();
     let wall = r["stages"]["launch"]["duration_secs"].as_f64().unwrap();
     let ratio = cpu / wall;
+    // A quota is a ceiling: a loaded machine lowers the ratio, only a missing
+    // quota raises it (to about 1.0 on an idle core).
     assert!(
-        (0.3..=0.7).contains(&ratio),
-        "cpu {cpu}s over wall {wall}s = {ratio}, expected about 0.5"
+        ratio <= 0.65,
+        "cpu {cpu}s over wall {wall}s = {ratio}: more than the 0.5 quota"
+    );
+    assert!(
+        ratio >= 0.05,
+        "cpu {cpu}s over wall {wall}s: cpu time not reported"
     );
     assert_eq!(limit(&r, "cpus")["value"], 0.5);
 }

@@ -5,5 +5,6 @@
 
 mod common;
 mod launch;
+mod lifecycle;
 mod render;
 mod validate;
