@@ -229,7 +229,9 @@ def failure_message(
             f" (peak {_mib(result.get('peak_memory_bytes'))})"
         )
     elif status == "timed_out":
-        head = f"step `{step}` timed out after its limit of {_limit(result, 'timeout')}s"
+        secs = _limit(result, "timeout")
+        shown = f"{secs:g}s" if isinstance(secs, (int, float)) else "?"
+        head = f"step `{step}` timed out after its limit of {shown}"
     elif status == "cancelled":
         head = f"step `{step}` was cancelled"
     elif status == "prepare_failed":
