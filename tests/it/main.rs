@@ -8,3 +8,4 @@ mod launch;
 mod lifecycle;
 mod render;
 mod validate;
+mod zenml;

@@ -43,11 +43,13 @@ def limit(result: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 
 def failed_with(ran: Ran, *needles: str) -> str:
-    """The run failed, and the traceback the user sees names the step's error."""
+    """The run failed, and what the user sees (ZenML logs on stdout, the traceback on
+    stderr) names the step's error."""
     assert ran.code != 0, str(ran)
+    seen = ran.stdout + ran.stderr
     for needle in needles:
-        assert needle in ran.stderr, f"`{needle}` not in what the user sees:\n{ran}"
-    return ran.stderr
+        assert needle in seen, f"`{needle}` not in what the user sees:\n{ran}"
+    return seen
 
 
 @pytest.mark.parametrize("operator", [SYNC, ASYNC])
