@@ -17,7 +17,7 @@ def result(**over):
         "exit_code": 0,
         "signal": None,
         "message": None,
-        "peak_memory_bytes": 400 * 10**6,
+        "peak_memory_bytes": 400_000_000,
         "limits": [
             {"name": "memory", "value": 400 * 10**6, "enforced_by": "cgroup-v1"},
             {"name": "timeout", "value": 30.0, "enforced_by": "supervisor"},
@@ -29,13 +29,16 @@ def result(**over):
 
 
 def test_oom_message_names_the_limit_as_written_and_the_logs():
-    msg = rn.failure_message("train", result(status="oom_killed", exit_code=137), "400MB")
+    msg = rn.failure_message(
+        "train",
+        result(status="oom_killed", exit_code=137, message="OOM-killed", peak_memory_bytes=381.5 * 2**20),
+        "400MB",
+    )
     assert msg.startswith(
-        "step `train` was OOM-killed under its memory limit of 400MB (400000000 bytes)"
+        "step `train` was OOM-killed under its memory limit of 400MB (400000000 bytes; "
+        "peak 381.5 MiB); runner status `oom_killed`, exit code 137; "
+        "logs: /runs/r1/stdout.log, /runs/r1/stderr.log"
     ), msg
-    assert "runner status `oom_killed`, exit code 137" in msg
-    assert "logs: /runs/r1/stdout.log, /runs/r1/stderr.log" in msg
-    assert "run folder: /runs/r1" in msg
 
 
 def test_timeout_and_failure_messages():

@@ -221,17 +221,21 @@ def failure_message(
     detail = result.get("message")
     run_dir = run_dir_of(result)
     logs = result.get("logs") or {}
+    # The runner's own message, where it adds to what the head says.
+    says = detail
     if status == "oom_killed":
         limit = _limit(result, "memory")
-        written = f"{memory} ({limit} bytes)" if memory and limit else memory or f"{limit} bytes"
+        written = f"{memory} ({limit} bytes" if memory and limit else f"{memory or limit} ("
         head = (
-            f"step `{step}` was OOM-killed under its memory limit of {written}"
-            f" (peak {_mib(result.get('peak_memory_bytes'))})"
+            f"step `{step}` was OOM-killed under its memory limit of {written}; "
+            f"peak {_mib(result.get('peak_memory_bytes'))})"
         )
+        says = None
     elif status == "timed_out":
         secs = _limit(result, "timeout")
         shown = f"{secs:g}s" if isinstance(secs, (int, float)) else "?"
         head = f"step `{step}` timed out after its limit of {shown}"
+        says = None
     elif status == "cancelled":
         head = f"step `{step}` was cancelled"
     elif status == "prepare_failed":
@@ -242,12 +246,12 @@ def failure_message(
         head = f"step `{step}` was killed by signal {result['signal']}"
     else:
         head = f"step `{step}` failed with exit code {code}"
-    if detail:
-        head += f": {detail}"
-    parts = [f"{head} (runner status `{status}`, exit code {code})"]
+    if says:
+        head += f": {says}"
+    parts = [head, f"runner status `{status}`, exit code {code}"]
     if logs.get("stdout") or logs.get("stderr"):
         parts.append(f"logs: {logs.get('stdout')}, {logs.get('stderr')}")
-    if run_dir:
+    elif run_dir:
         parts.append(f"run folder: {run_dir}")
     text = "; ".join(parts)
     tail = ""
