@@ -119,17 +119,19 @@ class ManifestStepOperator(BaseStepOperator):
                 f"runner did not run step `{info.pipeline_step_name}` "
                 f"(exit code {done.code}):\n{done.complaint()}",
                 exit_code=done.code,
-            )
+            ) from None
         self._publish(info.step_run_id, result)
         if result["status"] == "succeeded":
             return
+        # `from None`: ZenML calls `launch` while handling `submit`'s NotImplementedError,
+        # which is no part of this step's story.
         raise self._failure(
             info.step_run_id,
             info.pipeline_step_name,
             result,
             info.config.resource_settings.memory,
             record=True,
-        )
+        ) from None
 
     # --- asynchronous ---------------------------------------------------------
 
