@@ -56,6 +56,14 @@ fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 impl Lease {
     /// Lock the entry exclusively. When another runner holds it, call `waiting`
     /// once and block; `cancelled` is asked after each interruption by a signal.
@@ -67,30 +75,40 @@ impl Lease {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         let lp = lock_path(dir);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lp)
-            .map_err(io_err(&lp))?;
-        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
-            waiting();
-            loop {
-                match flock(&lock, libc::LOCK_EX) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                        if cancelled() {
-                            return Err(CacheError::Interrupted(dir.to_path_buf()));
+        let mut waiting = Some(waiting);
+        loop {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lp)
+                .map_err(io_err(&lp))?;
+            if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+                if let Some(w) = waiting.take() {
+                    w();
+                }
+                loop {
+                    match flock(&lock, libc::LOCK_EX) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                            if cancelled() {
+                                return Err(CacheError::Interrupted(dir.to_path_buf()));
+                            }
                         }
+                        Err(e) => return Err(io_err(&lp)(e)),
                     }
-                    Err(e) => return Err(io_err(&lp)(e)),
                 }
             }
+            // `runner cache prune` unlinks the lock files of entries it removes: a lock
+            // on a file no longer at the path guards nothing. Open the path again.
+            if same_file(&lock, &lp) {
+                let _ = lock.set_modified(std::time::SystemTime::now());
+                return Ok(Lease {
+                    dir: dir.to_path_buf(),
+                    lock,
+                });
+            }
         }
-        Ok(Lease {
-            dir: dir.to_path_buf(),
-            lock,
-        })
     }
 
     pub fn is_complete(&self) -> bool {
@@ -122,8 +140,125 @@ impl Lease {
     /// Keep the entry from being pruned while the step uses it, and let other runners in.
     pub fn share(&self) {
         let _ = flock(&self.lock, libc::LOCK_SH);
-        let _ = self.lock.set_len(0);
     }
+}
+
+/// One cache entry, for `runner cache list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// `<flavor>-<key>`.
+    pub name: String,
+    pub flavor: String,
+    pub key: String,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// When a launch last used (or built) it, from its lock file.
+    pub last_used: Option<std::time::SystemTime>,
+    pub complete: bool,
+    /// A runner holds its lock now.
+    pub in_use: bool,
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+fn try_lock(path: &Path) -> Option<File> {
+    let f = OpenOptions::new().write(true).open(path).ok()?;
+    flock(&f, libc::LOCK_EX | libc::LOCK_NB).ok()?;
+    same_file(&f, path).then_some(f)
+}
+
+/// Every entry under `cache`, oldest use first.
+pub fn list(cache: &Path) -> Vec<Entry> {
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Entry> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (flavor, key) = match name.rsplit_once('-') {
+                Some((f, k)) => (f.to_string(), k.to_string()),
+                None => (name.clone(), String::new()),
+            };
+            let lock = lock_path(&path);
+            let last_used = std::fs::metadata(&lock).and_then(|m| m.modified()).ok();
+            let in_use = lock.exists() && try_lock(&lock).is_none();
+            Entry {
+                complete: path.join(MARKER).is_file(),
+                size_bytes: dir_size(&path),
+                name,
+                flavor,
+                key,
+                path,
+                last_used,
+                in_use,
+            }
+        })
+        .collect();
+    out.sort_by_key(|e| e.last_used);
+    out
+}
+
+/// What `prune` removes: entries unused for longer than `older_than`, then the least
+/// recently used until the cache fits in `max_size`. Unfinished entries that no one
+/// is building are always removed. Entries in use are never touched.
+pub fn prune(
+    cache: &Path,
+    older_than: Option<std::time::Duration>,
+    max_size: Option<u64>,
+    dry_run: bool,
+) -> Vec<Entry> {
+    let now = std::time::SystemTime::now();
+    let entries = list(cache);
+    let mut total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+    let mut removed = Vec::new();
+    for e in entries {
+        let stale = older_than.is_some_and(|age| {
+            e.last_used
+                .is_none_or(|t| now.duration_since(t).unwrap_or_default() > age)
+        });
+        let too_big = max_size.is_some_and(|m| total > m);
+        if !(stale || too_big || !e.complete) {
+            continue;
+        }
+        let lock = lock_path(&e.path);
+        // Hold the entry's lock while removing it, so no launch can start using it.
+        let guard = if lock.exists() {
+            try_lock(&lock)
+        } else {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)
+                .ok()
+        };
+        let Some(_guard) = guard else { continue };
+        if !dry_run {
+            if std::fs::remove_dir_all(&e.path).is_err() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+        total = total.saturating_sub(e.size_bytes);
+        removed.push(e);
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -148,6 +283,70 @@ mod tests {
         lease.commit("venv").unwrap();
         assert!(lease.is_complete());
         assert!(!dir.join(format!("{MARKER}.tmp")).exists());
+    }
+
+    #[test]
+    fn prune_removes_old_unfinished_and_oversized_entries_but_never_one_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path();
+        let make = |name: &str, bytes: usize, complete: bool| {
+            let l = Lease::acquire(&cache.join(name), || {}, || false).unwrap();
+            l.begin().unwrap();
+            std::fs::write(cache.join(name).join("data"), vec![0u8; bytes]).unwrap();
+            if complete {
+                l.commit(name).unwrap();
+            }
+            l
+        };
+        drop(make("venv-aaaa", 1000, true));
+        drop(make("venv-bbbb", 3000, true));
+        drop(make("venv-half", 10, false));
+        let held = make("venv-used", 5000, true);
+        held.share();
+        let listed = list(cache);
+        assert_eq!(listed.len(), 4);
+        assert!(listed.iter().any(|e| e.name == "venv-used" && e.in_use));
+        assert!(listed.iter().any(|e| e.name == "venv-half" && !e.complete));
+
+        // Only the unfinished entry goes when nothing is old or too big.
+        let gone: Vec<String> = prune(cache, None, None, false)
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(gone, vec!["venv-half"]);
+        // Everything is "old" now, but the entry in use stays.
+        let gone: Vec<String> = prune(cache, Some(std::time::Duration::ZERO), None, false)
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert!(cache.join("venv-used").is_dir());
+        assert!(!cache.join("venv-aaaa").exists() && !cache.join("venv-aaaa.lock").exists());
+        drop(held);
+        let gone = prune(cache, None, Some(0), false);
+        assert_eq!(gone.len(), 1);
+        assert!(list(cache).is_empty());
+    }
+
+    #[test]
+    fn a_lease_on_an_unlinked_lock_file_is_not_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("e");
+        let first = Lease::acquire(&dir, || {}, || false).unwrap();
+        let d2 = dir.clone();
+        let t = std::thread::spawn(move || {
+            Lease::acquire(&d2, || {}, || false).map(|l| l.is_complete())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // A prune removes the entry and its lock file while the other waits.
+        first.begin().unwrap();
+        first.commit("x").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(lock_path(&dir)).unwrap();
+        drop(first);
+        // The waiter must lock the new lock file, and sees no complete entry.
+        assert!(!t.join().unwrap().unwrap());
+        assert!(lock_path(&dir).exists());
     }
 
     #[test]

@@ -102,6 +102,16 @@ pub enum Cmd {
         #[arg(long, short)]
         all: bool,
     },
+    /// Inspect and prune the prepare cache
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+    },
+    /// Register flavors by name, like a step operator's flavor registry
+    Flavor {
+        #[command(subcommand)]
+        command: FlavorCmd,
+    },
     /// Supervise a run whose folder and plan exist (used by `launch --detach`)
     #[command(hide = true)]
     Supervise {
@@ -183,6 +193,43 @@ pub struct LaunchArgs {
     /// (see `runner status | wait | cancel | logs`)
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCmd {
+    /// List cache entries: key, flavor, size, last used, whether in use
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries unused for a while, then the least recently used until the
+    /// cache fits; unfinished entries go too. Entries in use are never removed
+    Prune {
+        /// Remove entries not used for this long, e.g. `7d`
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Then remove the least recently used until the cache is at most this big, e.g. `10GiB`
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+        /// Only say what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlavorCmd {
+    /// Validate a manifest and register it under its name
+    Register {
+        path: PathBuf,
+        /// Replace a registered flavor of the same name with other contents
+        #[arg(long)]
+        force: bool,
+    },
+    /// List registered flavors
+    List,
+    /// Print a registered flavor's manifest
+    Show { name: String },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

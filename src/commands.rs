@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use steprunner::cli::{CacheCmd, FlavorCmd};
 use steprunner::runs::{self, State};
-use steprunner::{exec, report, units, util};
+use steprunner::{cache, diag, exec, registry, report, units, util};
 
 use crate::{EXIT_INVALID, EXIT_RUNNER, error_chain};
 
@@ -275,4 +276,146 @@ pub fn supervise(run_dir: &Path, opts: exec::Options) -> ExitCode {
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
         .collect();
     crate::run_and_report(&plan, &secrets, &opts)
+}
+
+fn age(t: Option<std::time::SystemTime>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = t.elapsed().unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+pub fn cache_cmd(cmd: CacheCmd) -> ExitCode {
+    let dir = util::runner_home().join("cache");
+    match cmd {
+        CacheCmd::List { json } => {
+            let entries = cache::list(&dir);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).expect("entries serialize")
+                );
+                return ExitCode::SUCCESS;
+            }
+            println!(
+                "{:<16} {:<14} {:>10} {:>10}  STATE",
+                "KEY", "FLAVOR", "SIZE", "LAST USED"
+            );
+            for e in &entries {
+                let state = match (e.in_use, e.complete) {
+                    (true, _) => "in use",
+                    (false, true) => "ready",
+                    (false, false) => "unfinished",
+                };
+                println!(
+                    "{:<16} {:<14} {:>10} {:>10}  {state}",
+                    e.key,
+                    e.flavor,
+                    units::Bytes(e.size_bytes).to_string(),
+                    age(e.last_used)
+                );
+            }
+            let total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+            eprintln!(
+                "{} entr{} · {} in `{}`",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" },
+                units::Bytes(total),
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        CacheCmd::Prune {
+            older_than,
+            max_size,
+            dry_run,
+        } => {
+            let older = match older_than.as_deref().map(units::parse_duration).transpose() {
+                Ok(d) => d.map(Duration::from_secs_f64),
+                Err(e) => {
+                    eprintln!("error: --older-than: {e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let max = match max_size.as_deref().map(units::parse_bytes).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: --max-size: {e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let removed = cache::prune(&dir, older, max, dry_run);
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for e in &removed {
+                println!(
+                    "{verb} {} ({}, {})",
+                    e.name,
+                    units::Bytes(e.size_bytes),
+                    age(e.last_used)
+                );
+            }
+            let freed: u64 = removed.iter().map(|e| e.size_bytes).sum();
+            eprintln!(
+                "{verb} {} entr{}, {}",
+                removed.len(),
+                if removed.len() == 1 { "y" } else { "ies" },
+                units::Bytes(freed)
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+pub fn flavor_cmd(cmd: FlavorCmd) -> ExitCode {
+    let home = util::runner_home();
+    match cmd {
+        FlavorCmd::Register { path, force } => match registry::register(&home, &path, force) {
+            Ok((name, dest, how)) => {
+                let what = match how {
+                    registry::Registered::New => "registered",
+                    registry::Registered::Unchanged => "already registered, unchanged:",
+                    registry::Registered::Replaced => "replaced",
+                };
+                eprintln!("{what} flavor `{name}` (`{}`)", dest.display());
+                ExitCode::SUCCESS
+            }
+            Err(registry::RegistryError::Invalid(_, diags)) => {
+                diag::emit(&diags, diag::Format::Human);
+                ExitCode::from(EXIT_INVALID)
+            }
+            Err(e @ registry::RegistryError::Exists { .. }) => {
+                eprintln!("error: {e}\n  = hint: `--force` replaces it");
+                ExitCode::from(EXIT_INVALID)
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::from(EXIT_RUNNER)
+            }
+        },
+        FlavorCmd::List => {
+            let all = registry::list(&home);
+            for (name, description, _) in &all {
+                println!("{name:<16} {description}");
+            }
+            if all.is_empty() {
+                eprintln!("no registered flavors; `runner flavor register PATH` adds one");
+            }
+            ExitCode::SUCCESS
+        }
+        FlavorCmd::Show { name } => match registry::find(&home, &name).map(std::fs::read_to_string)
+        {
+            Some(Ok(text)) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("error: {}", registry::RegistryError::NotFound(name));
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+    }
 }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod logs;
 pub mod manifest;
 pub mod plan;
+pub mod registry;
 pub mod render;
 pub mod report;
 pub mod runs;

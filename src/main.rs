@@ -24,6 +24,14 @@ pub const EXIT_RUNNER: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Launch { .. } | Cmd::Supervise { .. }) {
+        // Printing commands end quietly when their reader goes away (`runner ps | head`).
+        // `launch` keeps SIGPIPE ignored: a closed stdout must not kill a supervisor.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Cmd::Validate { paths, format } => validate_cmd(&paths, format),
         Cmd::Render {
@@ -46,6 +54,8 @@ fn main() -> ExitCode {
             stderr,
         } => commands::logs(&run, follow, stderr),
         Cmd::Ps { json, all } => commands::ps(json, all),
+        Cmd::Cache { command } => commands::cache_cmd(command),
+        Cmd::Flavor { command } => commands::flavor_cmd(command),
         Cmd::Supervise { dir, opts } => match launch_opts(&opts) {
             Ok(mut o) => {
                 o.quiet = true;

@@ -112,6 +112,26 @@ pub fn environment() -> Environment<'static> {
                 .collect())
         },
     );
+    // minijinja's own `tojson` marks its output safe (for HTML), which in a script would
+    // skip shell quoting and let `$(…)` inside a JSON string run. Plain text here, so a
+    // script quotes it like any other value.
+    env.add_filter(
+        "tojson",
+        |v: JValue, indent: Option<usize>| -> Result<String, Error> {
+            let json = match indent {
+                Some(n) => {
+                    let pad = " ".repeat(n);
+                    let fmt = serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes());
+                    let mut out = Vec::new();
+                    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+                    serde::Serialize::serialize(&v, &mut ser)
+                        .map(|()| String::from_utf8(out).unwrap_or_default())
+                }
+                None => serde_json::to_string(&v),
+            };
+            json.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+        },
+    );
     env.add_filter("hash", |v: JValue| {
         let json = serde_json::to_string(&v).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
@@ -507,6 +527,7 @@ pub fn render(
         "resources": info.resources,
         "settings": settings,
         "entrypoint": info.entrypoint,
+        "run_id": at.run_id,
         "environment": info.environment.keys().collect::<Vec<_>>(),
         "env": at.env,
         "dirs": {"run": dirs.run, "work": dirs.work, "source": dirs.source},
@@ -720,6 +741,20 @@ mod tests {
         assert_eq!(out, "echo 'a b' 'x;y' z $HOME 'a b'");
         let plain = env.render_named_str("s", "{{ name }}", &ctx).unwrap();
         assert_eq!(plain, "a b");
+    }
+
+    #[test]
+    fn tojson_in_a_script_is_quoted_like_any_value() {
+        let env = environment();
+        let ctx = minijinja::context! { v => minijinja::context! { name => "$(touch PWNED) 'x'" } };
+        let out = env
+            .render_named_str("s.sh", "printf %s {{ v | tojson }}", &ctx)
+            .unwrap();
+        assert_eq!(out, r#"printf %s '{"name":"$(touch PWNED) '\''x'\''"}'"#);
+        let plain = env.render_named_str("s", "{{ v | tojson }}", &ctx).unwrap();
+        assert_eq!(plain, r#"{"name":"$(touch PWNED) 'x'"}"#);
+        let pretty = env.render_str("{{ [1] | tojson(2) }}", &ctx).unwrap();
+        assert_eq!(pretty, "[\n  1\n]");
     }
 
     #[test]

@@ -304,6 +304,7 @@ pub const CONTEXT: &[(&str, Option<&[&str]>)] = &[
     ("resources", Some(&["cpu_count", "gpu_count", "memory"])),
     ("settings", None),
     ("entrypoint", None),
+    ("run_id", None),
     ("environment", None),
     ("env", None),
     ("dirs", Some(&["run", "prepare", "work", "source"])),
@@ -572,6 +573,46 @@ pub fn load_diagnostic(path: &Path, e: &crate::manifest::LoadError) -> Diagnosti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every property of the embedded schemas is documented, so editors show help.
+    #[test]
+    fn every_schema_property_has_a_description() {
+        fn walk(root: &Value, node: &Value, at: &str, missing: &mut Vec<String>) {
+            match node {
+                Value::Object(m) => {
+                    if let Some(Value::Object(props)) = m.get("properties") {
+                        for (name, sub) in props {
+                            let target = sub
+                                .get("$ref")
+                                .and_then(Value::as_str)
+                                .and_then(|r| root.pointer(r.trim_start_matches('#')));
+                            let documented = sub.get("description").is_some()
+                                || target.is_some_and(|t| t.get("description").is_some());
+                            if !documented {
+                                missing.push(format!("{at}/properties/{name}"));
+                            }
+                        }
+                    }
+                    for (k, v) in m {
+                        walk(root, v, &format!("{at}/{k}"), missing);
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        walk(root, v, &format!("{at}/{i}"), missing);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for text in [FLAVOR_SCHEMA, STEP_INFO_SCHEMA] {
+            let schema: Value = serde_json::from_str(text).unwrap();
+            let mut missing = Vec::new();
+            walk(&schema, &schema, "", &mut missing);
+            assert!(missing.is_empty(), "undocumented: {missing:?}");
+            assert!(jsonschema::draft202012::meta::is_valid(&schema));
+        }
+    }
 
     #[test]
     fn hints_pick_near_names() {

@@ -4,6 +4,7 @@
 
 mod arm;
 mod child;
+mod progress;
 mod stage;
 
 use arm::arm;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::child::{self, Ended, Spec, Stop, Supervision};
-use super::{Options, join_pump};
+use super::{Options, join_pump, progress};
 use crate::logs::{self, Live, LogSpec};
 use crate::plan::CommandPlan;
 use crate::signals::{self, Signals};
@@ -39,6 +39,8 @@ impl Stage<'_> {
         shielded: bool,
     ) -> (StageEnd, u32) {
         let mut ran = 0;
+        let total = cmds.iter().filter(|c| !c.skipped).count();
+        let spin = !self.opts.quiet && progress::interactive();
         for (i, c) in cmds.iter().enumerate() {
             if c.skipped {
                 continue;
@@ -51,8 +53,9 @@ impl Stage<'_> {
             }
             ran += 1;
             let log = self.run_dir.join(format!("{}.{i}.log", self.name));
-            if !self.opts.quiet {
-                eprintln!("runner: {} `{}`", self.name, c.display());
+            let label = format!("{} {ran}/{total} `{}`", self.name, c.display());
+            if !self.opts.quiet && !spin {
+                eprintln!("runner: {label}");
             }
             let (read, write) = match child::pipe() {
                 Ok(p) => p,
@@ -80,7 +83,7 @@ impl Stage<'_> {
                     );
                 }
             };
-            let live = if self.opts.quiet {
+            let live = if self.opts.quiet || spin {
                 Live::None
             } else {
                 Live::Stderr
@@ -135,6 +138,7 @@ impl Stage<'_> {
                 .timeout_secs
                 .map(|t| Instant::now() + Duration::from_secs_f64(t));
             let deadline = [deadline, cmd_deadline].into_iter().flatten().min();
+            let spinner = spin.then(|| progress::Spinner::start(label.clone()));
             let waited = child.supervise(
                 None,
                 Supervision {
@@ -146,6 +150,14 @@ impl Stage<'_> {
                 },
             );
             let _ = join_pump(pump, Duration::from_secs(5));
+            let ok = waited.stopped.is_none() && waited.ended == Ended::Exited(0);
+            if let Some(s) = spinner {
+                s.finish(ok);
+                if !ok {
+                    // The output was not shown live: show how it ended.
+                    eprintln!("{}", progress::tail(&log, 20));
+                }
+            }
             if let Some(stop) = waited.stopped {
                 return (StageEnd::Stopped(stop), ran);
             }

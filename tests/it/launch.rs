@@ -670,3 +670,132 @@ fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
         "{r}"
     );
 }
+
+#[test]
+fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
+    if !needs_root() {
+        return;
+    }
+    use steprunner::render::shell_quote as q;
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("runner");
+    let set = format!("out={}", out.path().display());
+    // Two step names, two cache keys: both runs prepare.
+    let args = |step: &str| {
+        let mut a: Vec<String> = ["launch", "tests/fixtures/launch/staged.yaml", "--set", &set]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--set", "prepare_sleep=0.3", "--step", step, "--", "true"].map(String::from));
+        a
+    };
+    // `script` gives the runner a pseudo-terminal as its stderr.
+    let line = std::iter::once(q(bin.to_str().unwrap()))
+        .chain(args("tty").iter().map(|a| q(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(root())
+        .env("RUNNER_HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("\r\x1b[2K"), "redrawn in place: {shown:?}");
+    assert!(
+        shown.contains("✓ prepare 1/1 `sh: sleep 0.3 …`"),
+        "{shown:?}"
+    );
+
+    let plain = Runner::new()
+        .env("RUNNER_HOME", home.path())
+        .args(args("plain"))
+        .run();
+    plain.expect_code(0);
+    assert!(
+        plain
+            .stderr
+            .contains("runner: prepare 1/1 `sh: sleep 0.3 …`\n"),
+        "{}",
+        plain.stderr
+    );
+    assert!(
+        !plain.stderr.contains('\r'),
+        "no terminal codes when not a terminal"
+    );
+}
+
+#[test]
+fn gpus_are_selected_from_detected_devices_and_overasking_is_refused() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let info = dir.path().join("gpus.txt");
+    std::fs::write(
+        &info,
+        "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-aaaaaaaa-0000-0000-0000-000000000000)\n\
+         GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-bbbbbbbb-0000-0000-0000-000000000000)\n",
+    )
+    .unwrap();
+    let step = [
+        "--",
+        "sh",
+        "-c",
+        "echo \"$CUDA_VISIBLE_DEVICES|$NVIDIA_VISIBLE_DEVICES\"",
+    ];
+    let args: Vec<&str> = ["manifests/local.yaml", "--gpus", "2"]
+        .into_iter()
+        .chain(step)
+        .collect();
+    let (out, r) = launch_with(Runner::new().env("RUNNER_GPU_INFO", &info), &args);
+    out.expect_code(0);
+    let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(log, "0,1|0,1\n");
+    assert_eq!(limit(&r, "gpus")["enforced_by"], "env");
+
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let (out, r) = launch_with(
+        Runner::new().env("RUNNER_GPU_INFO", &info),
+        &[
+            "manifests/local.yaml",
+            "--gpus",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+    );
+    out.expect_code(125);
+    assert_eq!(r["status"], "launch_error");
+    assert!(r["message"].as_str().unwrap().contains('3'), "{r}");
+    assert!(!marker.exists(), "nothing ran");
+}
+
+#[test]
+fn resources_above_the_machine_are_refused_before_anything_runs() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for flag in [["--memory", "64TiB"], ["--cpus", "4096"]] {
+        let (out, r) = launch(&[
+            "manifests/local.yaml",
+            flag[0],
+            flag[1],
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ]);
+        out.expect_code(125);
+        assert_eq!(r["status"], "launch_error", "{r}");
+        assert!(!marker.exists(), "nothing ran for {flag:?}");
+    }
+}

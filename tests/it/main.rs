@@ -3,9 +3,13 @@
 //!
 //! One test binary (faster to link, shared helpers); one module per command.
 
+mod cloud;
 mod common;
+mod docker;
 mod launch;
 mod lifecycle;
+mod registry;
 mod render;
+mod slurm;
 mod validate;
 mod zenml;

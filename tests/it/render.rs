@@ -49,6 +49,11 @@ fn escape(literal: &str) -> String {
 
 /// Render and snapshot stdout with machine-specific parts replaced.
 fn snapshot_render(name: &str, args: &[&str]) {
+    snapshot_render_filtered(name, args, &[]);
+}
+
+/// [`snapshot_render`] with more `(regex, replacement)` filters, applied last.
+fn snapshot_render_filtered(name: &str, args: &[&str], extra: &[(&str, &str)]) {
     let r = Runner::new();
     let home = r.home().to_path_buf();
     let out = r.arg("render").args(args).run();
@@ -73,6 +78,16 @@ fn snapshot_render(name: &str, args: &[&str]) {
         r"\d{8}T\d{6}-[a-z0-9-]+-[0-9a-f]{8}".into(),
         "[RUN_ID]".into(),
     ));
+    // Cloud job names end with the run id's last 8 hex digits.
+    filters.push((
+        r"(runner-[a-z0-9-]+-)[0-9a-f]{8}\b".into(),
+        "${1}[SHORT_RUN_ID]".into(),
+    ));
+    filters.extend(
+        extra
+            .iter()
+            .map(|(re, with)| (re.to_string(), with.to_string())),
+    );
     let mut settings = insta::Settings::clone_current();
     for (re, with) in &filters {
         settings.add_filter(re, with.as_str());
@@ -134,6 +149,136 @@ fn render_venv_with_flags() {
             "requests==2.32.3",
             "--set",
             "installer=uv",
+        ],
+    );
+}
+
+/// The docker flavor's cache key names the source folder, an absolute path that differs
+/// between machines: the key (also the image's tag) is filtered.
+const DOCKER_KEY: (&str, &str) = (r"\b[0-9a-f]{16}\b", "[KEY]");
+
+#[test]
+fn render_docker() {
+    snapshot_render_filtered(
+        "render_docker",
+        &[
+            "manifests/docker.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+        ],
+        &[DOCKER_KEY],
+    );
+}
+
+#[test]
+fn render_docker_with_requirements() {
+    snapshot_render_filtered(
+        "render_docker_with_requirements",
+        &[
+            "manifests/docker.yaml",
+            "--info",
+            "tests/fixtures/docker/step.yaml",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "1.5",
+            "--env",
+            "HOME",
+            "--set",
+            "build_network=host",
+            "--set",
+            "network=host",
+        ],
+        &[DOCKER_KEY],
+    );
+}
+
+#[test]
+fn render_kubernetes() {
+    snapshot_render(
+        "render_kubernetes",
+        &[
+            "manifests/kubernetes.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--gpus",
+            "1",
+            "--set",
+            "image=registry.example/hello:1",
+            "--set",
+            "namespace=ml",
+        ],
+    );
+}
+
+#[test]
+fn render_sagemaker() {
+    snapshot_render(
+        "render_sagemaker",
+        &[
+            "manifests/sagemaker.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--set",
+            "image=123456789012.dkr.ecr.eu-west-1.amazonaws.com/hello:1",
+            "--set",
+            "instance_type=ml.m5.large",
+            "--set",
+            "role_arn=arn:aws:iam::123456789012:role/sagemaker",
+            "--set",
+            "output_path=s3://bucket/out",
+        ],
+    );
+}
+
+#[test]
+fn render_vertex() {
+    snapshot_render(
+        "render_vertex",
+        &[
+            "manifests/vertex.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--set",
+            "image=europe-docker.pkg.dev/proj/hello:1",
+            "--set",
+            "machine_type=n1-standard-4",
+        ],
+    );
+}
+
+#[test]
+fn render_slurm() {
+    snapshot_render(
+        "render_slurm",
+        &["manifests/slurm.yaml", "--info", "examples/hello/step.yaml"],
+    );
+}
+
+#[test]
+fn render_slurm_with_flags() {
+    snapshot_render(
+        "render_slurm_with_flags",
+        &[
+            "manifests/slurm.yaml",
+            "--info",
+            "examples/hello/step.yaml",
+            "--step",
+            "x'; touch PWNED; '",
+            "--memory",
+            "1GiB",
+            "--cpus",
+            "1.5",
+            "--gpus",
+            "1",
+            "--set",
+            "partition=gpu",
+            "--set",
+            "account=ml team",
+            "--set",
+            "time_limit=2:00:00",
+            "--set",
+            "extra_args=[\"--qos=high\", \"--constraint=a100\"]",
         ],
     );
 }

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Docker engine for the tests (see README.md beside this file).
+#
+#   start  install Debian's docker.io and debootstrap if missing, start a private
+#          dockerd that changes nothing in the machine's network (no iptables, no
+#          bridge, no forwarding), build the local base image `steprunner/base:bookworm`
+#          without a registry, print `export STEPRUNNER_DOCKER_HOST=…` and
+#          `export DOCKER_HOST=…`
+#   stop   SIGTERM the dockerd it started (by its PID), wait for it, unmount what it
+#          left, remove its cgroups
+#
+# State: `$STEPRUNNER_ENGINES_DIR/docker` (data root, exec root, socket, pid, log).
+# The base image's root filesystem is cached as a tarball in
+# `$STEPRUNNER_ENGINES_DIR/cache`, so a second start never runs debootstrap again.
+set -euo pipefail
+
+ENGINES="${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}"
+D="$ENGINES/docker"
+DATA="$D/data"
+EXEC="$D/exec"
+SOCK="$D/docker.sock"
+PIDFILE="$D/dockerd.pid"
+LOG="$D/dockerd.log"
+CGROUP_PARENT=steprunner-docker
+BASE_IMAGE=steprunner/base:bookworm
+ROOTFS_TAR="$ENGINES/cache/docker-rootfs-bookworm.tar"
+MIRROR="${STEPRUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+say() { echo "docker.sh: $*" >&2; }
+
+docker_() { docker -H "unix://$SOCK" "$@"; }
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+recorded_pid() { cat "$PIDFILE" 2>/dev/null || true; }
+
+apt_get() {
+    # Wait for a busy dpkg lock, and try once more if apt still fails.
+    local try
+    for try in 1 2; do
+        if DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 "$@" >&2; then
+            return 0
+        fi
+        say "apt-get $1 failed (try $try)"
+        sleep 5
+    done
+    return 1
+}
+
+install_missing() {
+    local pkgs=()
+    command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+    command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
+    [ ${#pkgs[@]} -gt 0 ] || return 0
+    say "installing ${pkgs[*]}"
+    # The packages must not start a system dockerd (it would set up iptables and a
+    # bridge): a policy-rc.d that refuses every service start, only for the install.
+    local policy=/usr/sbin/policy-rc.d made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    apt_get update -qq && apt_get install -y -qq --no-install-recommends "${pkgs[@]}" || rc=$?
+    [ -z "$made_policy" ] || rm -f "$policy"
+    return "$rc"
+}
+
+start_dockerd() {
+    mkdir -p "$DATA" "$EXEC"
+    local pid
+    pid=$(recorded_pid)
+    if alive "$pid" && docker_ info >/dev/null 2>&1; then
+        say "dockerd already running (pid $pid)"
+        return 0
+    fi
+    rm -f "$SOCK" "$PIDFILE"
+    # Its own session, so a Ctrl-C meant for the tests does not reach it; its output
+    # goes to the log, so `$(docker.sh start)` does not wait for it.
+    setsid dockerd \
+        --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
+        --bridge=none --storage-driver=overlay2 \
+        --cgroup-parent="$CGROUP_PARENT" \
+        --data-root "$DATA" --exec-root "$EXEC" --pidfile "$PIDFILE" \
+        -H "unix://$SOCK" </dev/null >"$LOG" 2>&1 &
+    pid=$!
+    local i
+    for i in $(seq 1 300); do
+        if docker_ info >/dev/null 2>&1; then
+            say "dockerd ready (pid $pid)"
+            return 0
+        fi
+        if ! alive "$pid"; then
+            say "dockerd exited; its log:"
+            tail -n 30 "$LOG" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    say "dockerd did not answer within 30s; its log:"
+    tail -n 30 "$LOG" >&2
+    return 1
+}
+
+build_base_image() {
+    if docker_ image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ ! -s "$ROOTFS_TAR" ]; then
+        say "debootstrap bookworm (minbase + python3) from $MIRROR"
+        mkdir -p "$(dirname "$ROOTFS_TAR")"
+        local rootfs
+        rootfs=$(mktemp -d "$ENGINES/rootfs.XXXXXX")
+        if ! debootstrap --variant=minbase --include=python3 bookworm "$rootfs" "$MIRROR" >&2; then
+            rm -rf "$rootfs"
+            say "debootstrap failed"
+            return 1
+        fi
+        if ! chroot "$rootfs" python3 -c 'import sys; assert sys.version_info >= (3, 11)'; then
+            rm -rf "$rootfs"
+            say "the bootstrapped root filesystem has no working python3"
+            return 1
+        fi
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+        tar -C "$rootfs" -cf "$ROOTFS_TAR.tmp" .
+        mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+        rm -rf "$rootfs"
+    fi
+    say "importing $BASE_IMAGE"
+    docker_ import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["/bin/sh"]' \
+        "$ROOTFS_TAR" "$BASE_IMAGE" >/dev/null
+    docker_ run --rm --network none "$BASE_IMAGE" python3 -c 'print("base image ok")' >&2
+}
+
+start() {
+    install_missing
+    start_dockerd
+    build_base_image
+    echo "export STEPRUNNER_DOCKER_HOST=unix://$SOCK"
+    echo "export DOCKER_HOST=unix://$SOCK"
+}
+
+# Mount points under our folder, deepest first.
+our_mounts() {
+    awk -v d="$D/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+stop() {
+    local pid
+    pid=$(recorded_pid)
+    if alive "$pid"; then
+        say "stopping dockerd (pid $pid)"
+        kill -TERM "$pid"
+        local i
+        # dockerd stops its containers (up to 15 s each by default) before exiting.
+        for i in $(seq 1 600); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            say "dockerd did not exit within 60s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # A containerd or shim dockerd started and did not take along: ours by their
+    # command line, which names our exec root.
+    local p
+    for p in $(pgrep -f -- "$EXEC/" || true); do
+        say "killing leftover process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    local m
+    for m in $(our_mounts); do
+        umount "$m" 2>/dev/null || umount -l "$m" || say "cannot unmount $m"
+    done
+    local cg
+    for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+        [ -d "$cg" ] || continue
+        find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        [ ! -d "$cg" ] || say "cannot remove cgroup $cg"
+    done
+    # dockerd always makes this folder for plugin sockets; remove it when empty.
+    rmdir /run/docker/plugins /run/docker 2>/dev/null || true
+    rm -f "$SOCK" "$PIDFILE"
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+*)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac

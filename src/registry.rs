@@ -1,0 +1,160 @@
+//! The flavor registry: validated manifests stored under `$RUNNER_HOME/flavors`
+//! by name, so `runner launch NAME` works like a registered step-operator flavor.
+
+use std::path::{Path, PathBuf};
+
+use crate::diag::Diagnostic;
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("`{0}` is not a valid manifest")]
+    Invalid(PathBuf, Vec<Diagnostic>),
+    #[error("a flavor named `{name}` is already registered (`{path}`) with other contents")]
+    Exists { name: String, path: PathBuf },
+    #[error("cannot write `{path}`")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no registered flavor named `{0}`")]
+    NotFound(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    New,
+    Unchanged,
+    Replaced,
+}
+
+pub fn dir(home: &Path) -> PathBuf {
+    home.join("flavors")
+}
+
+/// A registered flavor's manifest path, by name.
+pub fn find(home: &Path, name: &str) -> Option<PathBuf> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    let p = dir(home).join(format!("{name}.yaml"));
+    (valid && p.is_file()).then_some(p)
+}
+
+/// Validate `path` and store it under its flavor name.
+pub fn register(
+    home: &Path,
+    path: &Path,
+    force: bool,
+) -> Result<(String, PathBuf, Registered), RegistryError> {
+    let (src, flavor) =
+        validate::check_file(path).map_err(|d| RegistryError::Invalid(path.to_path_buf(), d))?;
+    let dest = dir(home).join(format!("{}.yaml", flavor.name));
+    let how = match std::fs::read_to_string(&dest) {
+        Ok(existing) if existing == src.text => {
+            return Ok((flavor.name, dest, Registered::Unchanged));
+        }
+        Ok(_) if !force => {
+            return Err(RegistryError::Exists {
+                name: flavor.name,
+                path: dest,
+            });
+        }
+        Ok(_) => Registered::Replaced,
+        Err(_) => Registered::New,
+    };
+    let write_err = |source| RegistryError::Write {
+        path: dest.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir(home)).map_err(write_err)?;
+    let tmp = dest.with_extension(format!("yaml.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, &src.text)
+        .and_then(|()| std::fs::rename(&tmp, &dest))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            write_err(e)
+        })?;
+    Ok((flavor.name, dest, how))
+}
+
+/// Registered flavors: name, description (or the reason it no longer validates), path.
+pub fn list(home: &Path) -> Vec<(String, String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(dir(home)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String, PathBuf)> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let description = match validate::check_file(&p) {
+                Ok((_, f)) => f.description.unwrap_or_default(),
+                Err(d) => format!(
+                    "(invalid: {})",
+                    d.first().map(|d| d.message.as_str()).unwrap_or("?")
+                ),
+            };
+            (name, description, p)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_needs_force_to_replace_other_contents() {
+        let home = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let venv = root.join("manifests/venv.yaml");
+        let (name, path, how) = register(home.path(), &venv, false).unwrap();
+        assert_eq!((name.as_str(), how), ("venv", Registered::New));
+        assert_eq!(find(home.path(), "venv"), Some(path.clone()));
+        assert_eq!(
+            register(home.path(), &venv, false).unwrap().2,
+            Registered::Unchanged
+        );
+
+        let other = home.path().join("other.yaml");
+        let text = std::fs::read_to_string(&venv)
+            .unwrap()
+            .replace("description: Run", "description: Also run");
+        std::fs::write(&other, text).unwrap();
+        assert!(matches!(
+            register(home.path(), &other, false),
+            Err(RegistryError::Exists { .. })
+        ));
+        assert_eq!(
+            register(home.path(), &other, true).unwrap().2,
+            Registered::Replaced
+        );
+        assert!(list(home.path())[0].1.starts_with("Also run"));
+        assert_eq!(find(home.path(), "../etc/passwd"), None);
+    }
+
+    #[test]
+    fn invalid_manifests_are_not_registered() {
+        let home = tempfile::tempdir().unwrap();
+        let bad = home.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "version: 1\nname: bad\nlaunch:\n  run: [\"{{ step.nmae }}\"]\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            register(home.path(), &bad, false),
+            Err(RegistryError::Invalid(..))
+        ));
+        assert!(list(home.path()).is_empty());
+    }
+}

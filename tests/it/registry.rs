@@ -1,0 +1,135 @@
+//! `runner flavor register | list | show`, launching by name, `runner cache list | prune`.
+
+use crate::common::Runner;
+
+fn run(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
+    Runner::new().env("RUNNER_HOME", home).args(args).run()
+}
+
+#[test]
+fn registered_flavors_launch_by_name() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let reg = run(h, &["flavor", "register", "manifests/local.yaml"]);
+    reg.expect_code(0);
+    assert!(
+        reg.stderr.contains("registered flavor `local`"),
+        "{}",
+        reg.stderr
+    );
+    run(h, &["flavor", "register", "manifests/local.yaml"]).expect_code(0);
+
+    let changed = h.join("local2.yaml");
+    let text = std::fs::read_to_string("manifests/local.yaml")
+        .unwrap()
+        .replace("description: Run", "description: Changed, run");
+    std::fs::write(&changed, text).unwrap();
+    let clash = run(h, &["flavor", "register", changed.to_str().unwrap()]);
+    clash.expect_code(2);
+    assert!(
+        clash.stderr.contains("already registered") && clash.stderr.contains("--force"),
+        "{}",
+        clash.stderr
+    );
+    run(
+        h,
+        &["flavor", "register", "--force", changed.to_str().unwrap()],
+    )
+    .expect_code(0);
+
+    let list = run(h, &["flavor", "list"]);
+    assert!(
+        list.stdout.contains("local") && list.stdout.contains("Changed, run"),
+        "{}",
+        list.stdout
+    );
+    let show = run(h, &["flavor", "show", "local"]);
+    show.expect_code(0);
+    assert!(show.stdout.contains("Changed, run"));
+    run(h, &["flavor", "show", "nope"]).expect_code(2);
+
+    // Rendering by name uses the registered manifest.
+    let r = run(h, &["render", "local", "--format", "json", "--", "true"]);
+    r.expect_code(0);
+    assert!(
+        r.json()["manifest"]
+            .as_str()
+            .unwrap()
+            .ends_with("flavors/local.yaml")
+    );
+    let missing = run(h, &["render", "nosuchflavor", "--", "true"]);
+    missing.expect_code(2);
+    assert!(
+        missing
+            .stderr
+            .contains("no manifest file or registered flavor named `nosuchflavor`"),
+        "{}",
+        missing.stderr
+    );
+
+    let bad = run(
+        h,
+        &[
+            "flavor",
+            "register",
+            "tests/fixtures/invalid/bad-name-pattern.yaml",
+        ],
+    );
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("bad-name-pattern.yaml:"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn cache_entries_are_listed_and_pruned() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root (cgroups)"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let set = format!("out={}", out.path().display());
+    run(
+        h,
+        &[
+            "launch",
+            "-q",
+            "tests/fixtures/launch/staged.yaml",
+            "--set",
+            &set,
+            "--",
+            "true",
+        ],
+    )
+    .expect_code(0);
+    let list = run(h, &["cache", "list", "--json"]);
+    list.expect_code(0);
+    let entries = list.json();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries[0]["flavor"], "staged");
+    assert_eq!(entries[0]["complete"], true);
+    assert_eq!(entries[0]["in_use"], false);
+    let dry = run(h, &["cache", "prune", "--older-than", "0s", "--dry-run"]);
+    assert!(
+        dry.stdout.contains("would remove staged-"),
+        "{}",
+        dry.stdout
+    );
+    assert!(std::path::Path::new(entries[0]["path"].as_str().unwrap()).is_dir());
+    run(h, &["cache", "prune", "--older-than", "0s"]).expect_code(0);
+    assert!(!std::path::Path::new(entries[0]["path"].as_str().unwrap()).exists());
+    assert_eq!(
+        run(h, &["cache", "list", "--json"]).json(),
+        serde_json::json!([])
+    );
+    run(h, &["cache", "prune", "--max-size", "lots"]).expect_code(2);
+}
