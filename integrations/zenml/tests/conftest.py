@@ -31,7 +31,7 @@ def _real_zenml_config() -> Path:
     configured = os.environ.get("ZENML_CONFIG_PATH")
     if configured:
         return Path(configured)
-    return Path(os.environ.get("HOME", "/root")) / ".config" / "zenml"
+    return Path(os.path.expanduser("~")) / ".config" / "zenml"
 
 
 REAL_HOME = Path(os.environ.get("HOME") or os.path.expanduser("~"))
