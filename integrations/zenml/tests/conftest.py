@@ -28,14 +28,24 @@ MANIFEST = REPO / "manifests" / "venv.yaml"
 
 
 def _real_zenml_config() -> Path:
-    configured = os.environ.get("ZENML_CONFIG_PATH")
-    if configured:
-        return Path(configured)
-    return Path(os.path.expanduser("~")) / ".config" / "zenml"
+    """Where ZenML keeps the user's config (and local stores): as ZenML finds it."""
+    if os.environ.get("ZENML_CONFIG_PATH"):
+        return Path(os.environ["ZENML_CONFIG_PATH"])
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(config_home) / "zenml"
 
 
-REAL_HOME = Path(os.environ.get("HOME") or os.path.expanduser("~"))
+def _real_runner_home() -> Path:
+    """Where the runner keeps the user's runs and cache: as `runner` finds it."""
+    if os.environ.get("RUNNER_HOME"):
+        return Path(os.environ["RUNNER_HOME"])
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state_home) / "steprunner"
+
+
+REAL_HOME = Path(os.path.expanduser("~"))
 REAL_ZENML_CONFIG = _real_zenml_config()
+REAL_RUNNER_HOME = _real_runner_home()
 SESSION = Path(tempfile.mkdtemp(prefix="steprunner-zenml-tests-"))
 
 
@@ -68,11 +78,11 @@ def snapshot(path: Path, depth: int) -> Dict[str, tuple]:
     return out
 
 
-#: The user's state before the tests: the ZenML config, the runner's default state
-#: folder, and a ZenML repository in `$HOME`.
+#: The user's state before the tests: the ZenML config, the runner's runs and cache,
+#: and a ZenML repository in `$HOME`.
 BEFORE = {
     "zenml_config": snapshot(REAL_ZENML_CONFIG, 6),
-    "runner_state": snapshot(REAL_HOME / ".local" / "state" / "steprunner", 3),
+    "runner_home": snapshot(REAL_RUNNER_HOME, 3),
     "zen_repo": snapshot(REAL_HOME / ".zen", 2),
 }
 

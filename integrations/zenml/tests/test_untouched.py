@@ -1,12 +1,20 @@
 """Run last (see conftest): what ZenML and the runner would write in the user's `$HOME`
 is as it was before the tests — the ZenML config (and the local stores in it), a ZenML
-repository in `$HOME`, and the runner's default state folder (runs and cache). Other
+repository in `$HOME`, and the runner's home (runs and cache). Other
 programs on the machine may write elsewhere in `$HOME` meanwhile, so nothing else is
 compared."""
 
 import os
 
-from conftest import BEFORE, NOT_ROOT, REAL_HOME, REAL_ZENML_CONFIG, SESSION, snapshot
+from conftest import (
+    BEFORE,
+    NOT_ROOT,
+    REAL_HOME,
+    REAL_RUNNER_HOME,
+    REAL_ZENML_CONFIG,
+    SESSION,
+    snapshot,
+)
 
 
 def test_the_users_home_and_zenml_config_are_untouched():
@@ -15,8 +23,7 @@ def test_the_users_home_and_zenml_config_are_untouched():
     assert snapshot(REAL_ZENML_CONFIG, 6) == BEFORE["zenml_config"], (
         f"the user's ZenML config `{REAL_ZENML_CONFIG}` changed"
     )
-    runner_state = REAL_HOME / ".local" / "state" / "steprunner"
-    assert snapshot(runner_state, 3) == BEFORE["runner_state"], f"`{runner_state}` changed"
+    assert snapshot(REAL_RUNNER_HOME, 3) == BEFORE["runner_home"], f"`{REAL_RUNNER_HOME}` changed"
     assert snapshot(REAL_HOME / ".zen", 2) == BEFORE["zen_repo"], "`~/.zen` changed"
     if NOT_ROOT:
         return  # no pipeline ran
