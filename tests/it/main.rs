@@ -12,3 +12,4 @@ mod registry;
 mod render;
 mod slurm;
 mod validate;
+mod zenml;

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# ZenML for the integration tests: a virtualenv with `zenml[local]`, pytest and
+# integrations/zenml (editable) under $STEPRUNNER_ENGINES_DIR/zenml. Nothing runs in
+# the background, so `stop` has nothing to stop.
+#
+#   eval "$(bash .ci/engines/zenml.sh start)"   # prints export STEPRUNNER_ZENML_PYTHON=…
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+state="${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}/zenml"
+venv="$state/venv"
+zenml_version=0.98.0
+python="${STEPRUNNER_ZENML_BASE_PYTHON:-python3}"
+
+log() { echo "zenml: $*" >&2; }
+
+ready() {
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" - "$zenml_version" "$repo" <<'PY' 2>/dev/null
+import os, sys
+import pytest, zenml, steprunner_zenml
+want, repo = sys.argv[1], sys.argv[2]
+assert zenml.__version__ == want, zenml.__version__
+here = os.path.realpath(steprunner_zenml.__file__)
+assert here.startswith(os.path.realpath(repo) + os.sep), here
+PY
+}
+
+# uv when there is one (much faster than pip); else a plain venv gets its own uv from PyPI.
+uv() {
+    if type -P uv >/dev/null; then
+        command uv "$@"
+    elif "$python" -m uv --version >/dev/null 2>&1; then
+        "$python" -m uv "$@"
+    else
+        "$venv/bin/uv" "$@"
+    fi
+}
+
+case "${1:-}" in
+start)
+    mkdir -p "$state"
+    if ready; then
+        log "reusing $venv"
+    else
+        if type -P uv >/dev/null || "$python" -m uv --version >/dev/null 2>&1; then
+            [ -x "$venv/bin/python" ] || { log "creating $venv"; uv venv --quiet --python "$python" "$venv" >&2; }
+        elif [ ! -x "$venv/bin/uv" ]; then
+            log "creating $venv (no uv here: installing it into the virtualenv)"
+            "$python" -m venv "$venv" >&2
+            "$venv/bin/python" -m pip install --quiet uv >&2
+        fi
+        log "installing zenml[local]==$zenml_version, pytest and integrations/zenml"
+        uv pip install --quiet --python "$venv/bin/python" \
+            "zenml[local]==$zenml_version" pytest -e "$repo/integrations/zenml" >&2
+        ready || { log "the virtualenv at $venv does not import zenml $zenml_version"; exit 1; }
+    fi
+    echo "export STEPRUNNER_ZENML_PYTHON=$venv/bin/python"
+    ;;
+stop)
+    log "nothing to stop"
+    ;;
+*)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,77 @@
+"""The `manifest` step operator flavor: its config and its per-step settings.
+
+Kept free of the implementation's imports, as ZenML loads flavors eagerly.
+"""
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Type
+
+from zenml.config.base_settings import BaseSettings
+from zenml.step_operators import BaseStepOperatorConfig, BaseStepOperatorFlavor
+
+if TYPE_CHECKING:
+    from steprunner_zenml.step_operator import ManifestStepOperator
+
+FLAVOR_NAME = "manifest"
+
+
+class ManifestStepOperatorSettings(BaseSettings):
+    """What a step may set for itself.
+
+    Attributes:
+        settings: Values of the manifest's own settings (its `settings:` schema), merged
+            over the component's `settings`, nested objects key by key.
+        best_effort_limits: Run even when a limit cannot be enforced (`runner launch
+            --best-effort-limits`); the result records what was enforced.
+    """
+
+    settings: Dict[str, Any] = {}
+    best_effort_limits: bool = False
+
+
+class ManifestStepOperatorConfig(BaseStepOperatorConfig, ManifestStepOperatorSettings):
+    """A step operator that runs each step with one steprunner flavor manifest.
+
+    Attributes:
+        manifest: Path of the flavor manifest (relative paths are relative to the
+            ZenML source root, where `zenml init` ran), or the name of a flavor
+            registered with the runner.
+        runner: The `runner` binary; default: `$STEPRUNNER_RUNNER`, else `runner`
+            on PATH.
+        asynchronous: Submit steps with `runner launch --detach` and follow them
+            with `runner status`/`wait`/`cancel` (needed by dynamic pipelines). When
+            false, `runner launch` runs each step while ZenML waits.
+    """
+
+    manifest: str
+    runner: Optional[str] = None
+    asynchronous: bool = True
+
+
+class ManifestStepOperatorFlavor(BaseStepOperatorFlavor):
+    """Runs steps with a steprunner flavor manifest, under its limits."""
+
+    @property
+    def name(self) -> str:
+        return FLAVOR_NAME
+
+    @property
+    def docs_url(self) -> Optional[str]:
+        return None
+
+    @property
+    def sdk_docs_url(self) -> Optional[str]:
+        return None
+
+    @property
+    def logo_url(self) -> Optional[str]:
+        return None
+
+    @property
+    def config_class(self) -> Type[ManifestStepOperatorConfig]:
+        return ManifestStepOperatorConfig
+
+    @property
+    def implementation_class(self) -> Type["ManifestStepOperator"]:
+        from steprunner_zenml.step_operator import ManifestStepOperator
+
+        return ManifestStepOperator

@@ -1,0 +1,334 @@
+"""The step operator: each ZenML step becomes one `runner launch` of the manifest.
+
+Synchronous (`launch`): `runner launch` runs while ZenML waits. Asynchronous
+(`submit`/`get_status`/`wait`/`cancel`): `runner launch --detach` starts a supervisor
+that outlives the call, and the run folder it returns is kept in the step run's
+metadata, so any process can follow or cancel the step.
+"""
+
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type, cast
+
+from zenml.enums import ExecutionStatus
+from zenml.logger import get_logger
+from zenml.step_operators import BaseStepOperator
+
+from steprunner_zenml import runner as rn
+from steprunner_zenml.errors import StepRunnerError
+from steprunner_zenml.flavor import ManifestStepOperatorConfig, ManifestStepOperatorSettings
+from steprunner_zenml.step_info import deep_merge, step_environment, step_info
+
+if TYPE_CHECKING:
+    from zenml.config.base_settings import BaseSettings
+    from zenml.config.step_run_info import StepRunInfo
+    from zenml.models import StepRunResponse
+
+logger = get_logger(__name__)
+
+#: Step run metadata keys.
+RUN_ID_KEY = "steprunner_run_id"
+RUN_DIR_KEY = "steprunner_run_dir"
+STATUS_KEY = "steprunner_status"
+
+
+class ManifestStepOperator(BaseStepOperator):
+    """Runs each step with `runner launch MANIFEST`, under the manifest's limits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Step run id → run folder, for runs this process submitted.
+        self._runs: Dict[str, str] = {}
+        self._reported: set = set()
+
+    @property
+    def config(self) -> ManifestStepOperatorConfig:
+        return cast(ManifestStepOperatorConfig, self._config)
+
+    @property
+    def settings_class(self) -> Optional[Type["BaseSettings"]]:
+        return ManifestStepOperatorSettings
+
+    # --- building a `runner launch` ------------------------------------------
+
+    def _manifest(self, source_root: str) -> str:
+        m = self.config.manifest
+        looks_like_path = "/" in m or m.endswith((".yaml", ".yml"))
+        if looks_like_path and not os.path.isabs(m):
+            return os.path.join(source_root, m)
+        return m
+
+    def _invocation(
+        self,
+        info: "StepRunInfo",
+        entrypoint_command: List[str],
+        environment: Dict[str, str],
+        detach: bool,
+    ) -> Dict[str, Any]:
+        from zenml.utils import source_utils
+
+        source_root = source_utils.get_source_root()
+        step_settings = cast(ManifestStepOperatorSettings, self.get_settings(info))
+        settings = deep_merge(self.config.settings, step_settings.settings)
+        step_env, names = step_environment(info, environment, source_root)
+        argv = [
+            rn.find_runner(self.config.runner),
+            "launch",
+            self._manifest(source_root),
+            "--json",
+        ]
+        if detach:
+            argv.append("--detach")
+        if step_settings.best_effort_limits or self.config.best_effort_limits:
+            argv.append("--best-effort-limits")
+        argv += rn.env_flags(names)
+        return {
+            "argv": argv,
+            "env": rn.runner_environment(os.environ, step_env),
+            "cwd": source_root,
+            "info": step_info(info, entrypoint_command, settings, source_root),
+        }
+
+    def _run(self, inv: Dict[str, Any]) -> rn.Completed:
+        with rn.InfoFile(inv["info"]) as path:
+            argv = inv["argv"][:3] + ["--info", path] + inv["argv"][3:]
+            return rn.run(argv, env=inv["env"], cwd=inv["cwd"])
+
+    # --- synchronous ----------------------------------------------------------
+
+    def launch(
+        self,
+        info: "StepRunInfo",
+        entrypoint_command: List[str],
+        environment: Dict[str, str],
+    ) -> None:
+        """Run the step with `runner launch` and wait for it.
+
+        Raises:
+            StepRunnerError: the runner refused the step, or the step did not succeed
+                (OOM-killed, timed out, …); a step that raised fails with its own
+                exception instead, with the runner's report as a note.
+        """
+        inv = self._invocation(info, entrypoint_command, environment, detach=False)
+        logger.info(
+            "Running step `%s` with `%s`.", info.pipeline_step_name, self.config.manifest
+        )
+        done = self._run(inv)
+        result = done.json()
+        if result is None or "status" not in result:
+            raise StepRunnerError(
+                f"runner did not run step `{info.pipeline_step_name}` "
+                f"(exit code {done.code}):\n{done.complaint()}",
+                exit_code=done.code,
+            ) from None
+        self._publish(info.step_run_id, result)
+        if result["status"] == "succeeded":
+            return
+        # `from None`: ZenML calls `launch` while handling `submit`'s NotImplementedError,
+        # which is no part of this step's story.
+        raise self._failure(
+            info.step_run_id,
+            info.pipeline_step_name,
+            result,
+            info.config.resource_settings.memory,
+            record=True,
+        ) from None
+
+    # --- asynchronous ---------------------------------------------------------
+
+    def submit(
+        self,
+        info: "StepRunInfo",
+        entrypoint_command: List[str],
+        environment: Dict[str, str],
+    ) -> None:
+        """Start the step with `runner launch --detach` and return at once."""
+        if not self.config.asynchronous:
+            # ZenML falls back to `launch` for static pipelines.
+            raise NotImplementedError(
+                f"step operator `{self.name}` has `asynchronous` off: steps run "
+                "synchronously with `launch`"
+            )
+        inv = self._invocation(info, entrypoint_command, environment, detach=True)
+        done = self._run(inv)
+        started = done.json()
+        if done.code != 0 or not started or "run_dir" not in started:
+            raise StepRunnerError(
+                f"runner did not start step `{info.pipeline_step_name}` "
+                f"(exit code {done.code}):\n{done.complaint()}",
+                exit_code=done.code,
+            )
+        run_dir = str(started["run_dir"])
+        self._runs[str(info.step_run_id)] = run_dir
+        metadata = {RUN_ID_KEY: str(started.get("run_id")), RUN_DIR_KEY: run_dir}
+        logger.info(
+            "Submitted step `%s` as runner run `%s` (`runner logs %s --follow`).",
+            info.pipeline_step_name,
+            metadata[RUN_ID_KEY],
+            run_dir,
+        )
+        try:
+            from zenml.orchestrators.publish_utils import publish_step_run_metadata
+
+            publish_step_run_metadata(info.step_run_id, {self.id: metadata})
+            info.step_run.run_metadata.update(metadata)
+        except Exception:
+            logger.exception(
+                "Cannot record runner run `%s` in step `%s`: only this process can "
+                "follow it (`runner status %s`)",
+                metadata[RUN_ID_KEY],
+                info.pipeline_step_name,
+                run_dir,
+            )
+
+    def _run_dir(self, step_run: "StepRunResponse") -> Optional[str]:
+        known = self._runs.get(str(step_run.id))
+        if known:
+            return known
+        found = step_run.run_metadata.get(RUN_DIR_KEY)
+        if not found:
+            from zenml.client import Client
+
+            found = Client().get_run_step(step_run.id).run_metadata.get(RUN_DIR_KEY)
+        return str(found) if found else None
+
+    def _runner(self, *args: str, echo: bool = False) -> rn.Completed:
+        return rn.run([rn.find_runner(self.config.runner), *args], echo=echo)
+
+    def get_status(self, step_run: "StepRunResponse") -> ExecutionStatus:
+        """The step's state from `runner status`; a step that ended badly without
+        saying why itself gets the runner's account recorded as its exception."""
+        run_dir = self._run_dir(step_run)
+        if run_dir is None:
+            logger.error("Step run `%s` has no runner run recorded.", step_run.id)
+            return ExecutionStatus.FAILED
+        done = self._runner("status", run_dir, "--json")
+        state = done.json()
+        if state is None:
+            logger.error("`runner status %s` failed:\n%s", run_dir, done.complaint())
+            return ExecutionStatus.FAILED
+        if state.get("state") == "running":
+            return ExecutionStatus.RUNNING
+        result = state.get("result")
+        if state.get("state") == "lost" or not isinstance(result, dict):
+            result = {
+                "status": "launch_error",
+                "exit_code": 125,
+                "message": "its supervisor died without writing a result",
+                "logs": {
+                    "stdout": os.path.join(run_dir, "stdout.log"),
+                    "stderr": os.path.join(run_dir, "stderr.log"),
+                },
+            }
+        if str(step_run.id) not in self._reported:
+            self._reported.add(str(step_run.id))
+            self._publish(step_run.id, result)
+            if result.get("status") != "succeeded":
+                self._failure(
+                    step_run.id,
+                    step_run.name,
+                    result,
+                    step_run.config.resource_settings.memory,
+                    record=True,
+                )
+        status = result.get("status")
+        if status == "succeeded":
+            return ExecutionStatus.COMPLETED
+        if status == "cancelled":
+            return ExecutionStatus.STOPPED
+        return ExecutionStatus.FAILED
+
+    def wait(self, step_run: "StepRunResponse") -> ExecutionStatus:
+        """Block in `runner wait` instead of polling, then read the final status."""
+        run_dir = self._run_dir(step_run)
+        if run_dir is not None:
+            self._runner("wait", run_dir, "--json")
+        return super().wait(step_run)
+
+    def cancel(self, step_run: "StepRunResponse") -> None:
+        """Stop the step like Ctrl-C (TERM to its processes, grace, KILL) and wait
+        until its cleanup ran."""
+        run_dir = self._run_dir(step_run)
+        if run_dir is None:
+            logger.warning("Step run `%s` has no runner run to cancel.", step_run.id)
+            return
+        done = self._runner("cancel", run_dir, echo=True)
+        if done.code != 0:
+            logger.warning("`runner cancel %s`:\n%s", run_dir, done.complaint())
+
+    def cleanup_step_submission(self, step_run: "StepRunResponse") -> None:
+        self._runs.pop(str(step_run.id), None)
+        self._reported.discard(str(step_run.id))
+
+    # --- reporting ------------------------------------------------------------
+
+    def _publish(self, step_run_id: Any, result: Dict[str, Any]) -> None:
+        """The runner's account of the step as step run metadata."""
+        metadata: Dict[str, Any] = {STATUS_KEY: str(result.get("status"))}
+        if result.get("run_id"):
+            metadata[RUN_ID_KEY] = str(result["run_id"])
+        run_dir = rn.run_dir_of(result)
+        if run_dir:
+            metadata[RUN_DIR_KEY] = run_dir
+        if isinstance(result.get("peak_memory_bytes"), int):
+            metadata["steprunner_peak_memory_bytes"] = result["peak_memory_bytes"]
+        limits = {
+            str(lim.get("name")): f"{lim.get('value')} ({lim.get('enforced_by')})"
+            for lim in result.get("limits") or []
+        }
+        if limits:
+            metadata["steprunner_limits"] = limits
+        try:
+            from zenml.orchestrators.publish_utils import publish_step_run_metadata
+
+            publish_step_run_metadata(step_run_id, {self.id: metadata})
+        except Exception as e:
+            logger.warning("Cannot record the runner's result as metadata: %s", e)
+
+    def _failure(
+        self,
+        step_run_id: Any,
+        step_name: str,
+        result: Dict[str, Any],
+        memory: Optional[str],
+        record: bool,
+    ) -> BaseException:
+        """The exception a step that did not succeed fails with.
+
+        A step that raised has its own exception stored by ZenML: that is the error,
+        with the runner's account attached as a note. Any other ending (OOM kill,
+        timeout, cancel, a crash before ZenML could store anything) becomes a
+        `StepRunnerError`, recorded as the step run's exception when `record`.
+        """
+        from zenml.client import Client
+        from zenml.orchestrators import publish_utils
+        from zenml.utils import exception_utils
+
+        try:
+            stored = Client().get_run_step(step_run_id)
+        except Exception as e:
+            logger.warning("Cannot read step run `%s`: %s", step_run_id, e)
+            stored = None
+        own = stored.exception_info if stored is not None else None
+        if result.get("status") == "failed" and own is not None:
+            exc = exception_utils.reconstruct_exception(
+                exception_info=own,
+                fallback_message=rn.failure_message(step_name, result, memory),
+            )
+            if hasattr(exc, "add_note"):
+                exc.add_note(rn.failure_message(step_name, result, memory, stderr_tail=False))
+            return exc
+        err = rn.error_for(step_name, result, memory)
+        if record and stored is not None and not stored.status.is_finished:
+            info = exception_utils.collect_exception_information(err)
+            final = (
+                ExecutionStatus.STOPPED
+                if result.get("status") == "cancelled"
+                else ExecutionStatus.FAILED
+            )
+            try:
+                publish_utils.publish_step_run_status_update(
+                    step_run_id=step_run_id, status=final, exception_info=info
+                )
+            except Exception as e:
+                logger.warning("Cannot record the failure of step `%s`: %s", step_name, e)
+        return err

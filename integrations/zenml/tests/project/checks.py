@@ -1,0 +1,99 @@
+"""Pipelines the tests run besides the example: a step that uses more memory than its
+`ResourceSettings` allow, one that raises, one that sleeps until it is cancelled, one
+that overrides the manifest's settings for itself, and one that reads a secret."""
+
+import hashlib
+import os
+import time
+
+from zenml import pipeline, step
+from zenml.config import DockerSettings, ResourceSettings
+
+from steprunner_zenml import ManifestStepOperatorSettings
+
+# The example's requirement, so that every step here reuses its prepared environment.
+DOCKER = DockerSettings(requirements=["tabulate==0.9.0"])
+OPERATOR = "runner-venv"
+
+
+@step(
+    step_operator=OPERATOR,
+    settings={"docker": DOCKER, "resources": ResourceSettings(cpu_count=1, memory="400MB")},
+)
+def hog() -> int:
+    """Touch 2 GiB, 64 MiB at a time: far beyond the 400MB limit."""
+    chunks = [bytearray(64 * 2**20) for _ in range(32)]
+    return len(chunks)
+
+
+@step(step_operator=OPERATOR, settings={"docker": DOCKER})
+def boom() -> int:
+    raise ValueError("boom: the step's own error 7f3a")
+
+
+@step(step_operator=OPERATOR, settings={"docker": DOCKER})
+def sleeper(marker: str) -> int:
+    """Say it started (its pid in `marker`), then sleep until cancelled."""
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    time.sleep(3600)
+    return 0
+
+
+@step(
+    step_operator=OPERATOR,
+    settings={
+        "docker": DOCKER,
+        # Per-step settings: this step's manifest `timeout` is one second.
+        f"step_operator:{OPERATOR}": ManifestStepOperatorSettings(settings={"timeout": "1s"}),
+    },
+)
+def slow() -> int:
+    time.sleep(3600)
+    return 0
+
+
+@step(
+    step_operator=OPERATOR,
+    settings={"docker": DOCKER},
+    environment={"STEPRUNNER_TEST_SECRET": os.environ.get("TEST_SECRET_VALUE", "")},
+)
+def secret() -> str:
+    """The hash of the secret the step sees (never the secret itself)."""
+    return hashlib.sha256(os.environ.get("STEPRUNNER_TEST_SECRET", "").encode()).hexdigest()
+
+
+@pipeline(enable_cache=False)
+def oom_pipeline() -> None:
+    hog()
+
+
+@pipeline(enable_cache=False)
+def raise_pipeline() -> None:
+    boom()
+
+
+@pipeline(enable_cache=False)
+def sleep_pipeline(marker: str) -> None:
+    sleeper(marker=marker)
+
+
+@pipeline(enable_cache=False)
+def timeout_pipeline() -> None:
+    slow()
+
+
+@pipeline(enable_cache=False)
+def secret_pipeline() -> None:
+    secret()
+
+
+#: Name → (pipeline, its step).
+PIPELINES = {
+    "oom": (oom_pipeline, "hog"),
+    "raise": (raise_pipeline, "boom"),
+    "sleep": (sleep_pipeline, "sleeper"),
+    "timeout": (timeout_pipeline, "slow"),
+    "secret": (secret_pipeline, "secret"),
+}

@@ -1,0 +1,148 @@
+"""Pipelines through the `manifest` step operator, against a real ZenML: the example
+(synchronous and asynchronous), a step OOM-killed under its limit, a step that raises,
+a step that times out under its own settings, and a secret that reaches the step and
+nowhere else."""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from conftest import RUNNER, Project, Ran
+
+SYNC, ASYNC = "runner-venv", "runner-venv-async"
+
+
+def client() -> Any:
+    from zenml.client import Client
+
+    return Client()
+
+
+def last_run(pipeline: str) -> Any:
+    runs = client().list_pipeline_runs(pipeline_name=pipeline, sort_by="desc:created", size=1)
+    assert runs.items, f"no run of `{pipeline}`"
+    return client().get_pipeline_run(runs.items[0].id)
+
+
+def result_of(step_run: Any) -> Dict[str, Any]:
+    """The runner's result JSON of a step run, found through its metadata."""
+    run_dir = step_run.run_metadata.get("steprunner_run_dir")
+    assert run_dir, f"step `{step_run.name}` has no runner run: {step_run.run_metadata}"
+    return json.loads((Path(run_dir) / "result.json").read_text())
+
+
+def limit(result: Dict[str, Any], name: str) -> Dict[str, Any]:
+    found = [lim for lim in result["limits"] if lim["name"] == name]
+    assert found, f"no `{name}` limit in {result['limits']}"
+    return found[0]
+
+
+def failed_with(ran: Ran, *needles: str) -> str:
+    """The run failed, and what the user sees (ZenML logs on stdout, the traceback on
+    stderr) names the step's error."""
+    assert ran.code != 0, str(ran)
+    seen = ran.stdout + ran.stderr
+    for needle in needles:
+        assert needle in seen, f"`{needle}` not in what the user sees:\n{ran}"
+    return seen
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_example_pipeline_runs_under_the_runner(project: Project, operator: str) -> None:
+    ran = project.run("run.py", "--step-operator", operator).ok()
+    assert re.search(r"^run \S+: completed$", ran.stdout, re.M), str(ran)
+
+    # The step ran under the runner, with its ResourceSettings enforced as cgroup limits.
+    run = last_run("training")
+    train = run.steps["train"]
+    result = result_of(train)
+    assert result["status"] == "succeeded", result
+    assert result["step"] == "train"
+    memory, cpus = limit(result, "memory"), limit(result, "cpus")
+    assert memory["value"] == 512 * 10**6, memory
+    assert cpus["value"] == 1.0, cpus
+    assert memory["enforced_by"] in ("cgroup-v1", "cgroup-v2"), memory
+    assert cpus["enforced_by"] == memory["enforced_by"], cpus
+    assert 0 < result["peak_memory_bytes"] <= 512 * 10**6, result["peak_memory_bytes"]
+    assert train.run_metadata.get("steprunner_status") == "succeeded"
+
+    # The step used `tabulate`, which the caller's environment does not have.
+    stdout = Path(result["logs"]["stdout"]).read_text()
+    assert re.search(r"parameter\s+value", stdout), stdout
+    assert "ModuleNotFoundError" in project.run("-c", "import tabulate").stderr
+
+    # Its output artifact loads back through the client.
+    model = train.output.load()
+    assert abs(model["slope"] - 3.0) < 0.2 and model["rows"] == 200, model
+    assert f"model: {json.dumps(model, sort_keys=True)}" in ran.stdout
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_step_beyond_its_memory_is_oom_killed(project: Project, operator: str) -> None:
+    ran = project.run("drive.py", "oom", "--step-operator", operator)
+    failed_with(ran, "StepRunnerError", "step `hog` was OOM-killed under its memory limit of 400MB")
+
+    hog = last_run("oom_pipeline").steps["hog"]
+    assert hog.status.value == "failed"
+    assert "OOM-killed under its memory limit of 400MB" in hog.exception_info.message
+    result = result_of(hog)
+    assert result["status"] == "oom_killed" and result["exit_code"] == 137, result
+    assert result["oom_kills"] >= 1
+    assert result["logs"]["stderr"] in hog.exception_info.message
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_step_that_raises_fails_with_its_own_exception(project: Project, operator: str) -> None:
+    ran = project.run("drive.py", "raise", "--step-operator", operator)
+    failed_with(ran, "ValueError: boom: the step's own error 7f3a")
+
+    boom = last_run("raise_pipeline").steps["boom"]
+    assert boom.status.value == "failed"
+    assert boom.exception_info.message == "boom: the step's own error 7f3a"
+    assert result_of(boom)["status"] == "failed"
+
+
+def test_step_settings_override_the_manifest_settings(project: Project) -> None:
+    ran = project.run("drive.py", "timeout", "--step-operator", SYNC)
+    failed_with(ran, "step `slow` timed out after its limit of 1s", "runner status `timed_out`")
+    result = result_of(last_run("timeout_pipeline").steps["slow"])
+    assert result["status"] == "timed_out" and result["exit_code"] == 124, result
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_secret_reaches_the_step_and_nothing_else(
+    project: Project, operator: str, tmp_path: Path
+) -> None:
+    secret = "s3cret-" + os.urandom(8).hex()
+    # A runner that records its command line and step info file, then runs as usual.
+    record = tmp_path / "record"
+    wrapper = tmp_path / "runner"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" >> "{record}"\n'
+        'prev=""\n'
+        f'for a in "$@"; do [ "$prev" = --info ] && cat "$a" >> "{record}"; prev="$a"; done\n'
+        f'exec "{RUNNER}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    ran = project.run(
+        "drive.py", "secret", "--step-operator", operator,
+        env={"TEST_SECRET_VALUE": secret, "STEPRUNNER_RUNNER": str(wrapper)},
+    ).ok()
+
+    step = last_run("secret_pipeline").steps["secret"]
+    assert step.output.load() == hashlib.sha256(secret.encode()).hexdigest()
+    recorded = record.read_text()
+    assert "--env\nSTEPRUNNER_TEST_SECRET\n" in recorded, recorded
+    assert '"entrypoint"' in recorded, "the step info file was not recorded"
+    assert secret not in recorded, "the secret is on the runner's command line or in its step info"
+    assert secret not in ran.stdout + ran.stderr
+    run_dir = Path(step.run_metadata["steprunner_run_dir"])
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f"the secret is in `{f}`"
