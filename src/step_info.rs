@@ -144,8 +144,17 @@ impl StepInfo {
     }
 
     pub fn read(path: &Path) -> Result<StepInfo, InfoError> {
-        let src = Source::read(path)?;
-        let diags = validate::check_step_info(&src);
+        Self::from_source(&Source::read(path)?)
+    }
+
+    /// Step info from text already read (`path` only names it in diagnostics).
+    pub fn parse(path: &Path, text: String) -> Result<StepInfo, InfoError> {
+        Self::from_source(&Source::parse(path, text)?)
+    }
+
+    fn from_source(src: &Source) -> Result<StepInfo, InfoError> {
+        let path = src.path.as_path();
+        let diags = validate::check_step_info(src);
         if !diags.is_empty() {
             return Err(InfoError::Invalid(diags));
         }
