@@ -6,7 +6,7 @@ mod arm;
 mod child;
 mod stage;
 
-use arm::arm;
+use arm::{arm, stage_cgroup};
 use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;
@@ -154,6 +154,14 @@ fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     Ok(())
 }
 
+fn remove_stage_cgroup(cgroup: Option<RunCgroup>, stage: &str, warnings: &mut Vec<String>) {
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.remove()
+    {
+        warnings.push(format!("could not remove the {stage} stage's cgroup: {e}"));
+    }
+}
+
 /// Run the plan. The outcome is also written to `result.json` in the run folder.
 pub fn execute(
     plan: &Plan,
@@ -256,11 +264,13 @@ pub fn execute(
                 if hit {
                     out.stages.prepare = Some(timing(start, "cached", None, 0));
                 } else {
+                    let cgroup = stage_cgroup(plan, "prepare");
                     let stage = Stage {
                         name: "prepare",
                         run_dir: run,
                         env: &p.env,
                         opts,
+                        cgroup: cgroup.as_ref(),
                     };
                     let deadline = p
                         .timeout_secs
@@ -317,6 +327,7 @@ pub fn execute(
                         }
                     };
                     out.stages.prepare = Some(timing(start, status, code, n));
+                    remove_stage_cgroup(cgroup, "prepare", &mut out.warnings);
                 }
                 lease.share();
                 _lease = Some(lease);
@@ -368,11 +379,13 @@ pub fn execute(
         let mut env = plan.cleanup.env.clone();
         env.insert("RUNNER_STATUS".into(), out.status.as_str().to_string());
         env.insert("RUNNER_EXIT_CODE".into(), out.exit_code.to_string());
+        let cgroup = stage_cgroup(plan, "cleanup");
         let stage = Stage {
             name: "cleanup",
             run_dir: run,
             env: &env,
             opts,
+            cgroup: cgroup.as_ref(),
         };
         let deadline = plan
             .cleanup
@@ -400,6 +413,7 @@ pub fn execute(
             }
         };
         out.stages.cleanup = Some(timing(start, status, None, n));
+        remove_stage_cgroup(cgroup, "cleanup", &mut out.warnings);
     }
     out.duration_secs = t0.elapsed().as_secs_f64();
     Ok(out)
