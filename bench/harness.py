@@ -100,7 +100,7 @@ def table(cases, fmt, baseline=None, extra=None):
     """Markdown rows: median, p10, p90, n, ratio to the baseline (and an extra column)."""
     head = "| case | median | p10 | p90 | runs | ratio |"
     if extra:
-        head = head[:-1] + f" {extra[0]} |"
+        head += f" {extra[0]} |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cases:
         ratio = f"{c.median / baseline.median:.2f}×" if baseline else ""

@@ -4,6 +4,7 @@
 //! One test binary (faster to link, shared helpers); one module per command.
 
 mod common;
+mod faults;
 mod launch;
 mod render;
 mod validate;
