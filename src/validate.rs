@@ -475,9 +475,7 @@ pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> P
             col: start.col + col_chars,
         },
         ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if lines == 0 => {
-            let line = src
-                .text
-                .lines()
+            let line = crate::diag::source_lines(&src.text)
                 .nth(start.line.saturating_sub(1))
                 .unwrap_or("");
             let content: String = line.chars().skip(start.col.saturating_sub(1)).collect();
