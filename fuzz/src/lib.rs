@@ -16,10 +16,10 @@ use steprunner::yaml::Pos;
 /// Name the inputs are parsed under (only used in diagnostics).
 pub const FILE: &str = "fuzz.yaml";
 
-/// Lines in `text`, counting a last line without a newline, and the empty line after
-/// a final newline (where "unexpected end" errors point).
+/// Lines in `text` as YAML counts them (`\n`, `\r\n` or a lone `\r`), counting the
+/// empty line after a final line break (where "unexpected end" errors point).
 fn line_count(text: &str) -> usize {
-    text.split('\n').count()
+    steprunner::diag::source_lines(text).count()
 }
 
 /// A position is inside the text: line 1..=lines, column ≥ 1.
@@ -45,6 +45,13 @@ pub fn assert_diagnostics(text: &str, diags: &[Diagnostic]) {
                 col: d.col,
             },
             &d.message,
+        );
+        assert!(
+            d.source_line.is_some(),
+            "{}:{}: {} is shown without its source line",
+            d.line,
+            d.col,
+            d.message
         );
         // Every way a diagnostic is printed must work.
         let _ = d.human();
