@@ -429,6 +429,8 @@ def main():
         "during this run, so absolute numbers are noisy; the alternation keeps the *ratios* "
         "fair, and p10 shows what an idle machine gives.\n" if not q else
         "**Quick smoke run** (few repetitions): not numbers to quote.\n",
+        "Where the time goes, from profiling, and which targets of issue 6 are met: "
+        "`bench/NOTES.md`.\n",
         "## Machine\n",
         "| | |\n|---|---|",
     ]
