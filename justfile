@@ -22,3 +22,8 @@ demo:
 # Benchmarks against baselines; results in bench/results.md
 bench:
     bash bench/run.sh
+
+# Fuzz one target (manifest, step_info, yaml) on the stable toolchain; see fuzz/README.md
+fuzz target="manifest" secs="600":
+    mkdir -p /tmp/steprunner-corpus/{{target}}
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo +stable fuzz run {{target}} /tmp/steprunner-corpus/{{target}} seeds/{{target}} -- -timeout=5 -max_total_time={{secs}} -rss_limit_mb=4096

@@ -9,6 +9,15 @@ use serde::Serialize;
 
 use crate::yaml::Pos;
 
+/// The lines of a text as YAML counts them: `\n`, `\r\n` and a lone `\r` each end a
+/// line, so line numbers from the parser and the snippet shown agree. (`str::lines`
+/// ignores a lone `\r`: the fuzzer found diagnostics pointing at line 123 of a file
+/// that `str::lines` saw as 5 lines, shown without their source line.)
+pub fn source_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnostic {
     pub file: PathBuf,
@@ -25,7 +34,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn new(file: &Path, text: Option<&str>, pos: Pos, message: impl Into<String>) -> Self {
         let source_line = text.and_then(|t| {
-            t.lines()
+            source_lines(t)
                 .nth(pos.line.saturating_sub(1))
                 .map(str::to_string)
         });
@@ -145,6 +154,52 @@ pub fn emit(diags: &[Diagnostic], format: Format) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_end_where_yaml_ends_them() {
+        assert_eq!(
+            source_lines("a\rb\r\nc\nd").collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(source_lines("a\n").collect::<Vec<_>>(), ["a", ""]);
+    }
+
+    /// Inputs the fuzzer found (`fuzz/`, all three targets): after lone `\r`s, a YAML
+    /// error was located on a line `str::lines` does not have, printed with no snippet.
+    #[test]
+    fn errors_after_lone_carriage_returns_show_their_line() {
+        for (name, bytes) in [
+            (
+                "manifest",
+                &include_bytes!("../tests/fixtures/fuzz/manifest-lone-cr")[..],
+            ),
+            (
+                "step-info",
+                include_bytes!("../tests/fixtures/fuzz/step-info-lone-cr"),
+            ),
+            (
+                "yaml",
+                include_bytes!("../tests/fixtures/fuzz/yaml-lone-cr"),
+            ),
+        ] {
+            let text = std::str::from_utf8(bytes).unwrap();
+            let err = crate::yaml::load(text).unwrap_err();
+            let d = Diagnostic::new(Path::new(name), Some(text), err.pos, err.message);
+            assert!(
+                d.source_line.is_some(),
+                "{name}: {} has no source line",
+                err.pos
+            );
+            assert!(err.pos.line <= source_lines(text).count(), "{name}");
+        }
+        let text = "ste\rp: {nam]e:,\u{1f}";
+        let err = crate::yaml::load(text).unwrap_err();
+        let d = Diagnostic::new(Path::new("s.yaml"), Some(text), err.pos, err.message);
+        assert_eq!(
+            (d.line, d.source_line.as_deref()),
+            (2, Some("p: {nam]e:,\u{1f}"))
+        );
+    }
 
     #[test]
     fn human_points_at_the_column() {

@@ -124,7 +124,14 @@ pub enum InfoError {
     Set(String),
     #[error("--env `{0}`: not set in the runner's environment")]
     Env(String),
+    #[error("invalid step name: {0}")]
+    Name(&'static str),
 }
+
+/// Longest step name accepted. The name reaches every command as `RUNNER_STEP`, and
+/// Linux refuses to exec with any one variable or argument over 128 KiB; a name this
+/// long is a mistake or an attack, and is refused before anything runs.
+pub const MAX_STEP_NAME_BYTES: usize = 4096;
 
 impl StepInfo {
     /// Read `--info FILE` (if any) and apply the flags over it.
@@ -140,12 +147,22 @@ impl StepInfo {
             },
         };
         out.apply(flags)?;
+        check_name(&out.step.name)?;
         Ok(out)
     }
 
     pub fn read(path: &Path) -> Result<StepInfo, InfoError> {
-        let src = Source::read(path)?;
-        let diags = validate::check_step_info(&src);
+        Self::from_source(&Source::read(path)?)
+    }
+
+    /// Step info from text already read (`path` only names it in diagnostics).
+    pub fn parse(path: &Path, text: String) -> Result<StepInfo, InfoError> {
+        Self::from_source(&Source::parse(path, text)?)
+    }
+
+    fn from_source(src: &Source) -> Result<StepInfo, InfoError> {
+        let path = src.path.as_path();
+        let diags = validate::check_step_info(src);
         if !diags.is_empty() {
             return Err(InfoError::Invalid(diags));
         }
@@ -236,6 +253,18 @@ impl StepInfo {
     }
 }
 
+/// A step name any command can receive: a NUL byte or an over-long name would only fail
+/// later, at exec, as "could not start".
+fn check_name(name: &str) -> Result<(), InfoError> {
+    if name.contains('\0') {
+        return Err(InfoError::Name("it contains a NUL byte"));
+    }
+    if name.len() > MAX_STEP_NAME_BYTES {
+        return Err(InfoError::Name("it is too long (more than 4096 bytes)"));
+    }
+    Ok(())
+}
+
 /// `--set` values: JSON scalars and arrays/objects when they parse as such, else the raw string.
 /// Whether a JSON number should stay a string is decided against the settings schema later.
 fn parse_set_value(raw: &str) -> Value {
@@ -299,6 +328,27 @@ mod tests {
         assert_eq!(info.resources.cpu_count, Some(0.5));
         assert_eq!(info.requirements.pip, vec!["requests"]);
         assert_eq!(info.entrypoint, vec!["python", "-m", "train"]);
+    }
+
+    #[test]
+    fn step_names_with_nul_or_over_4_kib_are_refused() {
+        for (name, why) in [
+            ("a\0b".to_string(), "NUL byte"),
+            ("x".repeat(MAX_STEP_NAME_BYTES + 1), "too long"),
+        ] {
+            let flags = Overrides {
+                step: Some(name),
+                ..Default::default()
+            };
+            let err = StepInfo::resolve(None, &flags).unwrap_err().to_string();
+            assert!(err.starts_with("invalid step name: "), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+        let ok = Overrides {
+            step: Some("x".repeat(MAX_STEP_NAME_BYTES)),
+            ..Default::default()
+        };
+        assert!(StepInfo::resolve(None, &ok).is_ok());
     }
 
     #[test]

@@ -219,7 +219,9 @@ impl<'a> Loader<'a> {
                 | ErrorKind::TabInPlainScalar
         ) {
             // The parser reports the token after the tab; point at the tab itself.
-            let line = self.text.lines().nth(pos.line - 1).unwrap_or("");
+            let line = crate::diag::source_lines(self.text)
+                .nth(pos.line - 1)
+                .unwrap_or("");
             let upto: Vec<char> = line.chars().take(pos.col).collect();
             if let Some(i) = upto.iter().rposition(|&c| c == '\t') {
                 pos.col = i + 1;
@@ -255,7 +257,9 @@ impl<'a> Loader<'a> {
     fn unclosed_flow(&self, at: Pos, message: &str) -> Option<YamlError> {
         let (bracket, open) = self.stack.iter().find_map(|f| f.flow)?;
         let indent = |line: usize| -> usize {
-            let text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            let text = crate::diag::source_lines(self.text)
+                .nth(line.saturating_sub(1))
+                .unwrap_or("");
             text.chars().take_while(|&c| c == ' ').count()
         };
         if at.line <= open.line || indent(at.line) > indent(open.line) {

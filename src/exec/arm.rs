@@ -51,6 +51,18 @@ fn cgroup_fs() -> Result<CgroupFs, cgroup::CgroupError> {
     }
 }
 
+/// A cgroup without limits for the prepare or cleanup stage. It tracks every process a
+/// command starts, so whatever a command leaves running is killed when it ends; and if
+/// the runner itself is killed mid-stage (PDEATHSIG reaches only the command, not its
+/// children), the next runner's stale cleanup kills the rest *before* it prepares again,
+/// so no orphan keeps writing into a cache entry being rebuilt. `None` where no cgroup
+/// can be had: the stage then relies on the command's process group, as before.
+pub fn stage_cgroup(plan: &Plan, stage: &str) -> Option<RunCgroup> {
+    let fs = cgroup_fs().ok()?;
+    let name = format!("{}-{stage}", plan.run_id);
+    RunCgroup::create(&fs, &name, &cgroup::Request::default()).ok()
+}
+
 /// Resolve every limit of the launch stage into something enforceable, or refuse.
 pub fn arm(plan: &Plan, opts: &Options) -> Result<Armed, Refusal> {
     let l = &plan.launch.limits;

@@ -7,7 +7,7 @@ mod child;
 mod progress;
 mod stage;
 
-use arm::arm;
+use arm::{arm, stage_cgroup};
 use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;
@@ -156,6 +156,14 @@ pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     Ok(())
 }
 
+fn remove_stage_cgroup(cgroup: Option<RunCgroup>, stage: &str, warnings: &mut Vec<String>) {
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.remove()
+    {
+        warnings.push(format!("could not remove the {stage} stage's cgroup: {e}"));
+    }
+}
+
 /// Run the plan in its run folder (made by [`make_run_dir`]).
 pub fn execute(
     plan: &Plan,
@@ -257,11 +265,13 @@ pub fn execute(
                 if hit {
                     out.stages.prepare = Some(timing(start, "cached", None, 0));
                 } else {
+                    let cgroup = stage_cgroup(plan, "prepare");
                     let stage = Stage {
                         name: "prepare",
                         run_dir: run,
                         env: &p.env,
                         opts,
+                        cgroup: cgroup.as_ref(),
                     };
                     let deadline = p
                         .timeout_secs
@@ -318,6 +328,7 @@ pub fn execute(
                         }
                     };
                     out.stages.prepare = Some(timing(start, status, code, n));
+                    remove_stage_cgroup(cgroup, "prepare", &mut out.warnings);
                 }
                 lease.share();
                 _lease = Some(lease);
@@ -369,11 +380,13 @@ pub fn execute(
         let mut env = plan.cleanup.env.clone();
         env.insert("RUNNER_STATUS".into(), out.status.as_str().to_string());
         env.insert("RUNNER_EXIT_CODE".into(), out.exit_code.to_string());
+        let cgroup = stage_cgroup(plan, "cleanup");
         let stage = Stage {
             name: "cleanup",
             run_dir: run,
             env: &env,
             opts,
+            cgroup: cgroup.as_ref(),
         };
         let deadline = plan
             .cleanup
@@ -401,6 +414,7 @@ pub fn execute(
             }
         };
         out.stages.cleanup = Some(timing(start, status, None, n));
+        remove_stage_cgroup(cgroup, "cleanup", &mut out.warnings);
     }
     out.duration_secs = t0.elapsed().as_secs_f64();
     Ok(out)

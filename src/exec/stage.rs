@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::child::{self, Ended, Spec, Stop, Supervision};
 use super::{Options, join_pump, progress};
+use crate::cgroup::RunCgroup;
 use crate::logs::{self, Live, LogSpec};
 use crate::plan::CommandPlan;
 use crate::signals::{self, Signals};
@@ -17,6 +18,8 @@ pub struct Stage<'a> {
     pub run_dir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
     pub opts: &'a Options,
+    /// Where the stage's commands run (see [`super::arm::stage_cgroup`]).
+    pub cgroup: Option<&'a RunCgroup>,
 }
 
 pub enum StageEnd {
@@ -118,7 +121,7 @@ impl Stage<'_> {
                 stdout: write,
                 stderr: write2,
                 rlimits: None,
-                cgroup: None,
+                cgroup: self.cgroup,
             });
             let child = match spawned {
                 Ok(ch) => ch,
@@ -140,7 +143,7 @@ impl Stage<'_> {
             let deadline = [deadline, cmd_deadline].into_iter().flatten().min();
             let spinner = spin.then(|| progress::Spinner::start(label.clone()));
             let waited = child.supervise(
-                None,
+                self.cgroup,
                 Supervision {
                     signals,
                     deadline,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::common::{Output, Runner, root};
 
 /// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
-fn needs_root() -> bool {
+pub(crate) fn needs_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
@@ -23,11 +23,11 @@ fn needs_root() -> bool {
 }
 
 /// `runner launch --json -q ARGS…`: the output and the parsed result.
-fn launch(args: &[&str]) -> (Output, Value) {
+pub(crate) fn launch(args: &[&str]) -> (Output, Value) {
     launch_with(Runner::new(), args)
 }
 
-fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
+pub(crate) fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
     let out = r.arg("launch").arg("--json").arg("-q").args(args).run();
     let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -39,7 +39,7 @@ fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
 }
 
 /// Processes whose command line contains `marker` (other than this test).
-fn processes_with(marker: &str) -> Vec<i32> {
+pub(crate) fn processes_with(marker: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -60,7 +60,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
 }
 
 /// Cgroup folders of a run, in every hierarchy.
-fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, depth: usize, run_id: &str, out: &mut Vec<PathBuf>) {
         if depth == 0 {
             return;
@@ -86,12 +86,12 @@ fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
     out
 }
 
-fn run_id(result: &Value) -> &str {
+pub(crate) fn run_id(result: &Value) -> &str {
     result["run_id"].as_str().expect("run_id")
 }
 
 #[track_caller]
-fn assert_nothing_left(result: &Value, marker: &str) {
+pub(crate) fn assert_nothing_left(result: &Value, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let procs = processes_with(marker);
@@ -339,7 +339,7 @@ fn timeout_kills_the_whole_tree_including_setsid_escapees() {
 }
 
 /// Start `runner launch` in the background; the step signals readiness by creating `ready`.
-fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
+pub(crate) fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
     Command::new(assert_cmd::cargo::cargo_bin("runner"))
         .current_dir(root())
         .env("RUNNER_HOME", home)
@@ -354,7 +354,7 @@ fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
         .expect("runner starts")
 }
 
-fn wait_for(path: &Path) {
+pub(crate) fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         assert!(

@@ -6,6 +6,7 @@
 mod cloud;
 mod common;
 mod docker;
+mod faults;
 mod launch;
 mod lifecycle;
 mod registry;

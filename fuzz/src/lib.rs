@@ -1,0 +1,164 @@
+//! What every fuzz target checks: an input ends in a value (a plan, step info, a
+//! document) or in errors that are *located* — a line and column inside the text
+//! (or just past its end), whose human, GitHub and JSON forms all print. Panics and
+//! hangs are what libFuzzer reports; these checks turn "an error nobody can find"
+//! into a crash too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use steprunner::diag::Diagnostic;
+use steprunner::manifest::{LoadError, Source};
+use steprunner::render::{self, RenderError, Where};
+use steprunner::step_info::{InfoError, Overrides, StepInfo};
+use steprunner::yaml::Pos;
+
+/// Name the inputs are parsed under (only used in diagnostics).
+pub const FILE: &str = "fuzz.yaml";
+
+/// Lines in `text` as YAML counts them (`\n`, `\r\n` or a lone `\r`), counting the
+/// empty line after a final line break (where "unexpected end" errors point).
+fn line_count(text: &str) -> usize {
+    steprunner::diag::source_lines(text).count()
+}
+
+/// A position is inside the text: line 1..=lines, column ≥ 1.
+#[track_caller]
+pub fn assert_located(text: &str, pos: Pos, what: &str) {
+    assert!(
+        pos.line >= 1 && pos.line <= line_count(text) && pos.col >= 1,
+        "{what}: position {pos} outside the input ({} lines)",
+        line_count(text)
+    );
+}
+
+#[track_caller]
+pub fn assert_diagnostics(text: &str, diags: &[Diagnostic]) {
+    assert!(!diags.is_empty(), "an error without any diagnostic");
+    for d in diags {
+        assert_eq!(d.file, Path::new(FILE));
+        assert!(!d.message.is_empty(), "an empty message at {}:{}", d.line, d.col);
+        assert_located(
+            text,
+            Pos {
+                line: d.line,
+                col: d.col,
+            },
+            &d.message,
+        );
+        assert!(
+            d.source_line.is_some(),
+            "{}:{}: {} is shown without its source line",
+            d.line,
+            d.col,
+            d.message
+        );
+        // Every way a diagnostic is printed must work.
+        let _ = d.human();
+        let _ = d.github();
+        serde_json::to_string(d).expect("a diagnostic serializes");
+    }
+}
+
+/// The YAML loader alone: a document with an index, or a located error.
+pub fn yaml(text: &str) {
+    match steprunner::yaml::load(text) {
+        Ok(doc) => {
+            // Every pointer the index knows resolves to a position inside the text.
+            let _ = doc.index.nearest("");
+            serde_json::to_string(&doc.value).expect("a loaded document serializes");
+        }
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            assert_located(text, e.pos, &e.message);
+        }
+    }
+}
+
+/// A fixed step, as `runner render` would get from flags.
+pub fn step() -> StepInfo {
+    StepInfo::resolve(
+        None,
+        &Overrides {
+            step: Some("train".into()),
+            pipeline: Some("fuzz".into()),
+            requirements: vec!["requests==2.32".into(), "x'; rm -rf ~; '".into()],
+            cpus: Some("1.5".into()),
+            memory: Some("512MiB".into()),
+            gpus: Some(0),
+            entrypoint: vec!["python3".into(), "-m".into(), "train".into()],
+            ..Default::default()
+        },
+    )
+    .expect("the fixed step info is valid")
+}
+
+/// Load + validate + render, as `runner render` does: a plan or located errors.
+pub fn manifest(text: &str, info: &StepInfo) {
+    let src = match Source::parse(Path::new(FILE), text.to_string()) {
+        Ok(src) => src,
+        Err(LoadError::Yaml { source, .. }) => {
+            assert_located(text, source.pos, &source.message);
+            return;
+        }
+        Err(other) => panic!("parsing text cannot fail with {other}"),
+    };
+    let flavor = match steprunner::validate::check_flavor(&src) {
+        Ok(f) => f,
+        Err(diags) => {
+            assert_diagnostics(text, &diags);
+            return;
+        }
+    };
+    let home = PathBuf::from("/nonexistent/runner-home");
+    let at = Where {
+        home: &home,
+        run_dir: None,
+        run_id: "20260101T000000-train-00000000".into(),
+        cwd: PathBuf::from("/nonexistent/work"),
+        env: BTreeMap::from([
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ]),
+    };
+    match render::render(&src, &flavor, info, &at) {
+        Ok(plan) => {
+            serde_json::to_string(&plan).expect("a plan serializes");
+        }
+        Err(RenderError::Located(diags)) => assert_diagnostics(text, &diags),
+        Err(RenderError::Settings { errors, .. }) => {
+            assert!(!errors.is_empty(), "invalid settings without a reason")
+        }
+    }
+}
+
+/// Step info from a file's text: parsed, or located errors.
+pub fn step_info(text: &str) {
+    match StepInfo::parse(Path::new(FILE), text.to_string()) {
+        Ok(info) => {
+            serde_json::to_string(&info).expect("step info serializes");
+        }
+        Err(InfoError::Invalid(diags)) => assert_diagnostics(text, &diags),
+        Err(InfoError::Load(LoadError::Yaml { source, .. })) => {
+            assert_located(text, source.pos, &source.message)
+        }
+        Err(other) => panic!("parsing step info text cannot fail with {other}"),
+    }
+}
+
+/// The flags of the step info (`--memory`, `--cpus`, `--set`), one per line of the
+/// input: parsed, or an error that names the flag or value.
+pub fn step_flags(text: &str) {
+    let mut lines = text.lines();
+    let mut next = || lines.next().map(str::to_string);
+    let flags = Overrides {
+        memory: next(),
+        cpus: next(),
+        set: next().into_iter().collect(),
+        step: next(),
+        ..Default::default()
+    };
+    if let Err(e) = StepInfo::resolve(None, &flags) {
+        assert!(!e.to_string().is_empty());
+    }
+}
