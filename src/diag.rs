@@ -13,9 +13,27 @@ use crate::yaml::Pos;
 /// line, so line numbers from the parser and the snippet shown agree. (`str::lines`
 /// ignores a lone `\r`: the fuzzer found diagnostics pointing at line 123 of a file
 /// that `str::lines` saw as 5 lines, shown without their source line.)
+/// Like `split('\n')`, the line after a final line break is yielded (empty).
 pub fn source_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\n')
-        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\n', '\r']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let next = if s[i..].starts_with("\r\n") {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                rest = Some(&s[next..]);
+                Some(&s[..i])
+            }
+        }
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +180,8 @@ mod tests {
             ["a", "b", "c", "d"]
         );
         assert_eq!(source_lines("a\n").collect::<Vec<_>>(), ["a", ""]);
+        assert_eq!(source_lines("a\r").collect::<Vec<_>>(), ["a", ""]);
+        assert_eq!(source_lines("").collect::<Vec<_>>(), [""]);
     }
 
     /// Inputs the fuzzer found (`fuzz/`, all three targets): after lone `\r`s, a YAML
@@ -181,16 +201,44 @@ mod tests {
                 "yaml",
                 include_bytes!("../tests/fixtures/fuzz/yaml-lone-cr"),
             ),
+            // A lone `\r` at the very end: the error is on the empty line after it.
+            (
+                "manifest-2",
+                include_bytes!("../tests/fixtures/fuzz/manifest-final-cr"),
+            ),
+            (
+                "step-info-2",
+                include_bytes!("../tests/fixtures/fuzz/step-info-final-cr"),
+            ),
+            (
+                "yaml-2",
+                include_bytes!("../tests/fixtures/fuzz/yaml-final-cr"),
+            ),
         ] {
             let text = std::str::from_utf8(bytes).unwrap();
-            let err = crate::yaml::load(text).unwrap_err();
-            let d = Diagnostic::new(Path::new(name), Some(text), err.pos, err.message);
-            assert!(
-                d.source_line.is_some(),
-                "{name}: {} has no source line",
-                err.pos
-            );
-            assert!(err.pos.line <= source_lines(text).count(), "{name}");
+            let path = Path::new(name);
+            let diags = match crate::manifest::Source::parse(path, text.to_string()) {
+                Err(crate::manifest::LoadError::Yaml { source, .. }) => {
+                    vec![Diagnostic::new(
+                        path,
+                        Some(text),
+                        source.pos,
+                        source.message,
+                    )]
+                }
+                Err(other) => panic!("{name}: {other}"),
+                Ok(src) => crate::validate::check_step_info(&src),
+            };
+            assert!(!diags.is_empty(), "{name}: no error");
+            for d in diags {
+                assert!(
+                    d.source_line.is_some(),
+                    "{name}: {}:{} has no source line",
+                    d.line,
+                    d.col
+                );
+                assert!(d.line <= source_lines(text).count(), "{name}");
+            }
         }
         let text = "ste\rp: {nam]e:,\u{1f}";
         let err = crate::yaml::load(text).unwrap_err();
