@@ -204,3 +204,37 @@ pub fn check_first_diagnostic(fixture: &Path, out: &Output) -> Result<(), String
         ))
     }
 }
+
+/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
+pub fn needs_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs root (it creates cgroups) and CI=true forbids skipping it");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// Processes whose command line contains `marker` (other than this test).
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::common::{Output, Runner, root};
+use crate::common::{Output, Runner, needs_root, processes_with, root};
 
 const MANIFEST: &str = "manifests/docker.yaml";
 
@@ -33,16 +33,6 @@ fn docker_host() -> Option<String> {
             None
         }
     }
-}
-
-/// The runner creates a cgroup for every launch: root is needed.
-fn needs_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    skip_or_panic("root (the runner creates cgroups)");
-    false
 }
 
 /// `docker ARGS…` against the test engine: its trimmed stdout, or `None` when it failed.
@@ -270,28 +260,6 @@ fn docker_unchanged_step_reuses_its_image_and_rebuilds_a_deleted_one() {
         pwned.is_empty(),
         "the step name ran as shell code: {pwned:?}"
     );
-}
-
-/// Processes on this machine (containers' included) whose command line has `marker`.
-fn processes_with(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd)
-            .replace('\0', " ")
-            .contains(marker)
-        {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {

@@ -8,19 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Output, Runner, root};
-
-/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
-pub(crate) fn needs_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test needs root (it creates cgroups) and CI=true forbids skipping it");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
+pub(crate) use crate::common::{needs_root, processes_with};
 
 /// `runner launch --json -q ARGS…`: the output and the parsed result.
 pub(crate) fn launch(args: &[&str]) -> (Output, Value) {
@@ -36,27 +24,6 @@ pub(crate) fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
         )
     });
     (out, result)
-}
-
-/// Processes whose command line contains `marker` (other than this test).
-pub(crate) fn processes_with(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                found.push(pid);
-            }
-        }
-    }
-    found
 }
 
 /// Cgroup folders of a run, in every hierarchy.

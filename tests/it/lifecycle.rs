@@ -6,19 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::Runner;
+use crate::common::{Runner, needs_root, processes_with};
 
-fn needs_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "needs root (cgroups); CI=true forbids skipping"
-    );
-    eprintln!("skipped: needs root");
-    false
+fn alive(marker: &str) -> bool {
+    !processes_with(marker).is_empty()
 }
 
 /// `runner ARGS…` with RUNNER_HOME = `home`.
@@ -34,18 +25,6 @@ fn detach(home: &Path, args: &[&str]) -> String {
     let v: Value = out.json();
     assert!(Path::new(v["run_dir"].as_str().unwrap()).is_dir());
     v["run_id"].as_str().unwrap().to_string()
-}
-
-fn alive(marker: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(marker)
-            })
-            .unwrap_or(false)
-    })
 }
 
 #[test]

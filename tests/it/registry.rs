@@ -85,13 +85,7 @@ fn registered_flavors_launch_by_name() {
 
 #[test]
 fn cache_entries_are_listed_and_pruned() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root (cgroups)"
-        );
-        eprintln!("skipped: needs root");
+    if !crate::common::needs_root() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
