@@ -140,6 +140,17 @@ impl Diagnostic {
     }
 }
 
+/// An error with its sources, on one line: `cannot read `x`: No such file or directory`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    msg
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Human,

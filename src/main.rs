@@ -250,16 +250,7 @@ fn render_cmd(
     ExitCode::SUCCESS
 }
 
-/// An error with its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(&format!(": {s}"));
-        cur = s.source();
-    }
-    msg
-}
+pub use steprunner::diag::error_chain;
 
 fn launch_opts(args: &LaunchArgs) -> Result<exec::Options, ExitCode> {
     let log_limit = args

@@ -21,19 +21,26 @@ mod script;
 pub const FLAVOR_SCHEMA: &str = include_str!("../schemas/flavor.schema.json");
 pub const STEP_INFO_SCHEMA: &str = include_str!("../schemas/step-info.schema.json");
 
-fn compile(text: &str) -> Validator {
-    let schema: Value = serde_json::from_str(text).expect("embedded schema is JSON");
-    jsonschema::draft202012::new(&schema).expect("embedded schema compiles")
+fn compile(schema: &Value) -> Validator {
+    jsonschema::draft202012::new(schema).expect("embedded schema compiles")
+}
+
+/// The embedded flavor schema, parsed once (validation and "did you mean" hints both read it).
+fn flavor_schema() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| serde_json::from_str(FLAVOR_SCHEMA).expect("embedded schema is JSON"))
 }
 
 fn flavor_validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| compile(FLAVOR_SCHEMA))
+    V.get_or_init(|| compile(flavor_schema()))
 }
 
 fn step_info_validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| compile(STEP_INFO_SCHEMA))
+    V.get_or_init(|| {
+        compile(&serde_json::from_str(STEP_INFO_SCHEMA).expect("embedded schema is JSON"))
+    })
 }
 
 /// Where a schema error is, as a JSON pointer, and what to say about it.
@@ -98,9 +105,8 @@ fn describe(err: &ValidationError<'_>, instance: &Value, out: &mut Vec<(String, 
 
 /// Property names allowed at a schema location, for "did you mean" hints.
 fn known_keys(schema_path: &str) -> Option<Vec<String>> {
-    let schema: Value = serde_json::from_str(FLAVOR_SCHEMA).ok()?;
     let parent = schema_path.strip_suffix("/additionalProperties")?;
-    let obj = resolve_schema_path(&schema, parent)?;
+    let obj = resolve_schema_path(flavor_schema(), parent)?;
     Some(
         obj.get("properties")?
             .as_object()?
@@ -559,15 +565,12 @@ pub fn load_diagnostic(path: &Path, e: &crate::manifest::LoadError) -> Diagnosti
             source.pos,
             format!("invalid YAML: {}", source.message),
         ),
-        other => {
-            let mut msg = other.to_string();
-            let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(other);
-            while let Some(s) = cur {
-                msg.push_str(&format!(": {s}"));
-                cur = s.source();
-            }
-            Diagnostic::new(path, None, Pos { line: 1, col: 1 }, msg)
-        }
+        other => Diagnostic::new(
+            path,
+            None,
+            Pos { line: 1, col: 1 },
+            crate::diag::error_chain(other),
+        ),
     }
 }
 
