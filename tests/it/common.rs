@@ -238,3 +238,30 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     }
     found
 }
+
+/// Start `runner launch --json -q ARGS…` in the background, from the crate root.
+pub fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("runner"))
+        .current_dir(root())
+        .env("RUNNER_HOME", home)
+        .args(["launch", "--json", "-q"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runner starts")
+}
+
+/// Wait until a step signals readiness by creating `path`.
+pub fn wait_for(path: &Path, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{}` never appeared within {within:?}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

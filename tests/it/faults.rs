@@ -86,7 +86,7 @@ fn prepare_killed_halfway_is_redone_and_never_reused() {
             "true",
         ],
     );
-    wait_for(&log);
+    wait_for(&log, Duration::from_secs(30));
     let first_run = std::fs::read_dir(home.path().join("runs"))
         .unwrap()
         .flatten()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Output, Runner, root};
-pub(crate) use crate::common::{needs_root, processes_with};
+pub(crate) use crate::common::{needs_root, processes_with, spawn_runner, wait_for};
 
 /// `runner launch --json -q ARGS…`: the output and the parsed result.
 pub(crate) fn launch(args: &[&str]) -> (Output, Value) {
@@ -305,34 +305,6 @@ fn timeout_kills_the_whole_tree_including_setsid_escapees() {
     assert_nothing_left(&r, "sleep 1000.4242");
 }
 
-/// Start `runner launch` in the background; the step signals readiness by creating `ready`.
-pub(crate) fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(assert_cmd::cargo::cargo_bin("runner"))
-        .current_dir(root())
-        .env("RUNNER_HOME", home)
-        .arg("launch")
-        .arg("--json")
-        .arg("-q")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runner starts")
-}
-
-pub(crate) fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "`{}` never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigint_cancels_runs_cleanup_and_leaves_nothing() {
     if !needs_root() {
@@ -355,7 +327,7 @@ fn sigint_cancels_runs_cleanup_and_leaves_nothing() {
             &step,
         ],
     );
-    wait_for(&ready);
+    wait_for(&ready, Duration::from_secs(30));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = child.wait_with_output().unwrap();
@@ -388,7 +360,7 @@ fn a_sigkilled_runner_takes_its_step_along_and_the_next_run_removes_its_cgroup()
         home.path(),
         &["manifests/local.yaml", "--", "sh", "-c", &step],
     );
-    wait_for(&ready);
+    wait_for(&ready, Duration::from_secs(30));
     let runs: Vec<_> = std::fs::read_dir(home.path().join("runs"))
         .unwrap()
         .flatten()

@@ -5,12 +5,12 @@
 //! they fail.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Output, Runner, root};
+use crate::common::{Output, Runner};
 
 const MANIFEST: &str = "manifests/slurm.yaml";
 
@@ -204,28 +204,7 @@ fn slurm_job_over_its_time_limit_is_timed_out() {
 
 /// Start `runner launch` in the background on the slurm flavor.
 fn spawn_runner(home: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(assert_cmd::cargo::cargo_bin("runner"))
-        .current_dir(root())
-        .env("RUNNER_HOME", home)
-        .args(["launch", "--json", "-q", MANIFEST])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runner starts")
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "`{}` never appeared: did the job start?",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::spawn_runner(home, &[&[MANIFEST], args].concat())
 }
 
 /// A step that says it runs, then ignores SIGTERM and sleeps: Slurm must SIGKILL it.
@@ -247,7 +226,8 @@ fn slurm_cancelling_the_runner_cancels_the_job() {
     let name = format!("cancel-{}", std::process::id());
     let step = stubborn_step(&ready);
     let child = spawn_runner(home.path(), &["--step", &name, "--", "sh", "-c", &step]);
-    wait_for(&ready);
+    // Jobs start on Slurm's schedule: allow a minute.
+    crate::common::wait_for(&ready, Duration::from_secs(60));
     assert_ne!(in_queue(&format!("--name={name}")), "", "the job runs");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
