@@ -60,21 +60,10 @@ impl Stage<'_> {
             if !self.opts.quiet && !spin {
                 eprintln!("runner: {label}");
             }
-            let (read, write) = match child::pipe() {
+            // One pipe for both stdout and stderr: the command's output, merged, in one log.
+            let pipe = child::pipe().and_then(|(r, w)| w.try_clone().map(|w2| (r, w, w2)));
+            let (read, write, write2) = match pipe {
                 Ok(p) => p,
-                Err(e) => {
-                    return (
-                        StageEnd::Failed {
-                            at: c.at.clone(),
-                            message: format!("cannot create a pipe: {e}"),
-                            ended: None,
-                        },
-                        ran,
-                    );
-                }
-            };
-            let write2 = match write.try_clone() {
-                Ok(w) => w,
                 Err(e) => {
                     return (
                         StageEnd::Failed {
