@@ -17,7 +17,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
@@ -98,7 +100,9 @@ pub enum LogError {
 /// A running pump; [`LogPump::join`] waits for the pipe's end of file.
 #[derive(Debug)]
 pub struct LogPump {
-    thread: JoinHandle<Result<LogStats, LogError>>,
+    thread: JoinHandle<()>,
+    /// The pump's result, sent when it ends: waiting with a timeout needs no extra thread.
+    done: Receiver<Result<LogStats, LogError>>,
 }
 
 /// Start a thread that reads `pipe` until end of file, writing every byte to the
@@ -129,23 +133,44 @@ pub fn pump(pipe: OwnedFd, spec: LogSpec) -> Result<LogPump, LogError> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let sink = FileSink::new(file, path.clone(), limit);
+    let (tx, done) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name(format!("log {name}"))
         .stack_size(256 * 1024)
-        .spawn(move || copy(File::from(pipe), sink, live))
+        .spawn(move || {
+            let _ = tx.send(copy(File::from(pipe), sink, live));
+        })
         .map_err(|source| LogError::Spawn {
             path: path.clone(),
             source,
         })?;
-    Ok(LogPump { thread })
+    Ok(LogPump { thread, done })
 }
 
 impl LogPump {
     /// Wait for end of file on the pipe and for the file to be complete.
     pub fn join(self) -> Result<LogStats, LogError> {
-        match self.thread.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
+        let result = self.done.recv();
+        if let Err(panic) = self.thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+        result.expect("a pump that did not panic sends its result")
+    }
+
+    /// As [`LogPump::join`], giving up after `wait` if something outside our reach
+    /// (a daemon the step left behind) still holds the pipe open; the pump then
+    /// finishes on its own.
+    pub fn join_timeout(self, wait: Duration) -> Option<Result<LogStats, LogError>> {
+        match self.done.recv_timeout(wait) {
+            Ok(result) => {
+                let _ = self.thread.join();
+                Some(result)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => match self.thread.join() {
+                Ok(()) => None,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
         }
     }
 }

@@ -12,7 +12,6 @@ use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::Lease;
@@ -104,11 +103,7 @@ pub(crate) fn refuse(ending: Ending, message: impl Into<String>) -> Refusal {
 
 /// Join a log pump, giving up after `wait` if something outside our reach still holds the pipe.
 pub(crate) fn join_pump(p: logs::LogPump, wait: Duration) -> Option<LogStats> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(p.join());
-    });
-    rx.recv_timeout(wait).ok().and_then(Result::ok)
+    p.join_timeout(wait).and_then(Result::ok)
 }
 
 fn timing(start: Instant, status: &str, exit_code: Option<i32>, commands: u32) -> StageTiming {
