@@ -225,6 +225,44 @@ impl Renderer<'_> {
         ));
     }
 
+    /// The kernel refuses to start a program when one of its arguments or variables
+    /// (with its NUL) is over 32 pages (`MAX_ARG_STRLEN`, 128 KiB with 4 KiB pages):
+    /// say so here, at the command, rather than fail at exec after preparing.
+    fn exec_sizes(&mut self, stage: &str, env: &BTreeMap<String, String>, cmds: &[CommandPlan]) {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let max = 32 * page;
+        let too_long = |what: String, len: usize| {
+            format!(
+                "{what} is {len} bytes once rendered; the kernel refuses to start a program \
+                 with a single argument or variable of {max} bytes or more"
+            )
+        };
+        for (k, v) in env {
+            if k.len() + v.len() + 2 > max {
+                let msg = too_long(format!("variable `{k}`"), k.len() + v.len() + 1);
+                self.error(&format!("{stage}/env"), msg);
+            }
+        }
+        for c in cmds.iter().filter(|c| !c.skipped) {
+            for (k, v) in &c.env {
+                if k.len() + v.len() + 2 > max {
+                    let msg = too_long(format!("variable `{k}`"), k.len() + v.len() + 1);
+                    self.error(&c.at, msg);
+                }
+            }
+            for (i, a) in c.argv().iter().enumerate() {
+                if a.len() + 1 > max {
+                    let what = match (&c.run, i) {
+                        (Run::Script { .. }, 2) => "the script".to_string(),
+                        _ => format!("argument {i} of `{}`", c.program()),
+                    };
+                    self.error(&c.at, too_long(what, a.len()));
+                }
+            }
+        }
+    }
+
     /// A text template (or a literal number) → string.
     fn text(&mut self, pointer: &str, v: &Tpl, name_suffix: &str) -> Option<String> {
         let text = match v {
@@ -677,6 +715,16 @@ pub fn render(
         }
         None => StagePlan::default(),
     };
+
+    if let Some(p) = &prepare {
+        r.exec_sizes("/prepare", &p.env, &p.commands);
+    }
+    r.exec_sizes(
+        "/launch",
+        &launch.env,
+        std::slice::from_ref(&launch.command),
+    );
+    r.exec_sizes("/cleanup", &cleanup.env, &cleanup.commands);
 
     if !r.diags.is_empty() {
         return Err(RenderError::Located(r.diags));

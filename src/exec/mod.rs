@@ -122,8 +122,25 @@ pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
         path: plan.dirs.run.clone(),
         source,
     };
-    if let Some(parent) = plan.dirs.run.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
+    // The folders this call creates above the run folder (a fresh home's `runs/`),
+    // deepest first: removed again if the run folder cannot be made.
+    let made_above: Vec<&Path> = plan
+        .dirs
+        .run
+        .ancestors()
+        .skip(1)
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    let undo_above = || {
+        for d in &made_above {
+            let _ = std::fs::remove_dir(d);
+        }
+    };
+    if let Some(parent) = plan.dirs.run.parent()
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        undo_above();
+        return Err(err(e));
     }
     match std::fs::create_dir(&plan.dirs.run) {
         Ok(()) => {}
@@ -138,7 +155,10 @@ pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
                 )));
             }
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => {
+            undo_above();
+            return Err(err(e));
+        }
     }
     let plan_json = serde_json::to_vec_pretty(plan).expect("plan serializes");
     let write = std::fs::create_dir_all(&plan.dirs.work)
@@ -146,6 +166,7 @@ pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     if let Err(e) = write {
         // Leave nothing half-made behind.
         let _ = std::fs::remove_dir_all(&plan.dirs.run);
+        undo_above();
         return Err(err(e));
     }
     Ok(())

@@ -172,11 +172,10 @@ fn refuses_unusable_run_folder(place: impl FnOnce(Runner, &Path) -> Runner, fs: 
     );
     assert!(o.stdout.is_empty(), "no result: {}", o.stdout);
     assert!(!marker.exists(), "the step ran");
-    // No run folder, no file: at most the empty `runs/` of a fresh `RUNNER_HOME`.
+    // Nothing at all: no run folder, no `runs/` of a fresh `RUNNER_HOME`, no file.
     let left: Vec<_> = entries_under(fs)
         .into_iter()
         .filter(|p| !before.contains(p))
-        .filter(|p| !(p.is_dir() && (p.ends_with("runs") || p.join("runs").is_dir())))
         .collect();
     assert!(left.is_empty(), "left on the filesystem: {left:?}");
 }
@@ -473,4 +472,42 @@ fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
     o.expect_code(2);
     assert!(o.stderr.contains("too long"), "{}", o.stderr);
     assert!(!Path::new("/tmp/pwned-1mib").exists());
+}
+
+/// A 1 MiB requirement (with `;` and `&&` in it) would make the script one argument
+/// over the kernel's per-argument limit: refused at render, located at the command,
+/// exit 2, before any run folder exists — not a launch error after preparing.
+#[test]
+fn a_1_mib_requirement_is_refused_at_render_with_the_kernel_limit() {
+    // In a step-info file: as a flag it would be over the limit for the runner itself.
+    let dir = tempfile::tempdir().unwrap();
+    let info = dir.path().join("step.json");
+    let requirement = "x; touch /tmp/pwned-req && echo ".repeat((1 << 20) / 32);
+    std::fs::write(
+        &info,
+        serde_json::to_vec(&serde_json::json!({"requirements": {"pip": [requirement]}})).unwrap(),
+    )
+    .unwrap();
+    let o = Runner::new()
+        .args([
+            "launch",
+            "-q",
+            "tests/fixtures/launch/hostile.yaml",
+            "--info",
+        ])
+        .arg(&info)
+        .run();
+    o.expect_code(2);
+    assert!(
+        o.stderr.contains("hostile.yaml:7:")
+            && o.stderr.contains("the script is 1")
+            && o.stderr.contains("bytes or more"),
+        "{}",
+        &o.stderr[..o.stderr.len().min(2000)]
+    );
+    assert!(
+        !o.home.path().join("runs").exists(),
+        "no run folder was made"
+    );
+    assert!(!Path::new("/tmp/pwned-req").exists());
 }
