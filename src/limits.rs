@@ -178,20 +178,23 @@ pub fn select_gpus(n: u32, detected: &[Gpu]) -> Result<String, LimitError> {
 
 /// Refuse limits the machine cannot satisfy: memory above total RAM, cpus above cores.
 pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), LimitError> {
-    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(
-        RefreshKind::nothing()
-            .with_memory(MemoryRefreshKind::nothing().with_ram())
-            .with_cpu(CpuRefreshKind::nothing()),
-    );
+    // Two system calls (sysinfo(2), sysconf): a system-information library read
+    // /proc/stat and more here, for two numbers.
     if let Some(requested) = memory {
-        let total = sys.total_memory();
+        // SAFETY: sysinfo only writes the struct it is given.
+        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+        let total = if unsafe { libc::sysinfo(&mut si) } == 0 {
+            (si.totalram as u64).saturating_mul(u64::from(si.mem_unit.max(1)))
+        } else {
+            0
+        };
         if total > 0 && requested > total {
             return Err(LimitError::MemoryAboveTotal { requested, total });
         }
     }
     if let Some(requested) = cpus {
-        let cores = sys.cpus().len();
+        // SAFETY: sysconf has no preconditions.
+        let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize;
         if cores > 0 && requested > cores as f64 {
             return Err(LimitError::CpusAboveCores { requested, cores });
         }

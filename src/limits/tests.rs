@@ -172,3 +172,37 @@ fn capacity_checks_against_this_machine() {
         "{err}"
     );
 }
+
+/// The edges are exactly the machine's: all of `MemTotal` and every online core fit,
+/// one byte or half a core more does not.
+#[test]
+fn capacity_edges_are_memtotal_and_online_cores() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let total = kib * 1024;
+    check_capacity(Some(total), None).unwrap();
+    let err = check_capacity(Some(total + 1), None).unwrap_err();
+    assert!(
+        matches!(err, LimitError::MemoryAboveTotal { total: t, .. } if t == total),
+        "{err}"
+    );
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let cores: usize = online
+        .trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    check_capacity(None, Some(cores as f64)).unwrap();
+    let err = check_capacity(None, Some(cores as f64 + 0.5)).unwrap_err();
+    assert!(
+        matches!(err, LimitError::CpusAboveCores { cores: c, .. } if c == cores),
+        "{err}"
+    );
+}
