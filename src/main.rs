@@ -171,6 +171,8 @@ pub struct Loaded {
     pub source: Source,
     pub flavor: Flavor,
     pub info: StepInfo,
+    /// Set when the manifest was checked in full: write it once the manifest was used.
+    pub stamp: Option<validate::Stamp>,
 }
 
 fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
@@ -178,10 +180,12 @@ fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
         eprintln!("error: {e}\n  = hint: pass a path to a manifest file, or register one with `runner flavor register`");
         ExitCode::from(EXIT_INVALID)
     })?;
-    let (source, flavor) = validate::check_file(&path).map_err(|diags| {
-        diag::emit(&diags, Format::Human);
-        ExitCode::from(EXIT_INVALID)
-    })?;
+    let stamps = util::runner_home().join("validated");
+    let (source, flavor, stamp) =
+        validate::check_file_remembered(&path, &stamps).map_err(|diags| {
+            diag::emit(&diags, Format::Human);
+            ExitCode::from(EXIT_INVALID)
+        })?;
     let info = StepInfo::resolve(step.info.as_deref(), &step.overrides()).map_err(|e| {
         match e {
             InfoError::Invalid(diags) => diag::emit(&diags, Format::Human),
@@ -197,6 +201,7 @@ fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
         source,
         flavor,
         info,
+        stamp,
     })
 }
 
@@ -228,9 +233,14 @@ fn render_cmd(
     format: PlanFormat,
     run_dir: Option<PathBuf>,
 ) -> ExitCode {
-    let result = load(manifest, step).and_then(|l| render_plan(&l, run_dir));
+    let result = load(manifest, step).and_then(|l| Ok((render_plan(&l, run_dir)?, l.stamp)));
     let plan = match result {
-        Ok(p) => p,
+        Ok((p, stamp)) => {
+            if let Some(stamp) = stamp {
+                stamp.write();
+            }
+            p
+        }
         Err(code) => return code,
     };
     match format {
@@ -290,6 +300,9 @@ fn launch_cmd(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> ExitCode {
             error_chain(&e)
         );
         return ExitCode::from(EXIT_RUNNER);
+    }
+    if let Some(stamp) = loaded.stamp {
+        stamp.write();
     }
     if args.detach {
         return detach(&plan, &loaded.info.environment, args);

@@ -339,6 +339,25 @@ fn a_setting_outside_its_enum_is_named() {
     assert!(out.stdout.is_empty());
 }
 
+/// With nothing given, required settings are still asked for (the defaults-only fast
+/// path must not skip them), on a second render too (validation remembered).
+#[test]
+fn a_required_setting_is_asked_for_when_nothing_is_given() {
+    let home = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .args(["render", "manifests/vertex.yaml"])
+            .run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("setting `machine_type` is required"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn an_unknown_setting_is_named() {
     let out = runner(["render", "manifests/venv.yaml", "--set", "nope=1"]);

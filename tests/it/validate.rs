@@ -224,3 +224,52 @@ fn help_mentions_each_command_and_its_key_flags() {
         }
     }
 }
+
+/// `launch`/`render` remember a manifest text that passed every check (a stamp under
+/// `$RUNNER_HOME/validated`), and check any other text in full: an edit that breaks
+/// the manifest after a successful render is still a located error, and the stamp of
+/// the good text does not vouch for it.
+#[test]
+fn remembered_validation_checks_every_new_text() {
+    use crate::common::Runner;
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("flavor.yaml");
+    let good = std::fs::read_to_string(root().join("manifests/local.yaml")).unwrap();
+    let render = || {
+        Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .args([
+                "render".as_ref(),
+                manifest.as_os_str(),
+                "--".as_ref(),
+                "true".as_ref(),
+            ])
+            .run()
+    };
+    let stamps = || {
+        std::fs::read_dir(home.path().join("validated"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    std::fs::write(&manifest, &good).unwrap();
+    render().expect_code(0);
+    assert_eq!(stamps(), 1, "a checked text is remembered");
+    render().expect_code(0);
+    assert_eq!(stamps(), 1, "the same text is not stamped twice");
+
+    let broken = good.replace("{{ entrypoint }}", "{{ step.nmae }}");
+    assert_ne!(broken, good);
+    std::fs::write(&manifest, &broken).unwrap();
+    for _ in 0..2 {
+        let out = render();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("did you mean `step.name`"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("flavor.yaml:"), "{}", out.stderr);
+    }
+    assert_eq!(stamps(), 1, "a failing text is never remembered");
+}
