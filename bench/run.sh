@@ -3,9 +3,9 @@
 #
 # Builds the release binary once, then bench/harness.py times every subject and its
 # baselines alternately, many repetitions each, and reports medians and ratios.
-# Needs root (the runner creates cgroups for its limits). Takes about 5 minutes;
+# Needs root (the runner creates cgroups for its limits). Takes about 7 minutes;
 # `QUICK=1` for a smoke run (few repetitions, results to bench/results.quick.md).
-# `FOOTPRINT_SECS` sets how long the footprint step runs (default 30).
+# `FOOTPRINT_SECS` sets how long the footprint step runs (default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
