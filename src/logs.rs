@@ -25,13 +25,15 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-/// One read's worth. Pipes hand out at most their capacity per read, so this only
-/// needs to cover [`PIPE_SIZE`] with some room.
-const BUF_SIZE: usize = 1 << 20;
+/// One read's worth, and [`PIPE_SIZE`]: the pipe's pages and this buffer are copied
+/// through on every byte, so together they should stay in the CPU's cache. Measured
+/// on a tmpfs (1 GiB, medians, alternating): buffer and pipe of 1 MiB each 1.49 s —
+/// slower than `tee`'s 8 KiB loop (1.32 s) —, 128 KiB + 256 KiB 1.00 s, 64 KiB +
+/// 64 KiB 1.11 s.
+const BUF_SIZE: usize = 128 << 10;
 /// Pipe capacity asked for (best effort, the default is 64 KiB): fewer wake-ups of
-/// both the step and the pump when output is heavy. 1 MiB is the unprivileged maximum
-/// by default (`/proc/sys/fs/pipe-max-size`).
-const PIPE_SIZE: i32 = 1 << 20;
+/// both the step and the pump when output is heavy, still small enough to stay cached.
+const PIPE_SIZE: i32 = 256 << 10;
 /// Largest tail of a capped log kept in memory; a larger one goes to a spill file.
 const MEMORY_RING_MAX: u64 = 1 << 20;
 
