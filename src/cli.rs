@@ -152,7 +152,7 @@ pub struct StepArgs {
     /// Number of GPUs
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
-    /// Memory: bytes, or KB MB GB TB (decimal), KiB MiB GiB TiB (binary), e.g. `512MiB`
+    /// Memory: bytes, or KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// A flavor setting (repeatable); `a.b=c` sets nested values

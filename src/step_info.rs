@@ -361,6 +361,6 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("--memory: invalid size `lots`"), "{msg}");
-        assert!(msg.contains("KB MB GB TB"), "{msg}");
+        assert!(msg.contains("KB MB GB TB PB"), "{msg}");
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UnitError {
     #[error(
-        "invalid size `{0}`: expected a byte count or a number with one of KB MB GB TB (decimal), KiB MiB GiB TiB (binary), e.g. `512MiB`"
+        "invalid size `{0}`: expected a byte count or a number with one of KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`"
     )]
     Size(String),
     #[error(
@@ -35,10 +35,12 @@ pub fn parse_bytes(text: &str) -> Result<u64, UnitError> {
         "MB" => 1000u64.pow(2),
         "GB" => 1000u64.pow(3),
         "TB" => 1000u64.pow(4),
+        "PB" => 1000u64.pow(5),
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
         _ => return Err(err()),
     };
     if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
@@ -113,6 +115,8 @@ mod tests {
         assert_eq!(parse_bytes("256MB"), Ok(256_000_000));
         assert_eq!(parse_bytes("100KB"), Ok(100_000));
         assert_eq!(parse_bytes("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_bytes("1PiB"), Ok(1 << 50));
+        assert_eq!(parse_bytes("1.5PB"), Ok(1_500_000_000_000_000));
         assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
         assert_eq!(parse_bytes(" 64 MiB "), Ok(64 << 20));
     }
@@ -132,7 +136,7 @@ mod tests {
         ] {
             let err = parse_bytes(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
-            assert!(err.to_string().contains("KiB MiB GiB TiB"), "{err}");
+            assert!(err.to_string().contains("KiB MiB GiB TiB PiB"), "{err}");
         }
     }
 
