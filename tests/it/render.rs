@@ -373,7 +373,12 @@ fn an_unknown_setting_is_named() {
 fn a_bad_memory_flag_lists_the_accepted_forms() {
     let out = runner(["render", "manifests/venv.yaml", "--memory", "12parsecs"]);
     out.expect_code(2);
-    for form in ["`12parsecs`", "KB MB GB TB PB", "KiB MiB GiB TiB PiB", "512MiB"] {
+    for form in [
+        "`12parsecs`",
+        "KB MB GB TB PB",
+        "KiB MiB GiB TiB PiB",
+        "512MiB",
+    ] {
         assert!(out.stderr.contains(form), "no `{form}` in:\n{}", out.stderr);
     }
 }
