@@ -215,7 +215,8 @@ def bench_launch(a, tmp, out):
         cases.append(Case(f"`docker run --rm {image} true`",
                           checked([which("docker"), "run", "--rm", "--network", "none", image, "true"])))
     else:
-        skipped.append("`docker run --rm`: the docker client is installed but no daemon runs (`docker info` fails)"
+        skipped.append("`docker run --rm`: the docker client is installed but no daemon runs (`docker info` fails; "
+                       "`BENCH_DOCKER=1 just bench` starts one)"
                        if shutil.which("docker") else "`docker run --rm`: docker is not installed")
     if shutil.which("systemd-run") and subprocess.run(["systemd-run", "--wait", "-q", "true"], capture_output=True).returncode == 0:
         cases.append(Case("`systemd-run --wait true`", checked([which("systemd-run"), "--wait", "-q", "true"])))
