@@ -3,7 +3,7 @@
 # integrations/zenml (editable) under $STEPRUNNER_ENGINES_DIR/zenml. Nothing runs in
 # the background, so `stop` has nothing to stop.
 #
-#   eval "$(bash .ci/engines/zenml.sh start)"   # prints export STEPRUNNER_ZENML_PYTHON=…
+#   eval "$(bash .ci/engines/zenml.sh start)"   # prints export STEPRUNNER_ZENML_PYTHON=… STEPRUNNER_UV=…
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -54,7 +54,10 @@ start)
             "zenml[local]==$zenml_version" pytest -e "$repo/integrations/zenml" >&2
         ready || { log "the virtualenv at $venv does not import zenml $zenml_version"; exit 1; }
     fi
+    # A uv binary of its own, for the venv flavor's `installer: uv` tests.
+    [ -x "$venv/bin/uv" ] || uv pip install --quiet --python "$venv/bin/python" uv >&2
     echo "export STEPRUNNER_ZENML_PYTHON=$venv/bin/python"
+    echo "export STEPRUNNER_UV=$venv/bin/uv"
     ;;
 stop)
     log "nothing to stop"

@@ -45,3 +45,70 @@ fn zenml_integration_passes_its_tests_against_a_real_zenml() {
     }
     eprintln!("{}", stdout.lines().last().unwrap_or_default());
 }
+
+/// The venv flavor's `inherit_packages`, on the ZenML engine's Python (a virtualenv
+/// holding ZenML and pytest), with each installer: the step imports ZenML from there
+/// and `tabulate` from its own cached environment. With pip a requirement already met
+/// there (`pytest`) is not installed again; uv's resolver only sees the environment's
+/// own packages, so it installs it again (as the setting's description says).
+#[test]
+fn venv_inherits_the_packages_of_its_python_with_pip_and_uv() {
+    use crate::common::Runner;
+    let (Some(python), Some(uv)) = (
+        std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()),
+        std::env::var_os("STEPRUNNER_UV").filter(|p| !p.is_empty()),
+    ) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "STEPRUNNER_ZENML_PYTHON/STEPRUNNER_UV are not set and CI=true forbids skipping: \
+             run `eval \"$(bash .ci/engines/zenml.sh start)\"` first"
+        );
+        eprintln!("skipped: STEPRUNNER_ZENML_PYTHON/STEPRUNNER_UV are not set");
+        return;
+    };
+    let python = std::path::PathBuf::from(python);
+    let engine_venv = python.parent().and_then(|b| b.parent()).unwrap().to_owned();
+    let uv_dir = std::path::Path::new(&uv).parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        uv_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for installer in ["pip", "uv"] {
+        let home = tempfile::tempdir().unwrap();
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .env("PATH", &path)
+            .args(["launch", "--json", "-q", "manifests/venv.yaml"])
+            .arg("--set")
+            .arg(format!("installer={installer}"))
+            .arg("--set")
+            .arg(format!("python={}", python.display()))
+            .args(["--set", "inherit_packages=true"])
+            .args(["-r", "tabulate==0.9.0", "-r", "pytest", "--", "python", "-c"])
+            .arg("import tabulate, zenml, pytest; print(tabulate.__file__); print(zenml.__file__); print(pytest.__file__)")
+            .run();
+        out.expect_code(0);
+        let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(result["status"], "succeeded", "{installer}");
+        let printed = std::fs::read_to_string(result["logs"]["stdout"].as_str().unwrap()).unwrap();
+        let files: Vec<&str> = printed.lines().collect();
+        assert_eq!(files.len(), 3, "{installer}: {printed}");
+        let cache = home.path().join("cache");
+        assert!(
+            std::path::Path::new(files[0]).starts_with(&cache),
+            "{installer}: tabulate is installed in the step's environment: {printed}"
+        );
+        assert!(
+            std::path::Path::new(files[1]).starts_with(&engine_venv),
+            "{installer}: zenml is inherited from {}: {printed}",
+            engine_venv.display()
+        );
+        if installer == "pip" {
+            assert!(
+                std::path::Path::new(files[2]).starts_with(&engine_venv),
+                "pip: pytest, already there, is not installed again: {printed}"
+            );
+        }
+    }
+}
