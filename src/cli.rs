@@ -205,7 +205,8 @@ pub enum CacheCmd {
     /// Remove entries unused for a while, then the least recently used until the
     /// cache fits; unfinished entries go too. Entries in use are never removed
     Prune {
-        /// Remove entries not used for this long, e.g. `7d`
+        /// Remove entries not used for this long, e.g. `7d` (and remembered manifest
+        /// checks made this long ago)
         #[arg(long, value_name = "DURATION")]
         older_than: Option<String>,
         /// Then remove the least recently used until the cache is at most this big, e.g. `10GiB`

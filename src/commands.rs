@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use steprunner::cli::{CacheCmd, FlavorCmd};
 use steprunner::runs::{self, State};
-use steprunner::{cache, diag, exec, registry, report, units, util};
+use steprunner::{cache, diag, exec, registry, report, units, util, validate};
 
 use crate::{EXIT_INVALID, EXIT_RUNNER, error_chain};
 
@@ -365,6 +365,15 @@ pub fn cache_cmd(cmd: CacheCmd) -> ExitCode {
                 if removed.len() == 1 { "y" } else { "ies" },
                 units::Bytes(freed)
             );
+            if let Some(older) = older {
+                let stamps = util::runner_home().join("validated");
+                let n = validate::prune_stamps(&stamps, older, dry_run);
+                eprintln!(
+                    "{verb} {n} remembered manifest check{} (`{}`)",
+                    if n == 1 { "" } else { "s" },
+                    stamps.display()
+                );
+            }
             ExitCode::SUCCESS
         }
     }

@@ -595,6 +595,24 @@ impl Stamp {
     }
 }
 
+/// Remove the stamps of [`check_file_remembered`] made more than `older_than` ago (their
+/// texts are then checked in full once more); returns how many (would be) removed.
+pub fn prune_stamps(stamps: &Path, older_than: std::time::Duration, dry_run: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(stamps) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    entries
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= older_than)
+        })
+        .filter(|e| dry_run || std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// The stamp of a manifest text that passed [`check_flavor`]; `None` (never remembered)
 /// if the running executable cannot be identified.
 fn stamp_name(text: &str) -> Option<String> {

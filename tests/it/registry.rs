@@ -119,7 +119,25 @@ fn cache_entries_are_listed_and_pruned() {
         dry.stdout
     );
     assert!(std::path::Path::new(entries[0]["path"].as_str().unwrap()).is_dir());
+    // The launch remembered its manifest's check; `--older-than` prunes that too.
+    let stamps = || std::fs::read_dir(h.join("validated")).unwrap().count();
+    assert_eq!(stamps(), 1);
+    assert!(
+        dry.stderr
+            .contains("would remove 1 remembered manifest check "),
+        "{}",
+        dry.stderr
+    );
+    assert_eq!(stamps(), 1, "a dry run removes nothing");
+    let kept = run(h, &["cache", "prune", "--older-than", "1h"]);
+    assert!(
+        kept.stderr.contains("removed 0 remembered manifest checks"),
+        "{}",
+        kept.stderr
+    );
+    assert_eq!(stamps(), 1, "a fresh stamp is younger than an hour");
     run(h, &["cache", "prune", "--older-than", "0s"]).expect_code(0);
+    assert_eq!(stamps(), 0);
     assert!(!std::path::Path::new(entries[0]["path"].as_str().unwrap()).exists());
     assert_eq!(
         run(h, &["cache", "list", "--json"]).json(),
