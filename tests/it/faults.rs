@@ -447,28 +447,29 @@ fn a_step_name_with_nul_is_rejected_before_anything_runs() {
     );
 }
 
-#[test]
-fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
-    if !needs_root() {
-        return;
-    }
+/// `runner launch -q tests/fixtures/launch/hostile.yaml --info FILE`, FILE holding `info`.
+fn launch_hostile_with_info(info: Value) -> crate::common::Output {
     let dir = tempfile::tempdir().unwrap();
-    let info = dir.path().join("step.json");
-    let name = "$(touch /tmp/pwned-1mib)'\"".repeat((1 << 20) / 24);
-    std::fs::write(
-        &info,
-        serde_json::to_vec(&serde_json::json!({"step": {"name": name}})).unwrap(),
-    )
-    .unwrap();
-    let o = Runner::new()
+    let path = dir.path().join("step.json");
+    std::fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+    Runner::new()
         .args([
             "launch",
             "-q",
             "tests/fixtures/launch/hostile.yaml",
             "--info",
         ])
-        .arg(&info)
-        .run();
+        .arg(&path)
+        .run()
+}
+
+#[test]
+fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
+    if !needs_root() {
+        return;
+    }
+    let name = "$(touch /tmp/pwned-1mib)'\"".repeat((1 << 20) / 24);
+    let o = launch_hostile_with_info(serde_json::json!({"step": {"name": name}}));
     o.expect_code(2);
     assert!(o.stderr.contains("too long"), "{}", o.stderr);
     assert!(!Path::new("/tmp/pwned-1mib").exists());
@@ -480,23 +481,8 @@ fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
 #[test]
 fn a_1_mib_requirement_is_refused_at_render_with_the_kernel_limit() {
     // In a step-info file: as a flag it would be over the limit for the runner itself.
-    let dir = tempfile::tempdir().unwrap();
-    let info = dir.path().join("step.json");
     let requirement = "x; touch /tmp/pwned-req && echo ".repeat((1 << 20) / 32);
-    std::fs::write(
-        &info,
-        serde_json::to_vec(&serde_json::json!({"requirements": {"pip": [requirement]}})).unwrap(),
-    )
-    .unwrap();
-    let o = Runner::new()
-        .args([
-            "launch",
-            "-q",
-            "tests/fixtures/launch/hostile.yaml",
-            "--info",
-        ])
-        .arg(&info)
-        .run();
+    let o = launch_hostile_with_info(serde_json::json!({"requirements": {"pip": [requirement]}}));
     o.expect_code(2);
     assert!(
         o.stderr.contains("hostile.yaml:7:")
