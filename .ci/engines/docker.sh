@@ -176,12 +176,13 @@ stop() {
     for m in $(our_mounts); do
         umount "$m" 2>/dev/null || umount -l "$m" || say "cannot unmount $m"
     done
+    # The cgroup parent sits under dockerd's own cgroup in each hierarchy, which may be
+    # nested (a memory cgroup per session on some hosts): look a few levels down.
     local cg
-    for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-        [ -d "$cg" ] || continue
+    while IFS= read -r cg; do
         find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
         [ ! -d "$cg" ] || say "cannot remove cgroup $cg"
-    done
+    done < <(find /sys/fs/cgroup -maxdepth 5 -type d -name "$CGROUP_PARENT" 2>/dev/null)
     # dockerd always makes this folder for plugin sockets; remove it when empty.
     rmdir /run/docker/plugins /run/docker 2>/dev/null || true
     rm -f "$SOCK" "$PIDFILE"
