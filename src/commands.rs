@@ -366,7 +366,7 @@ pub fn cache_cmd(cmd: CacheCmd) -> ExitCode {
                 units::Bytes(freed)
             );
             if let Some(older) = older {
-                let stamps = util::runner_home().join("validated");
+                let stamps = validate::stamps_dir(&util::runner_home());
                 let n = validate::prune_stamps(&stamps, older, dry_run);
                 eprintln!(
                     "{verb} {n} remembered manifest check{} (`{}`)",

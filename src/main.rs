@@ -180,7 +180,7 @@ fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, ExitCode> {
         eprintln!("error: {e}\n  = hint: pass a path to a manifest file, or register one with `runner flavor register`");
         ExitCode::from(EXIT_INVALID)
     })?;
-    let stamps = util::runner_home().join("validated");
+    let stamps = validate::stamps_dir(&util::runner_home());
     let (source, flavor, stamp) =
         validate::check_file_remembered(&path, &stamps).map_err(|diags| {
             diag::emit(&diags, Format::Human);

@@ -581,6 +581,11 @@ pub fn check_file_remembered(
     Ok((src, flavor, stamp.map(Stamp)))
 }
 
+/// Where [`check_file_remembered`] keeps its stamps under a runner home.
+pub fn stamps_dir(home: &Path) -> std::path::PathBuf {
+    home.join("validated")
+}
+
 /// Proof that a manifest text passed [`check_flavor`], not yet recorded.
 #[derive(Debug)]
 pub struct Stamp(std::path::PathBuf);
