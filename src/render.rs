@@ -238,19 +238,18 @@ impl Renderer<'_> {
                  with a single argument or variable of {max} bytes or more"
             )
         };
-        for (k, v) in env {
-            if k.len() + v.len() + 2 > max {
-                let msg = too_long(format!("variable `{k}`"), k.len() + v.len() + 1);
-                self.error(&format!("{stage}/env"), msg);
-            }
-        }
-        for c in cmds.iter().filter(|c| !c.skipped) {
-            for (k, v) in &c.env {
-                if k.len() + v.len() + 2 > max {
-                    let msg = too_long(format!("variable `{k}`"), k.len() + v.len() + 1);
-                    self.error(&c.at, msg);
+        // A variable reaches the program as `NAME=VALUE`.
+        let vars = |r: &mut Self, at: &str, env: &BTreeMap<String, String>| {
+            for (k, v) in env {
+                let len = k.len() + 1 + v.len();
+                if len + 1 > max {
+                    r.error(at, too_long(format!("variable `{k}`"), len));
                 }
             }
+        };
+        vars(self, &format!("{stage}/env"), env);
+        for c in cmds.iter().filter(|c| !c.skipped) {
+            vars(self, &c.at, &c.env);
             for (i, a) in c.argv().iter().enumerate() {
                 if a.len() + 1 > max {
                     let what = match (&c.run, i) {
