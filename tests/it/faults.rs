@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::{Runner, root};
 use crate::launch::{
@@ -427,18 +427,7 @@ fn a_step_name_with_nul_is_rejected_before_anything_runs() {
     if !needs_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let info = dir.path().join("step.yaml");
-    std::fs::write(&info, "step:\n  name: \"train\\0; touch /tmp/x\"\n").unwrap();
-    let o = Runner::new()
-        .args([
-            "launch",
-            "-q",
-            "tests/fixtures/launch/hostile.yaml",
-            "--info",
-        ])
-        .arg(&info)
-        .run();
+    let o = launch_with_info(HOSTILE, "step:\n  name: \"train\\0; touch /tmp/x\"\n");
     o.expect_code(2);
     assert!(o.stderr.contains("NUL"), "{}", o.stderr);
     assert!(
@@ -447,18 +436,15 @@ fn a_step_name_with_nul_is_rejected_before_anything_runs() {
     );
 }
 
-/// `runner launch -q tests/fixtures/launch/hostile.yaml --info FILE`, FILE holding `info`.
-fn launch_hostile_with_info(info: Value) -> crate::common::Output {
+const HOSTILE: &str = "tests/fixtures/launch/hostile.yaml";
+
+/// `runner launch -q MANIFEST --info FILE`, FILE holding `info` (YAML, or JSON).
+fn launch_with_info(manifest: &str, info: &str) -> crate::common::Output {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("step.json");
-    std::fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+    let path = dir.path().join("step.yaml");
+    std::fs::write(&path, info).unwrap();
     Runner::new()
-        .args([
-            "launch",
-            "-q",
-            "tests/fixtures/launch/hostile.yaml",
-            "--info",
-        ])
+        .args(["launch", "-q", manifest, "--info"])
         .arg(&path)
         .run()
 }
@@ -469,7 +455,7 @@ fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
         return;
     }
     let name = "$(touch /tmp/pwned-1mib)'\"".repeat((1 << 20) / 24);
-    let o = launch_hostile_with_info(serde_json::json!({"step": {"name": name}}));
+    let o = launch_with_info(HOSTILE, &json!({"step": {"name": name}}).to_string());
     o.expect_code(2);
     assert!(o.stderr.contains("too long"), "{}", o.stderr);
     assert!(!Path::new("/tmp/pwned-1mib").exists());
@@ -482,7 +468,10 @@ fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
 fn a_1_mib_requirement_is_refused_at_render_with_the_kernel_limit() {
     // In a step-info file: as a flag it would be over the limit for the runner itself.
     let requirement = "x; touch /tmp/pwned-req && echo ".repeat((1 << 20) / 32);
-    let o = launch_hostile_with_info(serde_json::json!({"requirements": {"pip": [requirement]}}));
+    let o = launch_with_info(
+        HOSTILE,
+        &json!({"requirements": {"pip": [requirement]}}).to_string(),
+    );
     o.expect_code(2);
     assert!(
         o.stderr.contains("hostile.yaml:7:")
@@ -496,4 +485,28 @@ fn a_1_mib_requirement_is_refused_at_render_with_the_kernel_limit() {
         "no run folder was made"
     );
     assert!(!Path::new("/tmp/pwned-req").exists());
+}
+
+/// The same limit for a variable: a 1 MiB requirement list rendered into the launch
+/// stage's `env` is refused at render, located at that `env`, exit 2, no run folder.
+#[test]
+fn a_1_mib_variable_is_refused_at_render_with_the_kernel_limit() {
+    let requirement = "x".repeat(1 << 20);
+    let o = launch_with_info(
+        "tests/fixtures/launch/long-env.yaml",
+        &json!({"requirements": {"pip": [requirement]}}).to_string(),
+    );
+    o.expect_code(2);
+    assert!(
+        o.stderr.contains("long-env.yaml:7:5")
+            && o.stderr
+                .contains("variable `REQUIREMENTS` is 1048589 bytes")
+            && o.stderr.contains("bytes or more"),
+        "{}",
+        &o.stderr[..o.stderr.len().min(2000)]
+    );
+    assert!(
+        !o.home.path().join("runs").exists(),
+        "no run folder was made"
+    );
 }
