@@ -149,12 +149,7 @@ fn launch(
         .args(["launch", "--json", "-q"])
         .args(args(flavor, extra))
         .run();
-    let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no result JSON on stdout ({e})\n--- stdout\n{}\n--- stderr\n{}",
-            out.stdout, out.stderr
-        )
-    });
+    let result = out.json();
     let run = Path::new(result["logs"]["stdout"].as_str().expect("stdout log"))
         .parent()
         .expect("run folder")

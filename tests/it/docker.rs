@@ -113,12 +113,7 @@ fn launch(step: &Step, r: Runner, args: &[&str]) -> (Output, Value) {
         .arg(step.source.path())
         .args(args)
         .run();
-    let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no result JSON on stdout ({e})\n--- stdout\n{}\n--- stderr\n{}",
-            out.stdout, out.stderr
-        )
-    });
+    let result = out.json();
     (out, result)
 }
 

@@ -17,12 +17,7 @@ pub(crate) fn launch(args: &[&str]) -> (Output, Value) {
 
 pub(crate) fn launch_with(r: Runner, args: &[&str]) -> (Output, Value) {
     let out = r.arg("launch").arg("--json").arg("-q").args(args).run();
-    let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no result JSON on stdout ({e})\n--- stdout\n{}\n--- stderr\n{}",
-            out.stdout, out.stderr
-        )
-    });
+    let result = out.json();
     (out, result)
 }
 

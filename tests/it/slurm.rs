@@ -34,12 +34,7 @@ fn launch(args: &[&str]) -> (Output, Value) {
         .args(["launch", "--json", "-q", MANIFEST])
         .args(args)
         .run();
-    let result: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no result JSON on stdout ({e})\n--- stdout\n{}\n--- stderr\n{}",
-            out.stdout, out.stderr
-        )
-    });
+    let result = out.json();
     (out, result)
 }
 
