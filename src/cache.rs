@@ -16,6 +16,21 @@ use std::path::{Path, PathBuf};
 
 pub const MARKER: &str = ".steprunner-complete";
 
+/// The name of a prepare cache entry: 16 hex digits of BLAKE3 over the flavor's name
+/// and version and the key's parts, each length-prefixed, so no two different lists of
+/// parts hash alike.
+pub fn key(flavor: &str, version: u32, parts: &[String]) -> String {
+    let mut h = blake3::Hasher::new();
+    for field in [flavor, &version.to_string()]
+        .into_iter()
+        .chain(parts.iter().map(String::as_str))
+    {
+        h.update(&(field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cannot use cache entry `{path}`")]

@@ -2,9 +2,25 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::Format;
+use crate::units;
+
+// Units are parsed here, at the edge: every command gets bytes, cores and durations.
+fn bytes(s: &str) -> Result<u64, units::UnitError> {
+    units::parse_bytes(s)
+}
+
+fn cpus(s: &str) -> Result<f64, units::UnitError> {
+    units::parse_cpus(s)
+}
+
+fn duration(s: &str) -> Result<Duration, units::UnitError> {
+    units::parse_duration(s)
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,8 +87,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
         /// Give up after this long (exit 124; the run goes on), e.g. `30s`
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        timeout: Option<Duration>,
     },
     /// Stop a running step like Ctrl-C: SIGTERM to its tree, grace, SIGKILL; cleanup runs
     Cancel {
@@ -147,14 +163,14 @@ pub struct StepArgs {
     #[arg(long = "requirement", short = 'r', value_name = "REQ")]
     pub requirements: Vec<String>,
     /// CPU cores, fractional allowed (e.g. `0.5`)
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<String>,
+    #[arg(long, value_name = "N", value_parser = cpus)]
+    pub cpus: Option<f64>,
     /// Number of GPUs
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
     /// Memory: bytes, or KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = bytes)]
+    pub memory: Option<u64>,
     /// A flavor setting (repeatable); `a.b=c` sets nested values
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -181,8 +197,8 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
     /// Cap each log file at this size, keeping its head and tail
-    #[arg(long, value_name = "BYTES")]
-    pub log_limit: Option<String>,
+    #[arg(long, value_name = "BYTES", value_parser = bytes)]
+    pub log_limit: Option<u64>,
     /// Run even when a limit cannot be enforced; the result records what was
     #[arg(long)]
     pub best_effort_limits: bool,
@@ -207,11 +223,11 @@ pub enum CacheCmd {
     Prune {
         /// Remove entries not used for this long, e.g. `7d` (and remembered manifest
         /// checks made this long ago)
-        #[arg(long, value_name = "DURATION")]
-        older_than: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        older_than: Option<Duration>,
         /// Then remove the least recently used until the cache is at most this big, e.g. `10GiB`
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<String>,
+        #[arg(long, value_name = "SIZE", value_parser = bytes)]
+        max_size: Option<u64>,
         /// Only say what would be removed
         #[arg(long)]
         dry_run: bool,
@@ -252,9 +268,9 @@ impl StepArgs {
             step: self.step.clone(),
             pipeline: self.pipeline.clone(),
             requirements: self.requirements.clone(),
-            cpus: self.cpus.clone(),
+            cpus: self.cpus,
             gpus: self.gpus,
-            memory: self.memory.clone(),
+            memory: self.memory,
             set: self.set.clone(),
             source: self.source.clone(),
             env: self.env.clone(),

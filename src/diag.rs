@@ -151,6 +151,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// The closest candidate within a small edit distance, for "did you mean".
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Human,
@@ -183,6 +207,12 @@ pub fn emit(diags: &[Diagnostic], format: Format) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_pick_near_names() {
+        assert_eq!(closest("nmae", &["name", "pipeline"]), Some("name"));
+        assert_eq!(closest("zzzzzz", &["name", "pipeline"]), None);
+    }
 
     #[test]
     fn lines_end_where_yaml_ends_them() {
@@ -238,7 +268,7 @@ mod tests {
                     )]
                 }
                 Err(other) => panic!("{name}: {other}"),
-                Ok(src) => crate::validate::check_step_info(&src),
+                Ok(src) => crate::schemas::check_step_info(&src),
             };
             assert!(!diags.is_empty(), "{name}: no error");
             for d in diags {

@@ -1,16 +1,17 @@
 //! steprunner: run ML pipeline steps from declarative YAML flavor manifests.
 //!
-//! Data flows one way: `manifest` (YAML with positions) → `validate` (schema,
-//! then meaning) → `render` (minijinja, strict) → `plan` → `exec` (prepare,
-//! launch, cleanup under `cgroup` and `limits`) → `report`. The `runner` binary
-//! (`src/main.rs`) is a thin command line over these modules; fuzz targets and
-//! benchmarks use them directly.
+//! Data flows one way: `manifest` (YAML with positions) → `validate` (`schemas`,
+//! `settings`, `template`) → `render` (minijinja, strict) → `plan` → `exec` (prepare,
+//! launch, cleanup under `cgroup` and `limits`) → `report`. Names on disk belong to
+//! `home`. The `runner` binary (`src/main.rs`) is a thin command line over these
+//! modules; fuzz targets and benchmarks use them directly.
 
 pub mod cache;
 pub mod cgroup;
 pub mod cli;
 pub mod diag;
 pub mod exec;
+pub mod home;
 pub mod limits;
 pub mod logs;
 pub mod manifest;
@@ -19,8 +20,12 @@ pub mod registry;
 pub mod render;
 pub mod report;
 pub mod runs;
+pub mod schemas;
+pub mod settings;
 pub mod signals;
+pub mod stamps;
 pub mod step_info;
+pub mod template;
 pub mod units;
 pub mod util;
 pub mod validate;

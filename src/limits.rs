@@ -1,9 +1,146 @@
-//! Limits that are not cgroups: rlimits (checked in the parent, applied in `pre_exec`),
-//! GPU selection for `CUDA_VISIBLE_DEVICES`, and machine capacity checks.
+//! Limits: what a manifest can limit ([`LimitKind`]), the values a plan carries
+//! ([`Limits`]), how each was enforced ([`Enforcement`]), and the limits that are not
+//! cgroups — rlimits (checked in the parent, applied in `pre_exec`), GPU selection for
+//! `CUDA_VISIBLE_DEVICES`, and machine capacity checks.
 
 use std::path::Path;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use serde::{Deserialize, Serialize};
+
+/// Every limit, by its name in manifests (`launch.limits.NAME`) and results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    Memory,
+    Cpus,
+    Gpus,
+    Pids,
+    OpenFiles,
+    CpuTime,
+    FileSize,
+    Core,
+    AddressSpace,
+    /// The launch stage's timeout (not under `limits:`, but recorded with them).
+    Timeout,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Memory => "memory",
+            LimitKind::Cpus => "cpus",
+            LimitKind::Gpus => "gpus",
+            LimitKind::Pids => "pids",
+            LimitKind::OpenFiles => "open_files",
+            LimitKind::CpuTime => "cpu_time",
+            LimitKind::FileSize => "file_size",
+            LimitKind::Core => "core",
+            LimitKind::AddressSpace => "address_space",
+            LimitKind::Timeout => "timeout",
+        }
+    }
+
+    /// The rlimit enforcing this limit, if it is one.
+    fn rlimit(self) -> Option<Resource> {
+        match self {
+            LimitKind::OpenFiles => Some(Resource::RLIMIT_NOFILE),
+            LimitKind::CpuTime => Some(Resource::RLIMIT_CPU),
+            LimitKind::FileSize => Some(Resource::RLIMIT_FSIZE),
+            LimitKind::Core => Some(Resource::RLIMIT_CORE),
+            LimitKind::AddressSpace => Some(Resource::RLIMIT_AS),
+            _ => None,
+        }
+    }
+
+    /// The rlimits, in a fixed order.
+    pub const RLIMITS: [LimitKind; 5] = [
+        LimitKind::OpenFiles,
+        LimitKind::CpuTime,
+        LimitKind::FileSize,
+        LimitKind::Core,
+        LimitKind::AddressSpace,
+    ];
+
+    /// The limits a cgroup enforces.
+    pub const CGROUP: [LimitKind; 3] = [LimitKind::Memory, LimitKind::Cpus, LimitKind::Pids];
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a limit was enforced, in the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    #[serde(rename = "cgroup-v2")]
+    CgroupV2,
+    #[serde(rename = "cgroup-v1")]
+    CgroupV1,
+    #[serde(rename = "rlimit")]
+    Rlimit,
+    #[serde(rename = "env")]
+    Env,
+    /// The runner itself, for timeouts.
+    #[serde(rename = "supervisor")]
+    Supervisor,
+    /// Asked for but not enforced (`--best-effort-limits`).
+    #[serde(rename = "none")]
+    None,
+}
+
+/// A plan's limits in plain units. `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The value of one limit as the result records it: bytes for memory and sizes,
+    /// cores for cpus, seconds for cpu time, a count otherwise.
+    pub fn value(&self, kind: LimitKind) -> Option<serde_json::Value> {
+        use serde_json::json;
+        match kind {
+            LimitKind::Memory => self.memory_bytes.map(|v| json!(v)),
+            LimitKind::Cpus => self.cpus.map(|v| json!(v)),
+            LimitKind::Gpus => self.gpus.map(|v| json!(v)),
+            LimitKind::Pids => self.pids.map(|v| json!(v)),
+            LimitKind::Timeout => None,
+            rlimit => self.rlimit(rlimit).map(|v| json!(v)),
+        }
+    }
+
+    /// The value of an rlimit kind, in the unit `setrlimit` takes.
+    pub fn rlimit(&self, kind: LimitKind) -> Option<u64> {
+        match kind {
+            LimitKind::OpenFiles => self.open_files,
+            LimitKind::CpuTime => self.cpu_time_secs,
+            LimitKind::FileSize => self.file_size_bytes,
+            LimitKind::Core => self.core_bytes,
+            LimitKind::AddressSpace => self.address_space_bytes,
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
@@ -11,13 +148,13 @@ pub enum LimitError {
         "rlimit `{limit}` of {value} exceeds the hard limit {hard}, which cannot be raised without CAP_SYS_RESOURCE"
     )]
     AboveHard {
-        limit: &'static str,
+        limit: LimitKind,
         value: u64,
         hard: u64,
     },
     #[error("failed to read rlimit `{limit}`")]
     Get {
-        limit: &'static str,
+        limit: LimitKind,
         #[source]
         source: nix::errno::Errno,
     },
@@ -30,36 +167,38 @@ pub enum LimitError {
 }
 
 /// Per-process resource limits for a step; each set value becomes soft = hard.
+/// A fixed array, so applying them in `pre_exec` allocates nothing.
 #[derive(Default, Clone, Debug)]
-pub struct Rlimits {
-    pub open_files: Option<u64>,
-    /// Seconds.
-    pub cpu_time: Option<u64>,
-    /// Bytes.
-    pub file_size: Option<u64>,
-    /// Bytes.
-    pub core: Option<u64>,
-    /// Bytes.
-    pub address_space: Option<u64>,
-}
+pub struct Rlimits([Option<u64>; 5]);
 
 impl Rlimits {
-    /// Set limits with their names, in a fixed array: no allocation (usable in `pre_exec`).
-    fn entries(&self) -> [(&'static str, Resource, Option<u64>); 5] {
-        [
-            ("open_files", Resource::RLIMIT_NOFILE, self.open_files),
-            ("cpu_time", Resource::RLIMIT_CPU, self.cpu_time),
-            ("file_size", Resource::RLIMIT_FSIZE, self.file_size),
-            ("core", Resource::RLIMIT_CORE, self.core),
-            ("address_space", Resource::RLIMIT_AS, self.address_space),
-        ]
+    fn slot(kind: LimitKind) -> usize {
+        LimitKind::RLIMITS
+            .iter()
+            .position(|k| *k == kind)
+            .expect("an rlimit kind")
+    }
+
+    pub fn set(&mut self, kind: LimitKind, value: u64) {
+        self.0[Self::slot(kind)] = Some(value);
+    }
+
+    pub fn get(&self, kind: LimitKind) -> Option<u64> {
+        self.0[Self::slot(kind)]
+    }
+
+    /// Set limits with their kind and resource: no allocation (usable in `pre_exec`).
+    fn entries(&self) -> impl Iterator<Item = (LimitKind, Resource, u64)> + '_ {
+        LimitKind::RLIMITS
+            .iter()
+            .zip(self.0.iter())
+            .filter_map(|(k, v)| Some((*k, k.rlimit()?, (*v)?)))
     }
 
     /// In the parent, before fork: a value above the current hard limit would fail in
     /// the child (root here lacks CAP_SYS_RESOURCE), so refuse it with a clear message.
     pub fn check(&self) -> Result<(), LimitError> {
         for (limit, resource, value) in self.entries() {
-            let Some(value) = value else { continue };
             let (_soft, hard) =
                 getrlimit(resource).map_err(|source| LimitError::Get { limit, source })?;
             if hard != libc::RLIM_INFINITY && value > hard {
@@ -71,10 +210,8 @@ impl Rlimits {
 
     /// Async-signal-safe, for `pre_exec`: `setrlimit(soft = hard = value)` for each set limit.
     pub fn apply_in_child(&self) -> Result<(), nix::errno::Errno> {
-        for (_, resource, value) in self.entries() {
-            if let Some(v) = value {
-                setrlimit(resource, v, v)?;
-            }
+        for (_, resource, v) in self.entries() {
+            setrlimit(resource, v, v)?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::limits::LimitKind;
 use crate::yaml::{self, Doc};
 
 /// A manifest file as read from disk: its text, its parsed value and position index.
@@ -76,8 +77,33 @@ impl Source {
     }
 }
 
-/// A template or a literal number, as written in the manifest.
-pub type Tpl = Value;
+/// A template (or a literal number or boolean) as written in the manifest, with its
+/// place: the JSON pointer every diagnostic about it is located by. [`Flavor::from_value`]
+/// sets every place once; nothing else spells a manifest pointer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tpl {
+    pub value: Value,
+    pub at: String,
+}
+
+impl<'de> Deserialize<'de> for Tpl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Tpl {
+            value: Value::deserialize(d)?,
+            at: String::new(),
+        })
+    }
+}
+
+impl Tpl {
+    /// The template's text, if it is a string.
+    pub fn text(&self) -> Option<&str> {
+        self.value.as_str()
+    }
+}
+
+/// Environment variables of a stage or command: name → template.
+pub type Env = BTreeMap<String, Tpl>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +115,7 @@ pub struct Flavor {
     #[serde(default)]
     pub settings: Option<Value>,
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    pub env: Env,
     #[serde(default)]
     pub prepare: Option<Prepare>,
     pub launch: Launch,
@@ -103,17 +129,34 @@ pub struct Prepare {
     #[serde(default)]
     pub key: Option<Key>,
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    pub env: Env,
     pub run: Vec<Command>,
     #[serde(default)]
     pub timeout: Option<Tpl>,
 }
 
+/// The prepare cache key: one template, or a list of parts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Key {
-    One(String),
     Many(Vec<Tpl>),
+    One(Tpl),
+}
+
+impl Key {
+    pub fn parts(&self) -> &[Tpl] {
+        match self {
+            Key::Many(parts) => parts,
+            Key::One(one) => std::slice::from_ref(one),
+        }
+    }
+
+    fn parts_mut(&mut self) -> &mut [Tpl] {
+        match self {
+            Key::Many(parts) => parts,
+            Key::One(one) => std::slice::from_mut(one),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,9 +164,9 @@ pub enum Key {
 pub struct Launch {
     pub run: Command,
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    pub env: Env,
     #[serde(default)]
-    pub cwd: Option<String>,
+    pub cwd: Option<Tpl>,
     #[serde(default)]
     pub limits: LimitsSpec,
     #[serde(default)]
@@ -147,18 +190,32 @@ pub struct LimitsSpec {
 }
 
 impl LimitsSpec {
-    /// Every limit with its manifest key, in a fixed order.
-    pub fn entries(&self) -> [(&'static str, &Option<Tpl>); 9] {
+    /// Every limit of a manifest with its kind, in a fixed order.
+    pub fn entries(&self) -> [(LimitKind, Option<&Tpl>); 9] {
         [
-            ("memory", &self.memory),
-            ("cpus", &self.cpus),
-            ("gpus", &self.gpus),
-            ("pids", &self.pids),
-            ("open_files", &self.open_files),
-            ("cpu_time", &self.cpu_time),
-            ("file_size", &self.file_size),
-            ("core", &self.core),
-            ("address_space", &self.address_space),
+            (LimitKind::Memory, self.memory.as_ref()),
+            (LimitKind::Cpus, self.cpus.as_ref()),
+            (LimitKind::Gpus, self.gpus.as_ref()),
+            (LimitKind::Pids, self.pids.as_ref()),
+            (LimitKind::OpenFiles, self.open_files.as_ref()),
+            (LimitKind::CpuTime, self.cpu_time.as_ref()),
+            (LimitKind::FileSize, self.file_size.as_ref()),
+            (LimitKind::Core, self.core.as_ref()),
+            (LimitKind::AddressSpace, self.address_space.as_ref()),
+        ]
+    }
+
+    fn entries_mut(&mut self) -> [(LimitKind, Option<&mut Tpl>); 9] {
+        [
+            (LimitKind::Memory, self.memory.as_mut()),
+            (LimitKind::Cpus, self.cpus.as_mut()),
+            (LimitKind::Gpus, self.gpus.as_mut()),
+            (LimitKind::Pids, self.pids.as_mut()),
+            (LimitKind::OpenFiles, self.open_files.as_mut()),
+            (LimitKind::CpuTime, self.cpu_time.as_mut()),
+            (LimitKind::FileSize, self.file_size.as_mut()),
+            (LimitKind::Core, self.core.as_mut()),
+            (LimitKind::AddressSpace, self.address_space.as_mut()),
         ]
     }
 }
@@ -167,89 +224,121 @@ impl LimitsSpec {
 #[serde(deny_unknown_fields)]
 pub struct Cleanup {
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    pub env: Env,
     pub run: Vec<Command>,
     #[serde(default)]
     pub timeout: Option<Tpl>,
 }
 
+/// One command of a stage, in any of its three written forms.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(from = "Written")]
+pub struct Command {
+    /// The command's own place (its node in the manifest).
+    pub at: String,
+    pub form: Form,
+    pub when: Option<Tpl>,
+    pub env: Env,
+    pub cwd: Option<Tpl>,
+    pub timeout: Option<Tpl>,
+}
+
+/// What a command runs.
+#[derive(Debug, Clone)]
+pub enum Form {
+    /// Run without a shell. `bare`: written as a plain list (the command node is the
+    /// argument list) rather than `{argv: […]}`; `at` is the argument list's place.
+    Argv {
+        argv: Vec<Tpl>,
+        bare: bool,
+        at: String,
+    },
+    /// `SHELL -c SCRIPT`.
+    Script { script: Tpl, shell: Option<String> },
+}
+
+/// The three forms as written: `[prog, …]`, `{argv: […], …}`, `{script: …, …}`.
+#[derive(Deserialize)]
 #[serde(untagged)]
-pub enum Command {
+enum Written {
     Argv(Vec<Tpl>),
     Exec(ExecCommand),
     Script(ScriptCommand),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExecCommand {
-    pub argv: Vec<Tpl>,
+struct ExecCommand {
+    argv: Vec<Tpl>,
     #[serde(default)]
-    pub when: Option<Value>,
+    when: Option<Tpl>,
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    env: Env,
     #[serde(default)]
-    pub cwd: Option<String>,
+    cwd: Option<Tpl>,
     #[serde(default)]
-    pub timeout: Option<Tpl>,
+    timeout: Option<Tpl>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScriptCommand {
-    pub script: String,
+struct ScriptCommand {
+    script: Tpl,
     #[serde(default)]
-    pub shell: Option<String>,
+    shell: Option<String>,
     #[serde(default)]
-    pub when: Option<Value>,
+    when: Option<Tpl>,
     #[serde(default)]
-    pub env: BTreeMap<String, Tpl>,
+    env: Env,
     #[serde(default)]
-    pub cwd: Option<String>,
+    cwd: Option<Tpl>,
     #[serde(default)]
-    pub timeout: Option<Tpl>,
+    timeout: Option<Tpl>,
 }
 
-/// The parts of a command every form shares, borrowed.
-pub struct CommandParts<'a> {
-    pub when: Option<&'a Value>,
-    pub env: &'a BTreeMap<String, Tpl>,
-    pub cwd: Option<&'a String>,
-    pub timeout: Option<&'a Tpl>,
-}
-
-impl Command {
-    pub fn parts(&self) -> CommandParts<'_> {
-        static EMPTY: BTreeMap<String, Tpl> = BTreeMap::new();
-        match self {
-            Command::Argv(_) => CommandParts {
-                when: None,
-                env: &EMPTY,
-                cwd: None,
-                timeout: None,
-            },
-            Command::Exec(c) => CommandParts {
-                when: c.when.as_ref(),
-                env: &c.env,
-                cwd: c.cwd.as_ref(),
-                timeout: c.timeout.as_ref(),
-            },
-            Command::Script(c) => CommandParts {
-                when: c.when.as_ref(),
-                env: &c.env,
-                cwd: c.cwd.as_ref(),
-                timeout: c.timeout.as_ref(),
-            },
-        }
-    }
-
-    /// JSON pointer suffix of the argv list inside this command's node.
-    pub fn argv(&self) -> Option<(&[Tpl], &'static str)> {
-        match self {
-            Command::Argv(a) => Some((a, "")),
-            Command::Exec(c) => Some((&c.argv, "/argv")),
-            Command::Script(_) => None,
+impl From<Written> for Command {
+    fn from(w: Written) -> Command {
+        let (form, when, env, cwd, timeout) = match w {
+            Written::Argv(argv) => (
+                Form::Argv {
+                    argv,
+                    bare: true,
+                    at: String::new(),
+                },
+                None,
+                Env::new(),
+                None,
+                None,
+            ),
+            Written::Exec(c) => (
+                Form::Argv {
+                    argv: c.argv,
+                    bare: false,
+                    at: String::new(),
+                },
+                c.when,
+                c.env,
+                c.cwd,
+                c.timeout,
+            ),
+            Written::Script(c) => (
+                Form::Script {
+                    script: c.script,
+                    shell: c.shell,
+                },
+                c.when,
+                c.env,
+                c.cwd,
+                c.timeout,
+            ),
+        };
+        Command {
+            at: String::new(),
+            form,
+            when,
+            env,
+            cwd,
+            timeout,
         }
     }
 }
@@ -272,126 +361,176 @@ pub enum TemplateKind {
     When,
 }
 
-/// One template string in a manifest, with its JSON pointer.
+/// One template string in a manifest.
 #[derive(Debug, Clone)]
 pub struct TemplateRef {
+    /// Its place, a JSON pointer.
     pub pointer: String,
     pub text: String,
     pub kind: TemplateKind,
 }
 
-impl Flavor {
-    /// Every template string, in document order, for static checks.
-    pub fn templates(&self) -> Vec<TemplateRef> {
-        let mut out = Vec::new();
-        let mut push = |pointer: String, v: &Value, kind: TemplateKind| {
-            if let Value::String(s) = v {
-                out.push(TemplateRef {
-                    pointer,
-                    text: s.clone(),
-                    kind,
-                });
-            }
-        };
-        let env = |base: &str,
-                   env: &BTreeMap<String, Tpl>,
-                   push: &mut dyn FnMut(String, &Value, TemplateKind)| {
-            for (k, v) in env {
-                push(
-                    format!("{base}/env/{}", ptr_escape(k)),
-                    v,
-                    TemplateKind::Text,
-                );
-            }
-        };
-        fn command(base: &str, c: &Command, push: &mut dyn FnMut(String, &Value, TemplateKind)) {
-            if let Some((argv, suffix)) = c.argv() {
-                for (i, a) in argv.iter().enumerate() {
-                    push(format!("{base}{suffix}/{i}"), a, TemplateKind::Text);
-                }
-            }
-            if let Command::Script(s) = c {
-                push(
-                    format!("{base}/script"),
-                    &Value::String(s.script.clone()),
-                    TemplateKind::Script,
-                );
-            }
-            let p = c.parts();
-            if let Some(w) = p.when {
-                push(format!("{base}/when"), w, TemplateKind::When);
-            }
-            for (k, v) in p.env {
-                push(
-                    format!("{base}/env/{}", ptr_escape(k)),
-                    v,
-                    TemplateKind::Text,
-                );
-            }
-            if let Some(cwd) = p.cwd {
-                push(
-                    format!("{base}/cwd"),
-                    &Value::String(cwd.clone()),
-                    TemplateKind::Text,
-                );
-            }
-            if let Some(t) = p.timeout {
-                push(format!("{base}/timeout"), t, TemplateKind::Text);
-            }
+/// The stages of a flavor, as they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageName {
+    Prepare,
+    Launch,
+    Cleanup,
+}
+
+impl StageName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageName::Prepare => "prepare",
+            StageName::Launch => "launch",
+            StageName::Cleanup => "cleanup",
         }
-        env("", &self.env, &mut push);
-        if let Some(p) = &self.prepare {
-            match &p.key {
-                Some(Key::One(s)) => push(
-                    "/prepare/key".into(),
-                    &Value::String(s.clone()),
-                    TemplateKind::Key,
-                ),
-                Some(Key::Many(parts)) => {
-                    for (i, part) in parts.iter().enumerate() {
-                        push(format!("/prepare/key/{i}"), part, TemplateKind::Key);
-                    }
-                }
-                None => {}
-            }
-            env("/prepare", &p.env, &mut push);
-            for (i, c) in p.run.iter().enumerate() {
-                command(&format!("/prepare/run/{i}"), c, &mut push);
-            }
-            if let Some(t) = &p.timeout {
-                push("/prepare/timeout".into(), t, TemplateKind::Text);
-            }
-        }
-        let l = &self.launch;
-        command("/launch/run", &l.run, &mut push);
-        env("/launch", &l.env, &mut push);
-        if let Some(cwd) = &l.cwd {
-            push(
-                "/launch/cwd".into(),
-                &Value::String(cwd.clone()),
+    }
+}
+
+/// Every place a template can sit, visited in document order: the one walk that
+/// spells manifest pointers ([`Flavor::from_value`] stores them in the [`Tpl`]s).
+fn walk(flavor: &mut Flavor, visit: &mut dyn FnMut(String, &mut Tpl, TemplateKind)) {
+    fn env(base: &str, env: &mut Env, visit: &mut dyn FnMut(String, &mut Tpl, TemplateKind)) {
+        for (k, v) in env.iter_mut() {
+            visit(
+                format!("{base}/env/{}", ptr_escape(k)),
+                v,
                 TemplateKind::Text,
             );
         }
-        for (name, v) in l.limits.entries() {
-            if let Some(v) = v {
-                push(format!("/launch/limits/{name}"), v, TemplateKind::Text);
+    }
+    fn opt(
+        at: String,
+        v: &mut Option<Tpl>,
+        kind: TemplateKind,
+        visit: &mut dyn FnMut(String, &mut Tpl, TemplateKind),
+    ) {
+        if let Some(v) = v {
+            visit(at, v, kind);
+        }
+    }
+    fn command(
+        base: String,
+        c: &mut Command,
+        visit: &mut dyn FnMut(String, &mut Tpl, TemplateKind),
+    ) {
+        match &mut c.form {
+            Form::Argv { argv, bare, at } => {
+                *at = if *bare {
+                    base.clone()
+                } else {
+                    format!("{base}/argv")
+                };
+                for (i, a) in argv.iter_mut().enumerate() {
+                    visit(format!("{at}/{i}"), a, TemplateKind::Text);
+                }
+            }
+            Form::Script { script, .. } => {
+                visit(format!("{base}/script"), script, TemplateKind::Script)
             }
         }
-        if let Some(t) = &l.timeout {
-            push("/launch/timeout".into(), t, TemplateKind::Text);
-        }
-        if let Some(t) = &l.kill_grace {
-            push("/launch/kill_grace".into(), t, TemplateKind::Text);
-        }
-        if let Some(c) = &self.cleanup {
-            env("/cleanup", &c.env, &mut push);
-            for (i, cmd) in c.run.iter().enumerate() {
-                command(&format!("/cleanup/run/{i}"), cmd, &mut push);
+        opt(
+            format!("{base}/when"),
+            &mut c.when,
+            TemplateKind::When,
+            visit,
+        );
+        env(&base, &mut c.env, visit);
+        opt(format!("{base}/cwd"), &mut c.cwd, TemplateKind::Text, visit);
+        opt(
+            format!("{base}/timeout"),
+            &mut c.timeout,
+            TemplateKind::Text,
+            visit,
+        );
+        c.at = base;
+    }
+    env("", &mut flavor.env, visit);
+    if let Some(p) = &mut flavor.prepare {
+        if let Some(key) = &mut p.key {
+            let one = matches!(key, Key::One(_));
+            for (i, part) in key.parts_mut().iter_mut().enumerate() {
+                let at = if one {
+                    "/prepare/key".to_string()
+                } else {
+                    format!("/prepare/key/{i}")
+                };
+                visit(at, part, TemplateKind::Key);
             }
-            if let Some(t) = &c.timeout {
-                push("/cleanup/timeout".into(), t, TemplateKind::Text);
-            }
         }
+        env("/prepare", &mut p.env, visit);
+        for (i, c) in p.run.iter_mut().enumerate() {
+            command(format!("/prepare/run/{i}"), c, visit);
+        }
+        opt(
+            "/prepare/timeout".into(),
+            &mut p.timeout,
+            TemplateKind::Text,
+            visit,
+        );
+    }
+    let l = &mut flavor.launch;
+    command("/launch/run".into(), &mut l.run, visit);
+    env("/launch", &mut l.env, visit);
+    opt("/launch/cwd".into(), &mut l.cwd, TemplateKind::Text, visit);
+    for (kind, v) in l.limits.entries_mut() {
+        if let Some(v) = v {
+            visit(
+                format!("/launch/limits/{}", kind.as_str()),
+                v,
+                TemplateKind::Text,
+            );
+        }
+    }
+    opt(
+        "/launch/timeout".into(),
+        &mut l.timeout,
+        TemplateKind::Text,
+        visit,
+    );
+    opt(
+        "/launch/kill_grace".into(),
+        &mut l.kill_grace,
+        TemplateKind::Text,
+        visit,
+    );
+    if let Some(c) = &mut flavor.cleanup {
+        env("/cleanup", &mut c.env, visit);
+        for (i, cmd) in c.run.iter_mut().enumerate() {
+            command(format!("/cleanup/run/{i}"), cmd, visit);
+        }
+        opt(
+            "/cleanup/timeout".into(),
+            &mut c.timeout,
+            TemplateKind::Text,
+            visit,
+        );
+    }
+}
+
+impl Flavor {
+    /// The typed flavor of a manifest value (which must have passed the flavor schema
+    /// for its errors to be located), every template placed.
+    pub fn from_value(value: &Value) -> Result<Flavor, serde_json::Error> {
+        let mut flavor: Flavor = serde_json::from_value(value.clone())?;
+        walk(&mut flavor, &mut |at, tpl, _| tpl.at = at);
+        Ok(flavor)
+    }
+
+    /// Every template string, in document order, for static checks.
+    pub fn templates(&self) -> Vec<TemplateRef> {
+        let mut out = Vec::new();
+        walk(&mut self.clone(), &mut |at, tpl, kind| {
+            if let Value::String(text) = &tpl.value {
+                out.push(TemplateRef {
+                    pointer: at,
+                    text: text.clone(),
+                    kind,
+                });
+            }
+        });
         out
     }
 }

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -41,8 +44,13 @@ pub struct PreparePlan {
     /// Variables the runner sets for every command of the stage, on top of its own environment.
     pub env: BTreeMap<String, String>,
     pub commands: Vec<CommandPlan>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<f64>,
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "secs::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -51,8 +59,13 @@ pub struct StagePlan {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub commands: Vec<CommandPlan>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<f64>,
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "secs::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 impl StagePlan {
@@ -67,9 +80,25 @@ pub struct LaunchPlan {
     pub env: BTreeMap<String, String>,
     pub command: CommandPlan,
     pub limits: Limits,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<f64>,
-    pub kill_grace_secs: f64,
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "secs::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    #[serde(rename = "kill_grace_secs", with = "secs")]
+    pub kill_grace: Duration,
+}
+
+impl LaunchPlan {
+    /// The step's deadline: the stage's or its command's timeout, whichever is shorter.
+    pub fn deadline(&self) -> Option<Duration> {
+        [self.timeout, self.command.timeout]
+            .into_iter()
+            .flatten()
+            .min()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,8 +111,13 @@ pub struct CommandPlan {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<f64>,
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "secs::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
     /// `when:` rendered false: the command does not run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
@@ -132,25 +166,37 @@ impl CommandPlan {
     }
 }
 
-/// Limits in plain units. `None` means unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_files: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_time_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_size_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub core_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address_space_bytes: Option<u64>,
+/// Durations as seconds (a float) in the plan's JSON and YAML forms.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+
+    pub mod opt {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<f64>::deserialize(d)?
+                .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
 }

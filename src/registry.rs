@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::diag::Diagnostic;
+use crate::home::Home;
 use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,29 +30,25 @@ pub enum Registered {
     Replaced,
 }
 
-pub fn dir(home: &Path) -> PathBuf {
-    home.join("flavors")
-}
-
 /// A registered flavor's manifest path, by name.
-pub fn find(home: &Path, name: &str) -> Option<PathBuf> {
+pub fn find(home: &Home, name: &str) -> Option<PathBuf> {
     let valid = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    let p = dir(home).join(format!("{name}.yaml"));
+    let p = home.flavor(name);
     (valid && p.is_file()).then_some(p)
 }
 
 /// Validate `path` and store it under its flavor name.
 pub fn register(
-    home: &Path,
+    home: &Home,
     path: &Path,
     force: bool,
 ) -> Result<(String, PathBuf, Registered), RegistryError> {
     let (src, flavor) =
         validate::check_file(path).map_err(|d| RegistryError::Invalid(path.to_path_buf(), d))?;
-    let dest = dir(home).join(format!("{}.yaml", flavor.name));
+    let dest = home.flavor(&flavor.name);
     let how = match std::fs::read_to_string(&dest) {
         Ok(existing) if existing == src.text => {
             return Ok((flavor.name, dest, Registered::Unchanged));
@@ -69,7 +66,7 @@ pub fn register(
         path: dest.clone(),
         source,
     };
-    std::fs::create_dir_all(dir(home)).map_err(write_err)?;
+    std::fs::create_dir_all(home.flavors()).map_err(write_err)?;
     let tmp = dest.with_extension(format!("yaml.tmp.{}", std::process::id()));
     std::fs::write(&tmp, &src.text)
         .and_then(|()| std::fs::rename(&tmp, &dest))
@@ -81,8 +78,8 @@ pub fn register(
 }
 
 /// Registered flavors: name, description (or the reason it no longer validates), path.
-pub fn list(home: &Path) -> Vec<(String, String, PathBuf)> {
-    let Ok(rd) = std::fs::read_dir(dir(home)) else {
+pub fn list(home: &Home) -> Vec<(String, String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(home.flavors()) else {
         return Vec::new();
     };
     let mut out: Vec<(String, String, PathBuf)> = rd
@@ -114,47 +111,49 @@ mod tests {
 
     #[test]
     fn register_needs_force_to_replace_other_contents() {
-        let home = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path());
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let venv = root.join("manifests/venv.yaml");
-        let (name, path, how) = register(home.path(), &venv, false).unwrap();
+        let (name, path, how) = register(&home, &venv, false).unwrap();
         assert_eq!((name.as_str(), how), ("venv", Registered::New));
-        assert_eq!(find(home.path(), "venv"), Some(path.clone()));
+        assert_eq!(find(&home, "venv"), Some(path.clone()));
         assert_eq!(
-            register(home.path(), &venv, false).unwrap().2,
+            register(&home, &venv, false).unwrap().2,
             Registered::Unchanged
         );
 
-        let other = home.path().join("other.yaml");
+        let other = tmp.path().join("other.yaml");
         let text = std::fs::read_to_string(&venv)
             .unwrap()
             .replace("description: Run", "description: Also run");
         std::fs::write(&other, text).unwrap();
         assert!(matches!(
-            register(home.path(), &other, false),
+            register(&home, &other, false),
             Err(RegistryError::Exists { .. })
         ));
         assert_eq!(
-            register(home.path(), &other, true).unwrap().2,
+            register(&home, &other, true).unwrap().2,
             Registered::Replaced
         );
-        assert!(list(home.path())[0].1.starts_with("Also run"));
-        assert_eq!(find(home.path(), "../etc/passwd"), None);
+        assert!(list(&home)[0].1.starts_with("Also run"));
+        assert_eq!(find(&home, "../etc/passwd"), None);
     }
 
     #[test]
     fn invalid_manifests_are_not_registered() {
-        let home = tempfile::tempdir().unwrap();
-        let bad = home.path().join("bad.yaml");
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path());
+        let bad = tmp.path().join("bad.yaml");
         std::fs::write(
             &bad,
             "version: 1\nname: bad\nlaunch:\n  run: [\"{{ step.nmae }}\"]\n",
         )
         .unwrap();
         assert!(matches!(
-            register(home.path(), &bad, false),
+            register(&home, &bad, false),
             Err(RegistryError::Invalid(..))
         ));
-        assert!(list(home.path()).is_empty());
+        assert!(list(&home).is_empty());
     }
 }

@@ -1,169 +1,38 @@
 //! Rendering: a checked [`Flavor`] and a [`StepInfo`] become a [`Plan`].
 //!
-//! One minijinja environment with strict undefined behaviour. Templates whose
-//! name ends in `.sh` (scripts) auto-escape every interpolation with shell
-//! quoting — a list becomes individually quoted words, `| safe` opts out — so a
-//! hostile step name or requirement can never run as shell code. Argv elements
-//! are plain text and never pass through a shell.
+//! Every template is rendered in the one environment of [`crate::template`] (strict
+//! undefined; scripts shell-quote every interpolation); every error is located at the
+//! template's own place ([`Tpl::at`]), all of them collected before rendering fails.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use minijinja::value::{Value as JValue, ValueKind};
-use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
-use serde_json::{Map, Value};
+use minijinja::{Environment, Error, ErrorKind};
+use serde_json::Value;
 
 use crate::diag::Diagnostic;
-use crate::manifest::{Command, Flavor, Key, Source, Tpl};
-use crate::plan::{CommandPlan, Dirs, LaunchPlan, Limits, Plan, PreparePlan, Run, StagePlan};
+use crate::home::{Home, RunDir};
+use crate::limits::{LimitKind, Limits};
+use crate::manifest::{Command, Env, Flavor, Form, Source, Tpl};
+use crate::plan::{CommandPlan, Dirs, LaunchPlan, Plan, PreparePlan, Run, StagePlan};
 use crate::step_info::StepInfo;
-use crate::units;
-use crate::validate;
+use crate::template::{self, plain, single_expression, template_pos};
+use crate::{cache, settings, units};
 
-pub const DEFAULT_KILL_GRACE_SECS: f64 = 10.0;
-pub const DEFAULT_CLEANUP_TIMEOUT_SECS: f64 = 300.0;
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Quote for POSIX `sh`: bare when only safe characters, else single-quoted.
-pub fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-/// Text of a value as plain text: none renders empty.
-fn plain(value: &JValue) -> String {
-    match value.kind() {
-        ValueKind::None | ValueKind::Undefined => String::new(),
-        _ => value.to_string(),
-    }
-}
-
-fn quote_value(value: &JValue) -> String {
-    match value.kind() {
-        ValueKind::Seq | ValueKind::Iterable => value
-            .try_iter()
-            .map(|it| {
-                it.map(|v| shell_quote(&plain(&v)))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default(),
-        _ => shell_quote(&plain(value)),
-    }
-}
-
-fn size_arg(value: &JValue) -> Result<u64, Error> {
-    if let Some(n) = value.as_i64() {
-        return u64::try_from(n)
-            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "negative size"));
-    }
-    units::parse_bytes(&plain(value))
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
-}
-
-/// The environment every manifest template is compiled in.
-pub fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|name| {
-        if name.ends_with(".sh") {
-            AutoEscape::Custom("shell")
-        } else {
-            AutoEscape::None
-        }
-    });
-    env.set_formatter(|out, state: &State, value| {
-        let text = if matches!(state.auto_escape(), AutoEscape::Custom("shell")) && !value.is_safe()
-        {
-            quote_value(value)
-        } else {
-            plain(value)
-        };
-        out.write_str(&text).map_err(Error::from)
-    });
-    let q = |v: JValue| JValue::from_safe_string(quote_value(&v));
-    env.add_filter("q", q);
-    env.add_filter("shell_quote", q);
-    env.add_filter("bytes", |v: JValue| size_arg(&v));
-    env.add_filter("kib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 10)));
-    env.add_filter("mib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 20)));
-    env.add_filter("gib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 30)));
-    env.add_filter("seconds", |v: JValue| -> Result<u64, Error> {
-        let secs = match v.as_i64() {
-            Some(n) if n >= 0 => n as f64,
-            _ => units::parse_duration(&plain(&v))
-                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
-        };
-        Ok(secs.ceil() as u64)
-    });
-    // `{{ names | flags('-e') }}` → `-e A -e B`; `flags('--x=')` → `--x=A --x=B`.
-    env.add_filter(
-        "flags",
-        |v: JValue, flag: String| -> Result<Vec<String>, Error> {
-            let items = v.try_iter()?;
-            Ok(items
-                .flat_map(|item| match flag.strip_suffix('=') {
-                    Some(_) => vec![format!("{flag}{}", plain(&item))],
-                    None => vec![flag.clone(), plain(&item)],
-                })
-                .collect())
-        },
-    );
-    // minijinja's own `tojson` marks its output safe (for HTML), which in a script would
-    // skip shell quoting and let `$(…)` inside a JSON string run. Plain text here, so a
-    // script quotes it like any other value.
-    env.add_filter(
-        "tojson",
-        |v: JValue, indent: Option<usize>| -> Result<String, Error> {
-            let json = match indent {
-                Some(n) => {
-                    let pad = " ".repeat(n);
-                    let fmt = serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes());
-                    let mut out = Vec::new();
-                    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-                    serde::Serialize::serialize(&v, &mut ser)
-                        .map(|()| String::from_utf8(out).unwrap_or_default())
-                }
-                None => serde_json::to_string(&v),
-            };
-            json.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
-        },
-    );
-    env.add_filter("hash", |v: JValue| {
-        let json = serde_json::to_string(&v).unwrap_or_default();
-        blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
-    });
-    env
-}
-
-/// If a template is exactly one `{{ expression }}`, the expression.
-fn single_expression(text: &str) -> Option<&str> {
-    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
-    let inner = inner.strip_prefix('-').unwrap_or(inner);
-    let inner = inner.strip_suffix('-').unwrap_or(inner);
-    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
-    {
-        return None;
-    }
-    Some(inner.trim())
-}
-
-/// Why rendering failed.
+/// Why rendering failed: every error, located in the manifest.
 #[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error("the manifest does not render")]
-    Located(Vec<Diagnostic>),
-    #[error("invalid settings for flavor `{flavor}`:\n{}", .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
-    Settings { flavor: String, errors: Vec<String> },
-}
+#[error("the manifest does not render")]
+pub struct RenderError(pub Vec<Diagnostic>);
 
 /// What a render needs besides the manifest and step info.
 pub struct Where<'a> {
     /// `$RUNNER_HOME`: `runs/` and `cache/` live here.
-    pub home: &'a Path,
+    pub home: &'a Home,
     /// The run folder (`--run-dir`), else `home/runs/<run id>`.
     pub run_dir: Option<PathBuf>,
     pub run_id: String,
@@ -182,23 +51,21 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
-    /// `base`: where the source minijinja saw starts in `text` (an expression inside `{{ }}`).
-    fn fail(&mut self, pointer: &str, text: Option<&str>, base: usize, err: &Error) {
-        // The exact span when minijinja knows it, else the start of the line.
-        let offset = text
-            .and_then(|t| {
-                err.range()
+    /// A minijinja error in `tpl`; `base`: where the source minijinja saw starts in the
+    /// template's text (an expression inside `{{ }}`).
+    fn fail(&mut self, tpl: &Tpl, base: usize, err: &Error) {
+        let pos = match tpl.text() {
+            Some(t) => {
+                // The exact span when minijinja knows it, else the start of the line.
+                let offset = err
+                    .range()
                     .map(|r| base + r.start)
                     .filter(|&o| o <= t.len())
-                    .or_else(|| {
-                        err.line()
-                            .map(|l| t.split_inclusive('\n').take(l - 1).map(str::len).sum())
-                    })
-            })
-            .unwrap_or(0);
-        let pos = match text {
-            Some(t) => validate::template_pos(self.src, pointer, t, offset),
-            None => self.src.doc.index.nearest(pointer),
+                    .or_else(|| err.line().map(|l| template::line_offset(t, l)))
+                    .unwrap_or(0);
+                template_pos(self.src, &tpl.at, t, offset)
+            }
+            None => self.src.doc.index.nearest(&tpl.at),
         };
         let mut msg = err
             .detail()
@@ -215,8 +82,8 @@ impl Renderer<'_> {
         ));
     }
 
-    fn error(&mut self, pointer: &str, msg: String) {
-        let pos = self.src.doc.index.nearest(pointer);
+    fn error(&mut self, at: &str, msg: String) {
+        let pos = self.src.doc.index.nearest(at);
         self.diags.push(Diagnostic::new(
             &self.src.path,
             Some(&self.src.text),
@@ -262,58 +129,59 @@ impl Renderer<'_> {
         }
     }
 
-    /// A text template (or a literal number) → string.
-    fn text(&mut self, pointer: &str, v: &Tpl, name_suffix: &str) -> Option<String> {
-        let text = match v {
+    /// A text template (or a literal number) → string; `script` quotes interpolations.
+    fn text(&mut self, tpl: &Tpl, script: bool) -> Option<String> {
+        let text = match &tpl.value {
             Value::String(s) => s,
             Value::Null => return Some(String::new()),
             other => return Some(other.to_string()),
         };
-        let name = format!("{pointer}{name_suffix}");
+        let name = if script {
+            format!("{}.sh", tpl.at)
+        } else {
+            tpl.at.clone()
+        };
         match self.jenv.render_named_str(&name, text, &self.ctx) {
             Ok(s) if s.contains('\0') => {
                 self.error(
-                    pointer,
+                    &tpl.at,
                     "renders a value containing a NUL byte, which no command can receive".into(),
                 );
                 None
             }
             Ok(s) => Some(s),
             Err(e) => {
-                self.fail(pointer, Some(text), 0, &e);
+                self.fail(tpl, 0, &e);
                 None
             }
         }
     }
 
-    /// `expr` is a slice of `text` (see [`single_expression`]).
-    fn expression(&mut self, pointer: &str, text: &str, expr: &str) -> Option<JValue> {
+    /// `expr` is a slice of the template's text (see [`single_expression`]).
+    fn expression(&mut self, tpl: &Tpl, expr: &str) -> Option<JValue> {
+        let text = tpl.text().unwrap_or_default();
         let base = (expr.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-        let compiled = match self.jenv.compile_expression(expr) {
-            Ok(c) => c,
-            Err(e) => {
-                self.fail(pointer, Some(text), base, &e);
-                return None;
-            }
-        };
-        match compiled.eval(&self.ctx) {
+        let result = self
+            .jenv
+            .compile_expression(expr)
+            .and_then(|c| c.eval(&self.ctx));
+        match result {
             Ok(v) => Some(v),
             Err(e) => {
-                self.fail(pointer, Some(text), base, &e);
+                self.fail(tpl, base, &e);
                 None
             }
         }
     }
 
     /// An argv element: one `{{ list }}` expands in place; none adds nothing.
-    fn argv(&mut self, base: &str, items: &[Tpl]) -> Vec<String> {
+    fn argv(&mut self, at: &str, items: &[Tpl]) -> Vec<String> {
         let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let pointer = format!("{base}/{i}");
-            if let Value::String(text) = item
+        for item in items {
+            if let Some(text) = item.text()
                 && let Some(expr) = single_expression(text)
             {
-                let Some(v) = self.expression(&pointer, text, expr) else {
+                let Some(v) = self.expression(item, expr) else {
                     continue;
                 };
                 match v.kind() {
@@ -327,51 +195,44 @@ impl Renderer<'_> {
                 }
                 continue;
             }
-            if let Some(s) = self.text(&pointer, item, "") {
+            if let Some(s) = self.text(item, false) {
                 out.push(s);
             }
         }
         if out.iter().any(|a| a.contains('\0')) {
             self.error(
-                base,
+                at,
                 "an argument contains a NUL byte, which no command can receive".into(),
             );
         }
         out
     }
 
-    fn when(&mut self, pointer: &str, v: &Value) -> bool {
-        match v {
+    fn when(&mut self, tpl: &Tpl) -> bool {
+        match &tpl.value {
             Value::Bool(b) => *b,
             Value::String(text) => {
                 if let Some(expr) = single_expression(text) {
-                    return self
-                        .expression(pointer, text, expr)
-                        .is_some_and(|v| v.is_true());
+                    return self.expression(tpl, expr).is_some_and(|v| v.is_true());
                 }
-                let s = self.text(pointer, v, "").unwrap_or_default();
+                let s = self.text(tpl, false).unwrap_or_default();
                 !matches!(s.trim(), "" | "false" | "False" | "0" | "none" | "None")
             }
             _ => true,
         }
     }
 
-    fn env(
-        &mut self,
-        base: &str,
-        env: &BTreeMap<String, Tpl>,
-        into: &mut BTreeMap<String, String>,
-    ) {
+    fn env(&mut self, env: &Env, into: &mut BTreeMap<String, String>) {
         for (k, v) in env {
-            let pointer = format!("{base}/env/{}", crate::manifest::ptr_escape(k));
-            if let Some(s) = self.text(&pointer, v, "") {
+            if let Some(s) = self.text(v, false) {
                 into.insert(k.clone(), s);
             }
         }
     }
 
-    fn duration(&mut self, pointer: &str, v: Option<&Tpl>) -> Option<f64> {
-        let s = self.text(pointer, v?, "")?;
+    fn duration(&mut self, tpl: Option<&Tpl>) -> Option<Duration> {
+        let tpl = tpl?;
+        let s = self.text(tpl, false)?;
         let s = s.trim();
         if s.is_empty() || s == "none" {
             return None;
@@ -379,69 +240,58 @@ impl Renderer<'_> {
         match units::parse_duration(s) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(pointer, e.to_string());
+                self.error(&tpl.at, e.to_string());
                 None
             }
         }
     }
 
-    fn path(&self, s: &str) -> PathBuf {
-        self.cwd.join(s)
-    }
-
-    fn command(&mut self, base: &str, c: &Command) -> CommandPlan {
-        let parts = c.parts();
+    fn command(&mut self, c: &Command) -> CommandPlan {
         let mut env = BTreeMap::new();
-        self.env(base, parts.env, &mut env);
-        let skipped = parts
-            .when
-            .is_some_and(|w| !self.when(&format!("{base}/when"), w));
-        let run = match c {
-            Command::Script(s) => Run::Script {
-                shell: s.shell.clone().unwrap_or_else(|| "sh".into()),
-                script: self
-                    .text(
-                        &format!("{base}/script"),
-                        &Value::String(s.script.clone()),
-                        ".sh",
-                    )
-                    .unwrap_or_default(),
+        self.env(&c.env, &mut env);
+        let skipped = c.when.as_ref().is_some_and(|w| !self.when(w));
+        let run = match &c.form {
+            Form::Script { script, shell } => Run::Script {
+                shell: shell.clone().unwrap_or_else(|| "sh".into()),
+                script: self.text(script, true).unwrap_or_default(),
             },
-            _ => {
-                let (argv, suffix) = c.argv().expect("argv command");
-                let argv = self.argv(&format!("{base}{suffix}"), argv);
+            Form::Argv { argv, at, .. } => {
+                let argv = self.argv(at, argv);
                 if argv.is_empty() && !skipped {
-                    self.error(base, "the command renders to an empty argument list".into());
+                    self.error(
+                        &c.at,
+                        "the command renders to an empty argument list".into(),
+                    );
                 }
                 Run::Argv { argv }
             }
         };
-        let cwd = match parts.cwd {
+        let cwd = match &c.cwd {
             Some(cwd) => self
-                .text(&format!("{base}/cwd"), &Value::String(cwd.clone()), "")
-                .map(|s| self.path(&s))
+                .text(cwd, false)
+                .map(|s| self.cwd.join(s))
                 .unwrap_or_default(),
             None => self.cwd.clone(),
         };
-        let timeout_secs = self.duration(&format!("{base}/timeout"), parts.timeout);
+        let timeout = self.duration(c.timeout.as_ref());
         CommandPlan {
-            at: base.to_string(),
+            at: c.at.clone(),
             run,
             env,
             cwd,
-            timeout_secs,
+            timeout,
             skipped,
         }
     }
 
     fn limit<T>(
         &mut self,
-        name: &str,
-        v: &Option<Tpl>,
+        kind: LimitKind,
+        tpl: Option<&Tpl>,
         parse: fn(&str) -> Result<T, units::UnitError>,
     ) -> Option<T> {
-        let pointer = format!("/launch/limits/{name}");
-        let s = self.text(&pointer, v.as_ref()?, "")?;
+        let tpl = tpl?;
+        let s = self.text(tpl, false)?;
         let s = s.trim();
         if s.is_empty() || matches!(s, "none" | "None" | "null") {
             return None;
@@ -449,110 +299,84 @@ impl Renderer<'_> {
         match parse(s) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.error(&pointer, format!("limit `{name}`: {e}"));
+                self.error(&tpl.at, format!("limit `{kind}`: {e}"));
                 None
             }
         }
     }
-}
 
-/// Does a schema use `required`/`dependentRequired` anywhere (or name a property so)?
-fn mentions_required(schema: &Value) -> bool {
-    match schema {
-        Value::Object(m) => m
-            .iter()
-            .any(|(k, v)| k == "required" || k == "dependentRequired" || mentions_required(v)),
-        Value::Array(a) => a.iter().any(mentions_required),
-        _ => false,
-    }
-}
-
-/// Settings from the step info, checked against the flavor's schema with defaults applied.
-/// `flavor` must have passed [`validate::check_flavor`].
-pub fn settings(
-    flavor: &Flavor,
-    given: &Map<String, Value>,
-) -> Result<Map<String, Value>, RenderError> {
-    let Some(schema) = &flavor.settings else {
-        if given.is_empty() {
-            return Ok(Map::new());
-        }
-        return Err(RenderError::Settings {
-            flavor: flavor.name.clone(),
-            errors: given
-                .keys()
-                .map(|k| format!("setting `{k}`: this flavor declares no settings"))
-                .collect(),
-        });
-    };
-    let mut given = given.clone();
-    // `--set python=3.11` parses as a number: keep the text where the schema wants a string.
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (k, v) in given.iter_mut() {
-            let wants_string = props
-                .get(k)
-                .and_then(|p| p.get("type"))
-                .and_then(Value::as_str)
-                == Some("string");
-            if wants_string && !v.is_string() && !v.is_object() && !v.is_array() && !v.is_null() {
-                *v = Value::String(v.to_string());
-            }
+    fn limits(&mut self, flavor: &Flavor) -> Limits {
+        let lim = &flavor.launch.limits;
+        Limits {
+            memory_bytes: self.limit(LimitKind::Memory, lim.memory.as_ref(), units::parse_bytes),
+            cpus: self.limit(LimitKind::Cpus, lim.cpus.as_ref(), units::parse_cpus),
+            gpus: self
+                .limit(LimitKind::Gpus, lim.gpus.as_ref(), units::parse_count)
+                .map(|g| g.min(u64::from(u32::MAX)) as u32),
+            pids: self.limit(LimitKind::Pids, lim.pids.as_ref(), units::parse_count),
+            open_files: self.limit(
+                LimitKind::OpenFiles,
+                lim.open_files.as_ref(),
+                units::parse_count,
+            ),
+            cpu_time_secs: self
+                .limit(
+                    LimitKind::CpuTime,
+                    lim.cpu_time.as_ref(),
+                    units::parse_duration,
+                )
+                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            file_size_bytes: self.limit(
+                LimitKind::FileSize,
+                lim.file_size.as_ref(),
+                units::parse_bytes,
+            ),
+            core_bytes: self
+                .limit(LimitKind::Core, lim.core.as_ref(), units::parse_bytes)
+                .or(Some(0)),
+            address_space_bytes: self.limit(
+                LimitKind::AddressSpace,
+                lim.address_space.as_ref(),
+                units::parse_bytes,
+            ),
         }
     }
-    let nothing_given = given.is_empty();
-    let filled = validate::apply_defaults(schema, given);
-    // The defaults alone already passed the flavor check (`validate::check_flavor`,
-    // which every caller runs first) but for `required` settings. With nothing given
-    // and nothing required, checking again would only cost compiling the schema
-    // (2.3 ms, most of a launch's validation time: the meta-schema is built first).
-    if nothing_given && !mentions_required(schema) {
-        return Ok(filled);
+
+    /// The prepare stage's commands and environment (`base` is the flavor's `env`).
+    fn prepare_stage(
+        &mut self,
+        p: &crate::manifest::Prepare,
+        mut env: BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, Vec<CommandPlan>) {
+        self.env(&p.env, &mut env);
+        let commands = p.run.iter().map(|c| self.command(c)).collect();
+        (env, commands)
     }
-    let validator = validate::settings_validator(schema).map_err(|e| RenderError::Settings {
-        flavor: flavor.name.clone(),
-        errors: vec![e.to_string()],
-    })?;
-    let value = Value::Object(filled);
-    let errors: Vec<String> = validator
-        .iter_errors(&value)
-        .map(|e| {
-            let path = e
-                .instance_path()
-                .as_str()
-                .trim_start_matches('/')
-                .replace('/', ".");
-            match e.kind() {
-                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                    format!(
-                        "unknown setting {}",
-                        unexpected
-                            .iter()
-                            .map(|u| format!("`{u}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-                jsonschema::error::ValidationErrorKind::Required { property } => {
-                    format!(
-                        "setting `{}` is required",
-                        property.as_str().unwrap_or_default()
-                    )
-                }
-                _ if path.is_empty() => e.to_string(),
-                _ => format!("setting `{path}`: {e}"),
+}
+
+/// For a prepare without `key:`, what it runs — every command's argv (or shell and
+/// script), its own variables, its working directory, whether it is skipped, and the
+/// stage's variables — as key parts: the cache entry is then shared exactly by steps
+/// whose prepare runs the same thing.
+fn rendered_key_parts(env: &BTreeMap<String, String>, commands: &[CommandPlan]) -> Vec<String> {
+    let mut parts = vec!["env".to_string()];
+    parts.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    for c in commands {
+        parts.push(format!("command {}", c.at));
+        match &c.run {
+            Run::Argv { argv } => {
+                parts.push("argv".into());
+                parts.extend(argv.iter().cloned());
             }
-        })
-        .collect();
-    if !errors.is_empty() {
-        return Err(RenderError::Settings {
-            flavor: flavor.name.clone(),
-            errors,
-        });
+            Run::Script { shell, script } => {
+                parts.extend(["script".into(), shell.clone(), script.clone()]);
+            }
+        }
+        parts.push(format!("cwd {}", c.cwd.display()));
+        parts.push(format!("skipped {}", c.skipped));
+        parts.extend(c.env.iter().map(|(k, v)| format!("{k}={v}")));
     }
-    match value {
-        Value::Object(m) => Ok(m),
-        _ => unreachable!(),
-    }
+    parts
 }
 
 /// Flavor + StepInfo → Plan. All errors are collected and located.
@@ -562,19 +386,20 @@ pub fn render(
     info: &StepInfo,
     at: &Where<'_>,
 ) -> Result<Plan, RenderError> {
-    let settings = settings(flavor, &info.settings)?;
-    let run_dir = at
+    let settings = settings::resolve(src, flavor, &info.settings).map_err(RenderError)?;
+    let run = at
         .run_dir
         .clone()
-        .unwrap_or_else(|| at.home.join("runs").join(&at.run_id));
+        .map(RunDir::new)
+        .unwrap_or_else(|| at.home.run(&at.run_id));
     let source = info
         .source
         .as_ref()
         .map(|s| at.cwd.join(s))
         .unwrap_or_else(|| at.cwd.clone());
     let mut dirs = Dirs {
-        work: run_dir.join("work"),
-        run: run_dir,
+        work: run.work(),
+        run: run.path().to_path_buf(),
         prepare: None,
         source,
     };
@@ -591,7 +416,7 @@ pub fn render(
     });
     let mut r = Renderer {
         src,
-        jenv: environment(),
+        jenv: template::environment(),
         ctx: JValue::from_serialize(&context),
         cwd: at.cwd.clone(),
         diags: Vec::new(),
@@ -601,19 +426,31 @@ pub fn render(
     let mut prepare_key = None;
     if let Some(p) = &flavor.prepare {
         let parts: Vec<String> = match &p.key {
-            Some(Key::One(s)) => r
-                .text("/prepare/key", &Value::String(s.clone()), "")
-                .into_iter()
-                .collect(),
-            Some(Key::Many(items)) => items
+            Some(key) => key
+                .parts()
                 .iter()
-                .enumerate()
-                .filter_map(|(i, v)| r.text(&format!("/prepare/key/{i}"), v, ""))
+                .filter_map(|part| r.text(part, false))
                 .collect(),
-            None => Vec::new(),
+            None => {
+                // What the stage runs, rendered with a stand-in for the folder the key
+                // names; errors are reported by the real render below.
+                let mut ctx = context.clone();
+                ctx["dirs"]["prepare"] = serde_json::json!("<prepare>");
+                let mut probe = Renderer {
+                    src,
+                    jenv: template::environment(),
+                    ctx: JValue::from_serialize(&ctx),
+                    cwd: at.cwd.clone(),
+                    diags: Vec::new(),
+                };
+                let mut env = BTreeMap::new();
+                probe.env(&flavor.env, &mut env);
+                let (env, commands) = probe.prepare_stage(p, env);
+                rendered_key_parts(&env, &commands)
+            }
         };
-        let key = cache_key(flavor, &parts, p.key.is_none().then_some(&p.run));
-        let dir = at.home.join("cache").join(format!("{}-{key}", flavor.name));
+        let key = cache::key(&flavor.name, flavor.version, &parts);
+        let dir = at.home.cache_entry(&flavor.name, &key);
         context["dirs"]["prepare"] = serde_json::json!(dir);
         dirs.prepare = Some(dir);
         r.ctx = JValue::from_serialize(&context);
@@ -621,7 +458,7 @@ pub fn render(
     }
 
     let mut base_env = BTreeMap::new();
-    r.env("", &flavor.env, &mut base_env);
+    r.env(&flavor.env, &mut base_env);
     let runner_env = |stage: &str| {
         let mut e = BTreeMap::new();
         e.insert("RUNNER_RUN_ID".to_string(), at.run_id.clone());
@@ -638,10 +475,7 @@ pub fn render(
         e.insert("RUNNER_STAGE".to_string(), stage.to_string());
         e.insert(
             "RUNNER_ENGINE_OUTCOME".to_string(),
-            dirs.run
-                .join(crate::exec::ENGINE_OUTCOME)
-                .display()
-                .to_string(),
+            run.engine_outcome().display().to_string(),
         );
         if let Some(p) = &dirs.prepare {
             e.insert("RUNNER_PREPARE_DIR".to_string(), p.display().to_string());
@@ -653,20 +487,14 @@ pub fn render(
         (Some(p), Some((key, key_parts))) => {
             let mut env = runner_env("prepare");
             env.extend(base_env.clone());
-            r.env("/prepare", &p.env, &mut env);
-            let commands = p
-                .run
-                .iter()
-                .enumerate()
-                .map(|(i, c)| r.command(&format!("/prepare/run/{i}"), c))
-                .collect();
-            let timeout_secs = r.duration("/prepare/timeout", p.timeout.as_ref());
+            let (env, commands) = r.prepare_stage(p, env);
+            let timeout = r.duration(p.timeout.as_ref());
             Some(PreparePlan {
                 key,
                 key_parts,
                 env,
                 commands,
-                timeout_secs,
+                timeout,
             })
         }
         _ => None,
@@ -675,41 +503,24 @@ pub fn render(
     let l = &flavor.launch;
     let mut env = runner_env("launch");
     env.extend(base_env.clone());
-    r.env("/launch", &l.env, &mut env);
-    let mut command = r.command("/launch/run", &l.run);
+    r.env(&l.env, &mut env);
+    let mut command = r.command(&l.run);
     if let Some(cwd) = &l.cwd
-        && let Some(s) = r.text("/launch/cwd", &Value::String(cwd.clone()), "")
+        && let Some(s) = r.text(cwd, false)
     {
-        command.cwd = r.path(&s);
+        command.cwd = r.cwd.join(s);
     }
     if command.skipped {
-        r.error(
-            "/launch/run/when",
-            "the launch command cannot be skipped".into(),
-        );
+        let at = l.run.when.as_ref().map_or(l.run.at.as_str(), |w| &w.at);
+        r.error(at, "the launch command cannot be skipped".into());
     }
-    let lim = &l.limits;
-    let limits = Limits {
-        memory_bytes: r.limit("memory", &lim.memory, units::parse_bytes),
-        cpus: r.limit("cpus", &lim.cpus, units::parse_cpus),
-        gpus: r
-            .limit("gpus", &lim.gpus, units::parse_count)
-            .map(|g| g.min(u32::MAX as u64) as u32),
-        pids: r.limit("pids", &lim.pids, units::parse_count),
-        open_files: r.limit("open_files", &lim.open_files, units::parse_count),
-        cpu_time_secs: r
-            .limit("cpu_time", &lim.cpu_time, units::parse_duration)
-            .map(|s| s.ceil() as u64),
-        file_size_bytes: r.limit("file_size", &lim.file_size, units::parse_bytes),
-        core_bytes: r.limit("core", &lim.core, units::parse_bytes).or(Some(0)),
-        address_space_bytes: r.limit("address_space", &lim.address_space, units::parse_bytes),
-    };
+    let limits = r.limits(flavor);
     let launch = LaunchPlan {
         env,
-        timeout_secs: r.duration("/launch/timeout", l.timeout.as_ref()),
-        kill_grace_secs: r
-            .duration("/launch/kill_grace", l.kill_grace.as_ref())
-            .unwrap_or(DEFAULT_KILL_GRACE_SECS),
+        timeout: r.duration(l.timeout.as_ref()),
+        kill_grace: r
+            .duration(l.kill_grace.as_ref())
+            .unwrap_or(DEFAULT_KILL_GRACE),
         command,
         limits,
     };
@@ -718,18 +529,13 @@ pub fn render(
         Some(c) => {
             let mut env = runner_env("cleanup");
             env.extend(base_env);
-            r.env("/cleanup", &c.env, &mut env);
+            r.env(&c.env, &mut env);
             StagePlan {
                 env,
-                commands: c
-                    .run
-                    .iter()
-                    .enumerate()
-                    .map(|(i, cmd)| r.command(&format!("/cleanup/run/{i}"), cmd))
-                    .collect(),
-                timeout_secs: r
-                    .duration("/cleanup/timeout", c.timeout.as_ref())
-                    .or(Some(DEFAULT_CLEANUP_TIMEOUT_SECS)),
+                commands: c.run.iter().map(|cmd| r.command(cmd)).collect(),
+                timeout: r
+                    .duration(c.timeout.as_ref())
+                    .or(Some(DEFAULT_CLEANUP_TIMEOUT)),
             }
         }
         None => StagePlan::default(),
@@ -746,7 +552,7 @@ pub fn render(
     r.exec_sizes("/cleanup", &cleanup.env, &cleanup.commands);
 
     if !r.diags.is_empty() {
-        return Err(RenderError::Located(r.diags));
+        return Err(RenderError(r.diags));
     }
     Ok(Plan {
         flavor: flavor.name.clone(),
@@ -759,103 +565,4 @@ pub fn render(
         launch,
         cleanup,
     })
-}
-
-/// Hash of the flavor's name and version and the rendered key parts (or, without a
-/// `key`, the prepare commands themselves): 16 hex digits of BLAKE3.
-fn cache_key(flavor: &Flavor, parts: &[String], commands: Option<&Vec<Command>>) -> String {
-    let mut h = blake3::Hasher::new();
-    for field in [flavor.name.as_str(), &flavor.version.to_string()] {
-        h.update(&(field.len() as u64).to_le_bytes());
-        h.update(field.as_bytes());
-    }
-    for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    if let Some(cmds) = commands {
-        h.update(format!("{cmds:?}").as_bytes());
-    }
-    h.finalize().to_hex()[..16].to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_is_posix_safe() {
-        assert_eq!(shell_quote("requests==2.0"), "requests==2.0");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(
-            shell_quote("x'; touch /tmp/pwned; echo '"),
-            r"'x'\''; touch /tmp/pwned; echo '\'''"
-        );
-        assert_eq!(shell_quote("$(id)"), "'$(id)'");
-    }
-
-    #[test]
-    fn scripts_quote_every_interpolation() {
-        let env = environment();
-        let ctx = minijinja::context! { name => "a b", pip => vec!["x;y", "z"], raw => "$HOME" };
-        let out = env
-            .render_named_str(
-                "s.sh",
-                "echo {{ name }} {{ pip }} {{ raw | safe }} {{ name | q }}",
-                &ctx,
-            )
-            .unwrap();
-        assert_eq!(out, "echo 'a b' 'x;y' z $HOME 'a b'");
-        let plain = env.render_named_str("s", "{{ name }}", &ctx).unwrap();
-        assert_eq!(plain, "a b");
-    }
-
-    #[test]
-    fn tojson_in_a_script_is_quoted_like_any_value() {
-        let env = environment();
-        let ctx = minijinja::context! { v => minijinja::context! { name => "$(touch PWNED) 'x'" } };
-        let out = env
-            .render_named_str("s.sh", "printf %s {{ v | tojson }}", &ctx)
-            .unwrap();
-        assert_eq!(out, r#"printf %s '{"name":"$(touch PWNED) '\''x'\''"}'"#);
-        let plain = env.render_named_str("s", "{{ v | tojson }}", &ctx).unwrap();
-        assert_eq!(plain, r#"{"name":"$(touch PWNED) 'x'"}"#);
-        let pretty = env.render_str("{{ [1] | tojson(2) }}", &ctx).unwrap();
-        assert_eq!(pretty, "[\n  1\n]");
-    }
-
-    #[test]
-    fn flags_pair_each_item_with_a_flag() {
-        let env = environment();
-        let ctx = minijinja::context! { names => vec!["A", "B"] };
-        let expr = env.compile_expression("names | flags('-e')").unwrap();
-        let v = expr.eval(&ctx).unwrap();
-        assert_eq!(v.to_string(), r#"["-e", "A", "-e", "B"]"#);
-        let expr = env.compile_expression("names | flags('--env=')").unwrap();
-        assert_eq!(
-            expr.eval(&ctx).unwrap().to_string(),
-            r#"["--env=A", "--env=B"]"#
-        );
-    }
-
-    #[test]
-    fn filters_convert_units() {
-        let env = environment();
-        let ctx = minijinja::context! { m => 1u64 << 30, t => "1h" };
-        let out = env
-            .render_str(
-                "{{ m | mib }} {{ m | gib }} {{ '512MiB' | bytes }} {{ t | seconds }}",
-                &ctx,
-            )
-            .unwrap();
-        assert_eq!(out, "1024 1 536870912 3600");
-    }
-
-    #[test]
-    fn single_expressions_are_recognised() {
-        assert_eq!(single_expression("{{ entrypoint }}"), Some("entrypoint"));
-        assert_eq!(single_expression(" {{- x -}} "), Some("x"));
-        assert_eq!(single_expression("{{ a }}{{ b }}"), None);
-        assert_eq!(single_expression("--x={{ a }}"), None);
-    }
 }

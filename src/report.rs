@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// The committed JSON Schema of [`Outcome`].
-pub const SCHEMA: &str = include_str!("../schemas/result.schema.json");
+use crate::units::Bytes;
 
+pub use crate::limits::Enforcement;
+use crate::limits::LimitKind;
 /// Current `version` of the result format.
 pub const VERSION: u32 = 1;
 
@@ -27,7 +28,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(&self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
@@ -165,9 +166,41 @@ pub struct Stages {
 pub struct StageTiming {
     pub duration_secs: f64,
     pub exit_code: Option<i32>,
-    /// `ok`, `failed`, `skipped`, `cached`, `timed_out`, `cancelled`, `oom_killed`.
-    pub status: String,
+    pub status: StageStatus,
     pub commands: u32,
+}
+
+/// How one stage ended. Prepare and cleanup end `ok`, `cached` (prepare), `failed`,
+/// `timed_out`, `cancelled` or `stopped` (cleanup cut short); the launch stage ends
+/// with the run's own [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Ok,
+    Cached,
+    Skipped,
+    Stopped,
+    Succeeded,
+    Failed,
+    TimedOut,
+    OomKilled,
+    Cancelled,
+    PrepareFailed,
+    LaunchError,
+}
+
+impl From<Status> for StageStatus {
+    fn from(s: Status) -> StageStatus {
+        match s {
+            Status::Succeeded => StageStatus::Succeeded,
+            Status::Failed => StageStatus::Failed,
+            Status::TimedOut => StageStatus::TimedOut,
+            Status::OomKilled => StageStatus::OomKilled,
+            Status::Cancelled => StageStatus::Cancelled,
+            Status::PrepareFailed => StageStatus::PrepareFailed,
+            Status::LaunchError => StageStatus::LaunchError,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,31 +214,11 @@ pub struct CacheInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRecord {
-    /// `memory`, `cpus`, `pids`, `open_files`, `cpu_time`, `file_size`, `core`,
-    /// `address_space`, `gpus`, `timeout`.
-    pub name: String,
+    pub name: LimitKind,
     /// Bytes for memory and sizes, cores for cpus, seconds for times, a count
     /// otherwise; for gpus the list of visible device ids.
     pub value: serde_json::Value,
     pub enforced_by: Enforcement,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Enforcement {
-    #[serde(rename = "cgroup-v2")]
-    CgroupV2,
-    #[serde(rename = "cgroup-v1")]
-    CgroupV1,
-    #[serde(rename = "rlimit")]
-    Rlimit,
-    #[serde(rename = "env")]
-    Env,
-    /// The runner itself, for timeouts.
-    #[serde(rename = "supervisor")]
-    Supervisor,
-    /// Asked for but not enforced (`--best-effort-limits`).
-    #[serde(rename = "none")]
-    None,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,14 +294,16 @@ pub fn summary(outcome: &Outcome) -> String {
         ),
         format!("exit {}", outcome.exit_code),
     ];
-    let signal = outcome.signal.map(signal_name);
+    let signal = outcome
+        .signal
+        .map(|s| format!("{} ({s})", crate::signals::name(s)));
     match (outcome.status, signal) {
         (Status::Cancelled, Some(name)) => parts.push(format!("received {name}")),
         (_, Some(name)) => parts.push(format!("killed by {name}")),
         _ => {}
     }
     match outcome.status {
-        Status::OomKilled => parts.push(match limit_value(outcome, "memory") {
+        Status::OomKilled => parts.push(match limit_value(outcome, LimitKind::Memory) {
             Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
                 format!(
                     "memory limit {} reached",
@@ -298,7 +313,7 @@ pub fn summary(outcome: &Outcome) -> String {
             _ => "out of memory".to_owned(),
         }),
         Status::TimedOut => {
-            if let Some(serde_json::Value::Number(n)) = limit_value(outcome, "timeout")
+            if let Some(serde_json::Value::Number(n)) = limit_value(outcome, LimitKind::Timeout)
                 && let Some(secs) = n.as_f64()
             {
                 parts.push(format!("timeout {} reached", format_timeout(secs)));
@@ -313,7 +328,7 @@ pub fn summary(outcome: &Outcome) -> String {
         parts.push("prepare cached".to_owned());
     }
     if let Some(peak) = outcome.peak_memory_bytes {
-        parts.push(format!("peak memory {}", format_bytes(peak)));
+        parts.push(format!("peak memory {}", Bytes(peak)));
     }
     match (outcome.cpu_user_secs, outcome.cpu_system_secs) {
         (None, None) => {}
@@ -350,36 +365,12 @@ pub fn summary(outcome: &Outcome) -> String {
     parts.join(" · ")
 }
 
-fn limit_value<'a>(outcome: &'a Outcome, name: &str) -> Option<&'a serde_json::Value> {
+fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value> {
     outcome
         .limits
         .iter()
         .find(|l| l.name == name)
         .map(|l| &l.value)
-}
-
-/// `SIGKILL (9)`, or `signal 70` for one without a name.
-fn signal_name(signal: i32) -> String {
-    match nix::sys::signal::Signal::try_from(signal) {
-        Ok(s) => format!("{} ({signal})", s.as_str()),
-        Err(_) => format!("signal {signal}"),
-    }
-}
-
-/// Binary units with one decimal: 1536 → `1.5 KiB`, 512 → `512 B`.
-pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    // Move up when rounding to one decimal would print 1024.0.
-    while value >= 1023.95 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A configured limit: exact when it is a whole number of units (`64 MiB`).
@@ -390,7 +381,7 @@ fn format_limit_bytes(n: u64) -> String {
             return format!("{} {unit}", n >> shift);
         }
     }
-    format_bytes(n)
+    Bytes(n).to_string()
 }
 
 /// `0.45s`, `12.30s`, `2m 05s`, `1h 02m 05s`.

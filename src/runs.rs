@@ -5,17 +5,15 @@
 //! tell whether a run is running, finished, or lost (its supervisor died
 //! without a result) — even after the caller that launched it has exited.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::home::{Home, RunDir};
 use crate::plan::Plan;
 use crate::report::Outcome;
-
-pub const PID_FILE: &str = "supervisor.pid";
-pub const RESULT_FILE: &str = "result.json";
-pub const PLAN_FILE: &str = "plan.json";
+use crate::util::start_time;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -31,25 +29,18 @@ pub enum RunError {
     },
 }
 
-/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: split after the last `)`.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Record `pid` as the supervisor of the run in `dir` (atomically).
-pub fn write_pid(dir: &Path, pid: i32) -> std::io::Result<()> {
+pub fn write_pid(dir: &RunDir, pid: i32) -> std::io::Result<()> {
     let start = start_time(pid).unwrap_or(0);
-    let tmp = dir.join(format!("{PID_FILE}.tmp"));
+    let mut tmp = dir.pid().into_os_string();
+    tmp.push(".tmp");
     std::fs::write(&tmp, format!("{pid} {start}\n"))?;
-    std::fs::rename(tmp, dir.join(PID_FILE))
+    std::fs::rename(tmp, dir.pid())
 }
 
 /// The supervisor's pid, if it is still the same process.
-pub fn live_supervisor(dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(dir.join(PID_FILE)).ok()?;
+pub fn live_supervisor(dir: &RunDir) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.pid()).ok()?;
     let mut it = text.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
     let start: u64 = it.next()?.parse().ok()?;
@@ -75,13 +66,13 @@ pub struct Status {
     pub result: Option<Outcome>,
 }
 
-pub fn read_result(dir: &Path) -> Option<Outcome> {
-    let bytes = std::fs::read(dir.join(RESULT_FILE)).ok()?;
+pub fn read_result(dir: &RunDir) -> Option<Outcome> {
+    let bytes = std::fs::read(dir.result()).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-pub fn read_plan(dir: &Path) -> Result<Plan, RunError> {
-    let path = dir.join(PLAN_FILE);
+pub fn read_plan(dir: &RunDir) -> Result<Plan, RunError> {
+    let path = dir.plan();
     let bytes = std::fs::read(&path).map_err(|source| RunError::Read {
         path: path.clone(),
         source,
@@ -92,11 +83,8 @@ pub fn read_plan(dir: &Path) -> Result<Plan, RunError> {
     })
 }
 
-pub fn status(dir: &Path) -> Status {
-    let run_id = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+pub fn status(dir: &RunDir) -> Status {
+    let run_id = dir.id();
     // Read the result before the pid: a supervisor that finishes in between is then
     // seen as finished on the next look, never as lost.
     let result = read_result(dir);
@@ -120,7 +108,7 @@ pub fn status(dir: &Path) -> Status {
     };
     Status {
         run_id: result.as_ref().map(|r| r.run_id.clone()).unwrap_or(run_id),
-        run_dir: dir.to_path_buf(),
+        run_dir: dir.path().to_path_buf(),
         state,
         pid,
         result,
@@ -128,56 +116,46 @@ pub fn status(dir: &Path) -> Status {
 }
 
 /// A run folder path, a run id under `home/runs`, or a unique prefix of one.
-pub fn resolve(home: &Path, arg: &str) -> Result<PathBuf, RunError> {
-    let direct = PathBuf::from(arg);
-    if direct.join(PLAN_FILE).is_file() {
+pub fn resolve(home: &Home, arg: &str) -> Result<RunDir, RunError> {
+    let direct = RunDir::new(arg);
+    if direct.plan().is_file() {
         return Ok(direct);
     }
-    let runs = home.join("runs");
     if !arg.is_empty() && !arg.contains('/') {
-        let exact = runs.join(arg);
-        if exact.join(PLAN_FILE).is_file() {
+        let exact = home.run(arg);
+        if exact.plan().is_file() {
             return Ok(exact);
         }
-        let matches: Vec<PathBuf> = list(home)
+        let matches: Vec<RunDir> = list(home)
             .into_iter()
-            .filter(|d| {
-                d.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(arg))
-            })
+            .filter(|d| d.id().starts_with(arg))
             .collect();
         match matches.len() {
             1 => return Ok(matches.into_iter().next().expect("one")),
             0 => {}
             _ => {
-                let names: Vec<String> = matches
-                    .iter()
-                    .take(5)
-                    .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect();
+                let names: Vec<String> = matches.iter().take(5).map(RunDir::id).collect();
                 return Err(RunError::Ambiguous(arg.to_string(), names.join(", ")));
             }
         }
     }
-    Err(RunError::NotFound(arg.to_string(), runs))
+    Err(RunError::NotFound(arg.to_string(), home.runs()))
 }
 
 /// Run folders under `home/runs`, oldest first (run ids start with their UTC time).
-pub fn list(home: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(home.join("runs"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.join(PLAN_FILE).is_file())
-                .collect()
-        })
+pub fn list(home: &Home) -> Vec<RunDir> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(home.runs())
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     dirs.sort();
-    dirs
+    dirs.into_iter()
+        .map(RunDir::new)
+        .filter(|d| d.plan().is_file())
+        .collect()
 }
 
 /// Wait until the run is no longer running. `None` when `timeout` passed first.
-pub fn wait(dir: &Path, timeout: Option<Duration>) -> Option<Status> {
+pub fn wait(dir: &RunDir, timeout: Option<Duration>) -> Option<Status> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut pause = Duration::from_millis(10);
     loop {
@@ -199,53 +177,40 @@ mod tests {
 
     #[test]
     fn a_dead_or_reused_pid_is_not_a_live_supervisor() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(PLAN_FILE), "{}").unwrap();
-        write_pid(dir.path(), std::process::id() as i32).unwrap();
-        assert_eq!(live_supervisor(dir.path()), Some(std::process::id() as i32));
-        assert_eq!(status(dir.path()).state, State::Running);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(tmp.path());
+        std::fs::write(dir.plan(), "{}").unwrap();
+        write_pid(&dir, std::process::id() as i32).unwrap();
+        assert_eq!(live_supervisor(&dir), Some(std::process::id() as i32));
+        assert_eq!(status(&dir).state, State::Running);
         // Same pid, another start time: a reused pid.
-        std::fs::write(
-            dir.path().join(PID_FILE),
-            format!("{} 1\n", std::process::id()),
-        )
-        .unwrap();
-        assert_eq!(live_supervisor(dir.path()), None);
-        assert_eq!(status(dir.path()).state, State::Lost);
+        std::fs::write(dir.pid(), format!("{} 1\n", std::process::id())).unwrap();
+        assert_eq!(live_supervisor(&dir), None);
+        assert_eq!(status(&dir).state, State::Lost);
     }
 
     #[test]
     fn runs_resolve_by_path_id_and_unique_prefix() {
-        let home = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path());
         for id in [
             "20261128T050000-a-11111111",
             "20261128T060000-b-22222222",
             "20261128T060000-b-33333333",
         ] {
-            let d = home.path().join("runs").join(id);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join(PLAN_FILE), "{}").unwrap();
+            let d = home.run(id);
+            std::fs::create_dir_all(d.path()).unwrap();
+            std::fs::write(d.plan(), "{}").unwrap();
         }
-        let r = |a: &str| resolve(home.path(), a);
-        assert!(
-            r("20261128T050000-a-11111111")
-                .unwrap()
-                .ends_with("20261128T050000-a-11111111")
+        let r = |a: &str| resolve(&home, a).map(|d| d.id());
+        assert_eq!(
+            r("20261128T050000-a-11111111").unwrap(),
+            "20261128T050000-a-11111111"
         );
-        assert!(
-            r("20261128T05")
-                .unwrap()
-                .ends_with("20261128T050000-a-11111111")
-        );
+        assert_eq!(r("20261128T05").unwrap(), "20261128T050000-a-11111111");
         assert!(matches!(r("20261128T06"), Err(RunError::Ambiguous(..))));
         assert!(matches!(r("nope"), Err(RunError::NotFound(..))));
-        let path = home.path().join("runs/20261128T060000-b-22222222");
-        assert_eq!(r(path.to_str().unwrap()).unwrap(), path);
-    }
-
-    #[test]
-    fn start_time_parses_names_with_spaces_and_parens() {
-        assert!(start_time(std::process::id() as i32).unwrap() > 0);
-        assert_eq!(start_time(-1), None);
+        let path = home.run("20261128T060000-b-22222222");
+        assert_eq!(resolve(&home, path.path().to_str().unwrap()).unwrap(), path);
     }
 }

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 use crate::diag::Diagnostic;
 use crate::manifest::{LoadError, Source};
 use crate::units;
-use crate::validate;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepMeta {
@@ -98,9 +97,11 @@ pub struct Overrides {
     pub step: Option<String>,
     pub pipeline: Option<String>,
     pub requirements: Vec<String>,
-    pub cpus: Option<String>,
+    /// Cores.
+    pub cpus: Option<f64>,
     pub gpus: Option<u32>,
-    pub memory: Option<String>,
+    /// Bytes.
+    pub memory: Option<u64>,
     pub set: Vec<String>,
     pub source: Option<PathBuf>,
     /// Names of the runner's variables passed to the step.
@@ -114,12 +115,6 @@ pub enum InfoError {
     Load(#[from] LoadError),
     #[error("invalid step info")]
     Invalid(Vec<Diagnostic>),
-    #[error("{flag}: {source}")]
-    Flag {
-        flag: &'static str,
-        #[source]
-        source: units::UnitError,
-    },
     #[error("--set `{0}`: expected KEY=VALUE")]
     Set(String),
     #[error("--env `{0}`: not set in the runner's environment")]
@@ -162,7 +157,7 @@ impl StepInfo {
 
     fn from_source(src: &Source) -> Result<StepInfo, InfoError> {
         let path = src.path.as_path();
-        let diags = validate::check_step_info(src);
+        let diags = crate::schemas::check_step_info(src);
         if !diags.is_empty() {
             return Err(InfoError::Invalid(diags));
         }
@@ -215,22 +210,14 @@ impl StepInfo {
         if !f.requirements.is_empty() {
             self.requirements.pip = f.requirements.clone();
         }
-        if let Some(c) = &f.cpus {
-            self.resources.cpu_count =
-                Some(units::parse_cpus(c).map_err(|source| InfoError::Flag {
-                    flag: "--cpus",
-                    source,
-                })?);
+        if let Some(c) = f.cpus {
+            self.resources.cpu_count = Some(c);
         }
         if let Some(g) = f.gpus {
             self.resources.gpu_count = Some(g);
         }
-        if let Some(m) = &f.memory {
-            self.resources.memory =
-                Some(units::parse_bytes(m).map_err(|source| InfoError::Flag {
-                    flag: "--memory",
-                    source,
-                })?);
+        if let Some(m) = f.memory {
+            self.resources.memory = Some(m);
         }
         for kv in &f.set {
             let (key, value) = kv
@@ -316,8 +303,8 @@ mod tests {
         let mut info = StepInfo::default();
         info.apply(&Overrides {
             step: Some("train".into()),
-            memory: Some("1.5GiB".into()),
-            cpus: Some("0.5".into()),
+            memory: Some(3 << 29),
+            cpus: Some(0.5),
             requirements: vec!["requests".into()],
             entrypoint: vec!["python".into(), "-m".into(), "train".into()],
             ..Default::default()
@@ -349,18 +336,5 @@ mod tests {
             ..Default::default()
         };
         assert!(StepInfo::resolve(None, &ok).is_ok());
-    }
-
-    #[test]
-    fn bad_memory_flag_names_value_and_forms() {
-        let err = StepInfo::default()
-            .apply(&Overrides {
-                memory: Some("lots".into()),
-                ..Default::default()
-            })
-            .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.starts_with("--memory: invalid size `lots`"), "{msg}");
-        assert!(msg.contains("KB MB GB TB PB"), "{msg}");
     }
 }

@@ -3,6 +3,7 @@
 //! plain seconds) and CPU counts. Each is parsed once, into bytes, seconds or cores.
 
 use std::fmt;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UnitError {
@@ -14,6 +15,8 @@ pub enum UnitError {
         "invalid duration `{0}`: expected seconds or a duration such as `90s`, `10m`, `1h 30m`"
     )]
     Duration(String),
+    #[error("duration `{0}` is too long: at most 100 years")]
+    TooLong(String),
     #[error("invalid cpu count `{0}`: expected a positive number of cores such as `2` or `0.5`")]
     Cpus(String),
     #[error("invalid count `{0}`: expected a whole non-negative number")]
@@ -57,18 +60,31 @@ pub fn parse_bytes(text: &str) -> Result<u64, UnitError> {
     Ok(bytes as u64)
 }
 
-/// Seconds from `90`, `1.5`, `90s`, `10m`, `1h 30m`, `2days`.
-pub fn parse_duration(text: &str) -> Result<f64, UnitError> {
+/// Longest duration accepted anywhere (timeouts, grace periods, ages): about 100 years.
+/// Anything longer is a mistake, and would overflow the clock arithmetic it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A duration from `90`, `1.5`, `90s`, `10m`, `1h 30m`, `2days`; at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    let err = || UnitError::Duration(text.to_string());
     let s = text.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(secs);
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            if secs > MAX_DURATION.as_secs_f64() {
+                return Err(UnitError::TooLong(text.to_string()));
+            }
+            Duration::from_secs_f64(secs)
         }
-        return Err(UnitError::Duration(text.to_string()));
+        Ok(_) => return Err(err()),
+        Err(_) => humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => UnitError::TooLong(text.to_string()),
+            _ => err(),
+        })?,
+    };
+    if d > MAX_DURATION {
+        return Err(UnitError::TooLong(text.to_string()));
     }
-    humantime::parse_duration(s)
-        .map(|d| d.as_secs_f64())
-        .map_err(|_| UnitError::Duration(text.to_string()))
+    Ok(d)
 }
 
 pub fn parse_cpus(text: &str) -> Result<f64, UnitError> {
@@ -84,22 +100,24 @@ pub fn parse_count(text: &str) -> Result<u64, UnitError> {
         .map_err(|_| UnitError::Count(text.to_string()))
 }
 
-/// `1536` → `1.5 KiB`: binary units, one decimal.
+/// A byte count for people: `1536` → `1.5 KiB`, `512` → `512 B`; binary units, one
+/// decimal.
 pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         if self.0 < 1024 {
             return write!(f, "{} B", self.0);
         }
-        let mut v = self.0 as f64 / 1024.0;
-        let mut i = 0;
-        while v >= 1024.0 && i + 1 < UNITS.len() {
-            v /= 1024.0;
-            i += 1;
+        let mut value = self.0 as f64 / 1024.0;
+        let mut unit = 0;
+        // Move up when rounding to one decimal would print 1024.0.
+        while value >= 1023.95 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
         }
-        write!(f, "{v:.1} {}", UNITS[i])
+        write!(f, "{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -142,12 +160,40 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Ok(90.0));
-        assert_eq!(parse_duration("1.5"), Ok(1.5));
-        assert_eq!(parse_duration("10s"), Ok(10.0));
-        assert_eq!(parse_duration("1h 30m"), Ok(5400.0));
+        let secs = |t| parse_duration(t).map(|d| d.as_secs_f64());
+        assert_eq!(secs("90"), Ok(90.0));
+        assert_eq!(secs("1.5"), Ok(1.5));
+        assert_eq!(secs("10s"), Ok(10.0));
+        assert_eq!(secs("1h 30m"), Ok(5400.0));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("NaN").is_err());
+    }
+
+    /// Huge values are refused, never a panic in the clock arithmetic they feed.
+    #[test]
+    fn durations_are_bounded() {
+        for huge in [
+            "1e300",
+            "1e30",
+            "1e19",
+            "3155760001",
+            "999999999999999999999s",
+            "200years",
+        ] {
+            assert!(
+                matches!(
+                    parse_duration(huge),
+                    Err(UnitError::TooLong(_)) | Err(UnitError::Duration(_))
+                ),
+                "{huge}: {:?}",
+                parse_duration(huge)
+            );
+        }
+        assert_eq!(
+            parse_duration("100years").map(|d| d <= MAX_DURATION),
+            Ok(true)
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
-//! Small helpers with no better home: UTC timestamps, run ids, `$RUNNER_HOME`.
+//! Small helpers with no better home: UTC timestamps, run ids, process start times.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// (year, month, day, hour, minute, second) in UTC for a Unix time.
@@ -66,23 +65,31 @@ pub fn new_run_id(step: &str) -> String {
     )
 }
 
-/// `$RUNNER_HOME`, else `$XDG_STATE_HOME/steprunner`, else `~/.local/state/steprunner`.
-pub fn runner_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("RUNNER_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(x).join("steprunner");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    home.join(".local/state/steprunner")
+/// Field 22 (`starttime`, clock ticks since boot) of a `/proc/<pid>/stat` text. The
+/// command name before it is in parentheses and may hold spaces and parentheses
+/// itself: count from the last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The start time of a live process (see [`parse_start_time`]): with its pid, it names
+/// the process even after the pid is reused.
+pub fn start_time(pid: i32) -> Option<u64> {
+    parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_survives_odd_comm() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 27617 3133440";
+        assert_eq!(parse_start_time(stat), Some(27617));
+        assert!(start_time(std::process::id() as i32).unwrap() > 0);
+        assert_eq!(start_time(-1), None);
+    }
 
     #[test]
     fn run_ids_are_safe_and_unique() {

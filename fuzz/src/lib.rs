@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use steprunner::diag::Diagnostic;
 use steprunner::manifest::{LoadError, Source};
-use steprunner::render::{self, RenderError, Where};
+use steprunner::home::Home;
+use steprunner::render::{self, Where};
 use steprunner::step_info::{InfoError, Overrides, StepInfo};
 use steprunner::yaml::Pos;
 
@@ -83,8 +84,8 @@ pub fn step() -> StepInfo {
             step: Some("train".into()),
             pipeline: Some("fuzz".into()),
             requirements: vec!["requests==2.32".into(), "x'; rm -rf ~; '".into()],
-            cpus: Some("1.5".into()),
-            memory: Some("512MiB".into()),
+            cpus: Some(1.5),
+            memory: Some(512 << 20),
             gpus: Some(0),
             entrypoint: vec!["python3".into(), "-m".into(), "train".into()],
             ..Default::default()
@@ -110,7 +111,7 @@ pub fn manifest(text: &str, info: &StepInfo) {
             return;
         }
     };
-    let home = PathBuf::from("/nonexistent/runner-home");
+    let home = Home::new("/nonexistent/runner-home");
     let at = Where {
         home: &home,
         run_dir: None,
@@ -125,10 +126,8 @@ pub fn manifest(text: &str, info: &StepInfo) {
         Ok(plan) => {
             serde_json::to_string(&plan).expect("a plan serializes");
         }
-        Err(RenderError::Located(diags)) => assert_diagnostics(text, &diags),
-        Err(RenderError::Settings { errors, .. }) => {
-            assert!(!errors.is_empty(), "invalid settings without a reason")
-        }
+        // Settings errors too are located, at the settings' declarations.
+        Err(e) => assert_diagnostics(text, &e.0),
     }
 }
 
@@ -147,13 +146,22 @@ pub fn step_info(text: &str) {
 }
 
 /// The flags of the step info (`--memory`, `--cpus`, `--set`), one per line of the
-/// input: parsed, or an error that names the flag or value.
+/// input, parsed as the command line parses them: values, or an error that names the
+/// flag or value.
 pub fn step_flags(text: &str) {
     let mut lines = text.lines();
     let mut next = || lines.next().map(str::to_string);
+    let memory = next().map(|m| steprunner::units::parse_bytes(&m));
+    let cpus = next().map(|c| steprunner::units::parse_cpus(&c));
+    for e in [memory.clone().and_then(Result::err), cpus.clone().and_then(Result::err)]
+        .into_iter()
+        .flatten()
+    {
+        assert!(!e.to_string().is_empty());
+    }
     let flags = Overrides {
-        memory: next(),
-        cpus: next(),
+        memory: memory.and_then(Result::ok),
+        cpus: cpus.and_then(Result::ok),
         set: next().into_iter().collect(),
         step: next(),
         ..Default::default()

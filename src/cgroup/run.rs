@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::limits::{Enforcement, LimitKind};
+
 use super::{
     CgroupError, CgroupFs, Request, Stats, Version, keyed, open_procs, parse_pids, read_string, v1,
     v2, write_value,
@@ -46,7 +48,7 @@ pub struct RunCgroup {
     /// `cgroup.procs` of every directory, opened before fork for `join_in_child`.
     procs: Vec<File>,
     oom_baseline: u64,
-    enforcement: Vec<(&'static str, &'static str)>,
+    enforcement: Vec<(LimitKind, Enforcement)>,
 }
 
 impl RunCgroup {
@@ -54,9 +56,11 @@ impl RunCgroup {
     /// even if the pid is reused.
     pub fn name_for(run_id: &str) -> Result<String, CgroupError> {
         let path = Path::new("/proc/self/stat");
-        let start = parse_start_time(&read_string(path)?).ok_or_else(|| CgroupError::Parse {
-            path: path.to_owned(),
-            detail: "no start time field".into(),
+        let start = crate::util::parse_start_time(&read_string(path)?).ok_or_else(|| {
+            CgroupError::Parse {
+                path: path.to_owned(),
+                detail: "no start time field".into(),
+            }
         })?;
         Ok(format!(
             "{}-{start}-{}",
@@ -191,15 +195,18 @@ impl RunCgroup {
         }
         if let (Some(bytes), Some(dir)) = (req.memory, dir_of("memory")) {
             v1::write_memory(&dir, bytes)?;
-            self.enforcement.push(("memory", "cgroup-v1"));
+            self.enforcement
+                .push((LimitKind::Memory, Enforcement::CgroupV1));
         }
         if let (Some(cpus), Some(dir)) = (req.cpus, dir_of("cpu")) {
             v1::write_cpu(&dir, cpus)?;
-            self.enforcement.push(("cpus", "cgroup-v1"));
+            self.enforcement
+                .push((LimitKind::Cpus, Enforcement::CgroupV1));
         }
         if let (Some(n), Some(dir)) = (req.pids, dir_of("pids")) {
             v1::write_pids(&dir, n)?;
-            self.enforcement.push(("pids", "cgroup-v1"));
+            self.enforcement
+                .push((LimitKind::Pids, Enforcement::CgroupV1));
         }
         Ok(())
     }
@@ -219,12 +226,12 @@ impl RunCgroup {
         self.unified = Some(dir.clone());
         v2::write_limits(&dir, req)?;
         for (limit, on) in [
-            ("memory", req.memory.is_some()),
-            ("cpus", req.cpus.is_some()),
-            ("pids", req.pids.is_some()),
+            (LimitKind::Memory, req.memory.is_some()),
+            (LimitKind::Cpus, req.cpus.is_some()),
+            (LimitKind::Pids, req.pids.is_some()),
         ] {
             if on {
-                self.enforcement.push((limit, "cgroup-v2"));
+                self.enforcement.push((limit, Enforcement::CgroupV2));
             }
         }
         Ok(())
@@ -280,9 +287,9 @@ impl RunCgroup {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
     }
 
-    /// How each requested limit is enforced, e.g. `("memory", "cgroup-v1")`.
-    pub fn enforcement(&self) -> Vec<(&'static str, &'static str)> {
-        self.enforcement.clone()
+    /// How each requested limit is enforced.
+    pub fn enforcement(&self) -> &[(LimitKind, Enforcement)] {
+        &self.enforcement
     }
 
     /// Is any process still in the cgroup (or below it)?
@@ -577,22 +584,9 @@ fn sanitize(run_id: &str) -> String {
     }
 }
 
-/// Field 22 (`starttime`) of a `/proc/<pid>/stat` text; the comm field may hold spaces
-/// and parentheses, so count from the last `)`.
-pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_survives_odd_comm() {
-        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 27617 3133440";
-        assert_eq!(parse_start_time(stat), Some(27617));
-    }
 
     #[test]
     fn quota_rounds_and_has_a_floor() {

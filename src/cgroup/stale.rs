@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::io;
 
 use super::CgroupFs;
-use super::run::{BASE, RunCgroup, parse_start_time};
+use super::run::{BASE, RunCgroup};
+use crate::util::parse_start_time;
 
 /// `(pid, start time)` from a run cgroup name; `None` for names that are not ours.
 pub(crate) fn parse_owner(name: &str) -> Option<(i32, u64)> {

@@ -4,6 +4,7 @@
 //! A fake tree has no kernel behind it: new directories get the parent's files (as
 //! cgroupfs would give them control files) and removal deletes those files first.
 
+use crate::limits::{Enforcement, LimitKind};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -236,9 +237,9 @@ fn v2_create_writes_limits_and_enables_controllers() {
     assert_eq!(
         rcg.enforcement(),
         [
-            ("memory", "cgroup-v2"),
-            ("cpus", "cgroup-v2"),
-            ("pids", "cgroup-v2")
+            (LimitKind::Memory, Enforcement::CgroupV2),
+            (LimitKind::Cpus, Enforcement::CgroupV2),
+            (LimitKind::Pids, Enforcement::CgroupV2)
         ]
     );
     assert_eq!(rcg.procs_fds().len(), 1);
@@ -396,9 +397,9 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
     assert_eq!(
         rcg.enforcement(),
         [
-            ("memory", "cgroup-v1"),
-            ("cpus", "cgroup-v1"),
-            ("pids", "cgroup-v1")
+            (LimitKind::Memory, Enforcement::CgroupV1),
+            (LimitKind::Cpus, Enforcement::CgroupV1),
+            (LimitKind::Pids, Enforcement::CgroupV1)
         ]
     );
 

@@ -113,7 +113,10 @@ fn real_memory_limit_oom_kills_and_is_counted() {
         ..Request::default()
     };
     let rcg = RunCgroup::create(&fs(), "mem", &req).unwrap();
-    assert!(rcg.enforcement().contains(&("memory", rcg_kind(&rcg))));
+    assert!(
+        rcg.enforcement()
+            .contains(&(crate::limits::LimitKind::Memory, rcg_kind(&rcg)))
+    );
     let mut child = spawn(
         Some(&rcg),
         &Rlimits::default(),
@@ -131,10 +134,10 @@ fn real_memory_limit_oom_kills_and_is_counted() {
     gone(&dirs);
 }
 
-fn rcg_kind(rcg: &RunCgroup) -> &'static str {
+fn rcg_kind(rcg: &RunCgroup) -> crate::limits::Enforcement {
     match rcg.version() {
-        super::Version::V1 => "cgroup-v1",
-        super::Version::V2 => "cgroup-v2",
+        super::Version::V1 => crate::limits::Enforcement::CgroupV1,
+        super::Version::V2 => crate::limits::Enforcement::CgroupV2,
     }
 }
 

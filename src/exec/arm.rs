@@ -10,9 +10,10 @@ use serde_json::json;
 
 use super::{Options, Refusal, refuse};
 use crate::cgroup::{self, CgroupFs, RunCgroup};
-use crate::limits::{self, Rlimits};
+use crate::limits::{self, Enforcement, LimitKind, Rlimits};
+use crate::manifest::StageName;
 use crate::plan::Plan;
-use crate::report::{Ending, Enforcement, LaunchFailure, LimitRecord};
+use crate::report::{Ending, LaunchFailure, LimitRecord};
 
 /// Everything the launch stage needs that is decided before it starts.
 pub struct Armed {
@@ -23,19 +24,11 @@ pub struct Armed {
     pub warnings: Vec<String>,
 }
 
-fn record(name: &str, value: serde_json::Value, by: Enforcement) -> LimitRecord {
+fn record(name: LimitKind, value: serde_json::Value, by: Enforcement) -> LimitRecord {
     LimitRecord {
-        name: name.to_string(),
+        name,
         value,
         enforced_by: by,
-    }
-}
-
-fn enforcement_of(tag: &str) -> Enforcement {
-    match tag {
-        "cgroup-v2" => Enforcement::CgroupV2,
-        "cgroup-v1" => Enforcement::CgroupV1,
-        _ => Enforcement::None,
     }
 }
 
@@ -57,9 +50,9 @@ fn cgroup_fs() -> Result<CgroupFs, cgroup::CgroupError> {
 /// children), the next runner's stale cleanup kills the rest *before* it prepares again,
 /// so no orphan keeps writing into a cache entry being rebuilt. `None` where no cgroup
 /// can be had: the stage then relies on the command's process group, as before.
-pub fn stage_cgroup(plan: &Plan, stage: &str) -> Option<RunCgroup> {
+pub fn stage_cgroup(plan: &Plan, stage: StageName) -> Option<RunCgroup> {
     let fs = cgroup_fs().ok()?;
-    let name = format!("{}-{stage}", plan.run_id);
+    let name = format!("{}-{}", plan.run_id, stage.as_str());
     RunCgroup::create(&fs, &name, &cgroup::Request::default()).ok()
 }
 
@@ -84,39 +77,29 @@ pub fn arm(plan: &Plan, opts: &Options) -> Result<Armed, Refusal> {
             extra_env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());
             extra_env.insert("NVIDIA_VISIBLE_DEVICES".into(), devices);
         }
-        records.push(record("gpus", json!(n), Enforcement::Env));
+        records.push(record(LimitKind::Gpus, json!(n), Enforcement::Env));
     }
 
     // rlimits: each checked on its own so best effort can keep the ones that work.
     let mut rlimits = Rlimits::default();
-    type Set = fn(&mut Rlimits, u64);
-    let wanted: [(&str, Option<u64>, Set); 5] = [
-        ("open_files", l.open_files, |r, v| r.open_files = Some(v)),
-        ("cpu_time", l.cpu_time_secs, |r, v| r.cpu_time = Some(v)),
-        ("file_size", l.file_size_bytes, |r, v| r.file_size = Some(v)),
-        ("core", l.core_bytes, |r, v| r.core = Some(v)),
-        ("address_space", l.address_space_bytes, |r, v| {
-            r.address_space = Some(v)
-        }),
-    ];
-    for (name, value, set) in wanted {
-        let Some(v) = value else { continue };
+    for kind in LimitKind::RLIMITS {
+        let Some(v) = l.rlimit(kind) else { continue };
         let mut one = Rlimits::default();
-        set(&mut one, v);
+        one.set(kind, v);
         match one.check() {
             Ok(()) => {
-                set(&mut rlimits, v);
-                records.push(record(name, json!(v), Enforcement::Rlimit));
+                rlimits.set(kind, v);
+                records.push(record(kind, json!(v), Enforcement::Rlimit));
             }
             Err(e) if opts.best_effort => {
-                warnings.push(format!("limit `{name}` not enforced: {e}"));
-                records.push(record(name, json!(v), Enforcement::None));
+                warnings.push(format!("limit `{kind}` not enforced: {e}"));
+                records.push(record(kind, json!(v), Enforcement::None));
             }
             Err(e) => {
                 return Err(refuse(
                     Ending::LaunchError(LaunchFailure::Other),
                     format!(
-                        "cannot enforce limit `{name}`: {e} (use --best-effort-limits to run anyway)"
+                        "cannot enforce limit `{kind}`: {e} (use --best-effort-limits to run anyway)"
                     ),
                 ));
             }
@@ -135,20 +118,14 @@ pub fn arm(plan: &Plan, opts: &Options) -> Result<Armed, Refusal> {
     });
     let cgroup = match cg {
         Ok(cg) => {
-            let by: BTreeMap<&str, &str> = cg.enforcement().into_iter().collect();
-            for (name, value) in [
-                ("memory", l.memory_bytes.map(|v| json!(v))),
-                ("cpus", l.cpus.map(|v| json!(v))),
-                ("pids", l.pids.map(|v| json!(v))),
-            ] {
-                if let Some(v) = value {
-                    records.push(record(
-                        name,
-                        v,
-                        by.get(name)
-                            .map(|t| enforcement_of(t))
-                            .unwrap_or(Enforcement::None),
-                    ));
+            let by = cg.enforcement();
+            for kind in LimitKind::CGROUP {
+                if let Some(v) = l.value(kind) {
+                    let how = by
+                        .iter()
+                        .find(|(k, _)| *k == kind)
+                        .map_or(Enforcement::None, |(_, e)| *e);
+                    records.push(record(kind, v, how));
                 }
             }
             Some(cg)
@@ -169,20 +146,20 @@ pub fn arm(plan: &Plan, opts: &Options) -> Result<Armed, Refusal> {
                     "no cgroup for this run ({e}): processes that leave the session are not tracked"
                 ));
             }
-            for (name, value) in [
-                ("memory", l.memory_bytes.map(|v| json!(v))),
-                ("cpus", l.cpus.map(|v| json!(v))),
-                ("pids", l.pids.map(|v| json!(v))),
-            ] {
-                if let Some(v) = value {
-                    records.push(record(name, v, Enforcement::None));
+            for kind in LimitKind::CGROUP {
+                if let Some(v) = l.value(kind) {
+                    records.push(record(kind, v, Enforcement::None));
                 }
             }
             None
         }
     };
-    if let Some(t) = plan.launch.timeout_secs {
-        records.push(record("timeout", json!(t), Enforcement::Supervisor));
+    if let Some(t) = plan.launch.timeout {
+        records.push(record(
+            LimitKind::Timeout,
+            json!(t.as_secs_f64()),
+            Enforcement::Supervisor,
+        ));
     }
     Ok(Armed {
         rlimits,

@@ -1,22 +1,25 @@
-//! Spawning one command and the single supervise loop that waits for it.
+//! Spawning one command, and the one loop that waits for it.
 //!
 //! The child gets its own session (so its whole process group can be signalled),
 //! `PR_SET_PDEATHSIG` (it dies if the runner dies), joins the run's cgroup and
 //! takes its rlimits in `pre_exec` — before it execs, so no instruction of the
 //! step runs outside its limits. The loop `poll`s the child's pidfd and the
-//! signal pipe: a deadline or a signal sends SIGTERM to the whole tree, waits
-//! `kill_grace`, then SIGKILLs the whole tree (the cgroup, where there is one,
-//! also catches processes that left the session with `setsid`).
+//! signal pipe, and does what [`Supervisor`] decides: SIGTERM to the whole tree,
+//! then SIGKILL to the whole tree (the cgroup, where there is one, also catches
+//! processes that left the session with `setsid`).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
+use super::supervise::{Action, Policy, Stop, Supervisor};
 use crate::cgroup::{self, RunCgroup};
 use crate::limits::Rlimits;
 use crate::signals::Signals;
@@ -28,12 +31,14 @@ pub enum Ended {
     Signaled(i32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Its own deadline passed.
-    TimedOut,
-    /// The runner received this signal.
-    Cancelled(i32),
+impl Ended {
+    /// The shell's convention: the exit code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Ended::Exited(n) => n,
+            Ended::Signaled(s) => 128 + s,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -45,6 +50,7 @@ pub struct Waited {
     pub leftovers_killed: usize,
 }
 
+/// One command to start: everything is decided before the fork.
 pub struct Spec<'a> {
     pub argv: Vec<String>,
     pub env: &'a BTreeMap<String, String>,
@@ -58,13 +64,7 @@ pub struct Spec<'a> {
 
 /// A pipe whose read end the runner keeps and whose write end the child gets.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both fds on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fds owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 pub struct Child {
@@ -91,31 +91,21 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Child> {
         .stderr(Stdio::from(spec.stderr));
     let fds: Vec<RawFd> = spec.cgroup.map(|c| c.procs_fds()).unwrap_or_default();
     let rlimits = spec.rlimits.cloned();
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe calls: setsid, prctl, getppid, write (join_in_child),
     // setrlimit. It does not allocate: `fds` and `rlimits` were built before fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            if libc::getppid() != parent {
+            nix::unistd::setsid()?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
                 // The runner died before PDEATHSIG was armed.
                 libc::_exit(137);
             }
-            cgroup::join_in_child(&fds).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            cgroup::join_in_child(&fds).map_err(io::Error::from)?;
             if let Some(r) = &rlimits {
-                r.apply_in_child()
-                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+                r.apply_in_child().map_err(io::Error::from)?;
             }
             Ok(())
         });
@@ -123,24 +113,42 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Child> {
     let child = cmd.spawn()?;
     drop(cmd); // closes the parent's copies of the write ends
     let pid = child.id() as i32;
-    // SAFETY: pidfd_open on our own child, which is not reaped yet.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if raw < 0 {
-        let e = io::Error::last_os_error();
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    match pidfd_open(pid) {
+        Ok(pidfd) => Ok(Child {
+            pid,
+            pidfd,
+            cgroup_present: spec.cgroup.is_some(),
+        }),
+        Err(e) => {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = wait4(pid);
+            Err(e)
         }
-        return Err(e);
+    }
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open on our own child, which is not reaped yet; no wrapper exists.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd owned by us.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    Ok(Child {
-        pid,
-        pidfd,
-        cgroup_present: spec.cgroup.is_some(),
-    })
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Reap our child with its resource usage (nix's `waitpid` does not return it).
+fn wait4(pid: i32) -> (i32, libc::rusage) {
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value of the plain C struct.
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 on our own child, with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+        if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return (status, rusage);
+        }
+    }
 }
 
 /// Signal everything the command started: its process group, and its cgroup.
@@ -148,148 +156,84 @@ fn signal_tree(pid: i32, cgroup: Option<&RunCgroup>, sig: Signal) {
     if let Some(cg) = cgroup {
         cg.signal_all(sig);
     }
-    // SAFETY: kill(2) on our child's process group.
-    unsafe {
-        libc::kill(-pid, sig as i32);
-    }
+    let _ = killpg(Pid::from_raw(pid), sig);
 }
 
 fn kill_tree(pid: i32, cgroup: Option<&RunCgroup>) -> usize {
-    // SAFETY: kill(2) on our child's process group.
-    let group = unsafe { libc::kill(-pid, libc::SIGKILL) } == 0;
+    let group = killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
     match cgroup {
         Some(cg) => cg.kill_all().unwrap_or(0),
         None => usize::from(group),
     }
 }
 
-/// What the supervise loop should do about signals to the runner.
-pub struct Supervision<'a> {
-    pub signals: &'a Signals,
-    pub deadline: Option<Instant>,
-    pub kill_grace: Duration,
-    /// A cancel that arrived before this command started (cleanup runs anyway).
-    pub cancelled: &'a mut Option<i32>,
-    /// Ignore cancels (cleanup): only a second signal kills.
-    pub shielded: bool,
-}
-
 impl Child {
-    /// The one supervise loop: wait for exit, a deadline or a signal.
-    pub fn supervise(self, cgroup: Option<&RunCgroup>, sup: Supervision<'_>) -> Waited {
-        let mut stopped: Option<Stop> = None;
-        let mut kill_at: Option<Instant> = None;
-        let mut killed = false;
-        loop {
-            let now = Instant::now();
-            if let Some(at) = kill_at
-                && now >= at
-                && !killed
-            {
+    /// The one supervise loop: wait for the exit, a deadline or a signal, and do what
+    /// the [`Supervisor`] decides. `cancelled` is the run's first cancel.
+    pub fn supervise(
+        self,
+        cgroup: Option<&RunCgroup>,
+        policy: Policy,
+        signals: &Signals,
+        cancelled: &mut Option<i32>,
+    ) -> Waited {
+        let mut sup = Supervisor::new(policy);
+        let act = |action: Option<Action>| match action {
+            Some(Action::Terminate) => signal_tree(self.pid, cgroup, Signal::SIGTERM),
+            Some(Action::Kill) => {
                 kill_tree(self.pid, cgroup);
-                killed = true;
             }
-            if stopped.is_none()
-                && let Some(d) = sup.deadline
-                && now >= d
-            {
-                stopped = Some(Stop::TimedOut);
-                signal_tree(self.pid, cgroup, Signal::SIGTERM);
-                kill_at = Some(now + sup.kill_grace);
-            }
-            let next = [
-                kill_at.filter(|_| !killed),
-                sup.deadline.filter(|_| stopped.is_none()),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout_ms = match next {
+            None => {}
+        };
+        loop {
+            act(sup.tick(Instant::now()));
+            let timeout = match sup.wake_at() {
                 Some(t) => {
-                    t.saturating_duration_since(now)
+                    let ms = t
+                        .saturating_duration_since(Instant::now())
                         .as_millis()
-                        .min(i32::MAX as u128) as i32
-                        + 1
+                        .saturating_add(1);
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
                 }
-                None => -1,
+                None => PollTimeout::NONE,
             };
             let mut fds = [
-                libc::pollfd {
-                    fd: self.pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sup.signals.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.fd(), PollFlags::POLLIN),
             ];
-            // SAFETY: poll on two valid pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    // Should not happen; fall back to a blocking wait after killing.
-                    kill_tree(self.pid, cgroup);
-                }
+            // EINTR (a signal arrived) is what the signal pipe is for. Any other error
+            // cannot happen with two valid descriptors; should it, the loop cannot wait
+            // any more: kill the tree and fall back to a blocking wait.
+            if let Err(e) = poll(&mut fds, timeout)
+                && e != nix::errno::Errno::EINTR
+            {
+                kill_tree(self.pid, cgroup);
+                break;
             }
-            for sig in sup.signals.drain() {
-                let first = sup.cancelled.is_none();
-                if first {
-                    *sup.cancelled = Some(sig);
-                }
-                if sup.shielded && first {
-                    // Cleanup still runs after a cancel; only a further signal stops it.
-                    continue;
-                }
-                if stopped.is_none() && !sup.shielded {
-                    stopped = Some(Stop::Cancelled(sig));
-                    signal_tree(self.pid, cgroup, Signal::SIGTERM);
-                    kill_at = Some(Instant::now() + sup.kill_grace);
-                } else {
-                    // A second signal: no more grace.
-                    stopped.get_or_insert(Stop::Cancelled(sig));
-                    kill_at = Some(Instant::now());
-                }
+            let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+            for sig in signals.drain() {
+                act(sup.signal(sig, cancelled, Instant::now()));
             }
-            if fds[0].revents != 0 {
+            if exited {
                 break;
             }
         }
-        let mut status = 0;
-        // SAFETY: zeroed rusage is valid; wait4 on our own child.
-        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: as above.
-            let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut rusage) };
-            if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break;
-            }
-        }
+        let (status, rusage) = wait4(self.pid);
         let ended = if libc::WIFSIGNALED(status) {
             Ended::Signaled(libc::WTERMSIG(status))
         } else {
             Ended::Exited(libc::WEXITSTATUS(status))
         };
         // Whatever the command left running dies with it.
-        let leftovers_killed = if self.cgroup_present {
-            cgroup
-                .map(|cg| {
-                    if cg.populated() {
-                        cg.kill_all().unwrap_or(0)
-                    } else {
-                        0
-                    }
-                })
-                .unwrap_or(0)
-        } else {
-            // SAFETY: kill(2) on the (possibly empty) process group of our child.
-            usize::from(unsafe { libc::kill(-self.pid, libc::SIGKILL) } == 0)
+        let leftovers_killed = match (self.cgroup_present, cgroup) {
+            (true, Some(cg)) if cg.populated() => cg.kill_all().unwrap_or(0),
+            (true, _) => 0,
+            _ => usize::from(killpg(Pid::from_raw(self.pid), Signal::SIGKILL).is_ok()),
         };
         Waited {
             ended,
-            stopped,
+            stopped: sup.stopped(),
             rusage,
             leftovers_killed,
         }

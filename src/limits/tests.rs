@@ -16,19 +16,21 @@ fn check_refuses_values_above_the_hard_limit() {
         libc::RLIM_INFINITY,
         "RLIMIT_NOFILE hard is always finite"
     );
-    let too_many = Rlimits {
-        open_files: Some(hard + 1),
-        ..Rlimits::default()
+    let too_many = {
+        let mut r = Rlimits::default();
+        r.set(LimitKind::OpenFiles, hard + 1);
+        r
     };
     let err = too_many.check().unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("`open_files`"), "{msg}");
     assert!(msg.contains(&(hard + 1).to_string()), "{msg}");
     assert!(msg.contains(&format!("hard limit {hard}")), "{msg}");
-    let fine = Rlimits {
-        open_files: Some(hard),
-        cpu_time: Some(10),
-        ..Rlimits::default()
+    let fine = {
+        let mut r = Rlimits::default();
+        r.set(LimitKind::OpenFiles, hard);
+        r.set(LimitKind::CpuTime, 10);
+        r
     };
     fine.check().unwrap();
 }
@@ -38,9 +40,10 @@ fn real_open_files_limit_makes_the_17th_open_fail() {
     if !real_tests_enabled("real_open_files_limit_makes_the_17th_open_fail") {
         return;
     }
-    let rl = Rlimits {
-        open_files: Some(16),
-        ..Rlimits::default()
+    let rl = {
+        let mut r = Rlimits::default();
+        r.set(LimitKind::OpenFiles, 16);
+        r
     };
     rl.check().unwrap();
     let script = "\
@@ -72,9 +75,10 @@ fn real_file_size_limit_sends_sigxfsz() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("big");
-    let rl = Rlimits {
-        file_size: Some(4096),
-        ..Rlimits::default()
+    let rl = {
+        let mut r = Rlimits::default();
+        r.set(LimitKind::FileSize, 4096);
+        r
     };
     let mut child = spawn(
         None,

@@ -20,19 +20,19 @@ fn success() -> Outcome {
             prepare: Some(StageTiming {
                 duration_secs: 0.0,
                 exit_code: None,
-                status: "cached".into(),
+                status: StageStatus::Cached,
                 commands: 0,
             }),
             launch: Some(StageTiming {
                 duration_secs: 1.2,
                 exit_code: Some(0),
-                status: "ok".into(),
+                status: StageStatus::Ok,
                 commands: 1,
             }),
             cleanup: Some(StageTiming {
                 duration_secs: 0.01,
                 exit_code: None,
-                status: "skipped".into(),
+                status: StageStatus::Skipped,
                 commands: 0,
             }),
         },
@@ -48,27 +48,27 @@ fn success() -> Outcome {
         leftover_processes_killed: 0,
         limits: vec![
             LimitRecord {
-                name: "memory".into(),
+                name: LimitKind::Memory,
                 value: json!(64 << 20),
                 enforced_by: Enforcement::CgroupV2,
             },
             LimitRecord {
-                name: "cpus".into(),
+                name: LimitKind::Cpus,
                 value: json!(1.5),
                 enforced_by: Enforcement::CgroupV2,
             },
             LimitRecord {
-                name: "gpus".into(),
+                name: LimitKind::Gpus,
                 value: json!(["0", "1"]),
                 enforced_by: Enforcement::Env,
             },
             LimitRecord {
-                name: "open_files".into(),
+                name: LimitKind::OpenFiles,
                 value: json!(4096),
                 enforced_by: Enforcement::Rlimit,
             },
             LimitRecord {
-                name: "timeout".into(),
+                name: LimitKind::Timeout,
                 value: json!(3600),
                 enforced_by: Enforcement::Supervisor,
             },
@@ -99,7 +99,7 @@ fn oom() -> Outcome {
     o.stages.launch = Some(StageTiming {
         duration_secs: 2.9,
         exit_code: None,
-        status: "oom_killed".into(),
+        status: StageStatus::OomKilled,
         commands: 1,
     });
     o
@@ -120,7 +120,7 @@ fn launch_error() -> Outcome {
     o.cpu_user_secs = None;
     o.cpu_system_secs = None;
     o.limits = vec![LimitRecord {
-        name: "memory".into(),
+        name: LimitKind::Memory,
         value: json!(1 << 30),
         enforced_by: Enforcement::None,
     }];
@@ -251,14 +251,14 @@ fn bytes_in_binary_units() {
         (u64::MAX, "16.0 EiB"),
     ];
     for (n, want) in cases {
-        assert_eq!(format_bytes(n), want, "{n}");
+        assert_eq!(Bytes(n).to_string(), want, "{n}");
     }
     assert_eq!(format_limit_bytes(64 << 20), "64 MiB");
     assert_eq!(format_limit_bytes((64 << 20) + 1), "64.0 MiB");
 }
 
 fn schema() -> Value {
-    serde_json::from_str(SCHEMA).expect("schema is JSON")
+    serde_json::from_str(crate::schemas::RESULT_SCHEMA).expect("schema is JSON")
 }
 
 #[test]

@@ -610,7 +610,7 @@ fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
     if !needs_root() {
         return;
     }
-    use steprunner::render::shell_quote as q;
+    use steprunner::template::shell_quote as q;
     let home = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let bin = assert_cmd::cargo::cargo_bin("runner");

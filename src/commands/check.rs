@@ -1,0 +1,172 @@
+//! `runner validate` and `runner render`, and what `launch` shares with them: finding
+//! a manifest (a path or a registered flavor), checking it, reading the step info,
+//! and rendering the plan.
+
+use std::path::{Path, PathBuf};
+
+use steprunner::cli::{PlanFormat, StepArgs};
+use steprunner::diag::{self, Format};
+use steprunner::home::Home;
+use steprunner::manifest::{Flavor, Source};
+use steprunner::plan::Plan;
+use steprunner::render::{self, Where};
+use steprunner::stamps::{self, Stamp};
+use steprunner::step_info::{InfoError, StepInfo};
+use steprunner::{util, validate};
+
+use super::{CliError, Exit, plural};
+
+/// Files named on the command line, and `*.yaml`/`*.yml` under named folders, sorted.
+fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            out.push(dir.to_path_buf());
+            return;
+        };
+        let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
+    let files = manifest_files(paths);
+    let mut all = Vec::new();
+    let mut bad_files = 0;
+    for f in &files {
+        if let Err(diags) = validate::check_file(f) {
+            bad_files += 1;
+            all.extend(diags);
+        }
+    }
+    diag::emit(&all, format);
+    if format == Format::Human {
+        if all.is_empty() {
+            eprintln!(
+                "checked {} manifest{}: all valid",
+                files.len(),
+                plural(files.len())
+            );
+        } else {
+            eprintln!(
+                "checked {} manifest{}: {} error{} in {} file{}",
+                files.len(),
+                plural(files.len()),
+                all.len(),
+                plural(all.len()),
+                bad_files,
+                plural(bad_files)
+            );
+        }
+    }
+    Ok(if all.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Invalid
+    })
+}
+
+/// A manifest path, or the name of a registered flavor.
+fn resolve_manifest(home: &Home, arg: &str) -> Result<PathBuf, CliError> {
+    let p = PathBuf::from(arg);
+    if p.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
+        return Ok(p);
+    }
+    let registered = home.flavor(arg);
+    if registered.exists() {
+        return Ok(registered);
+    }
+    Err(CliError::invalid(format!(
+        "no manifest file or registered flavor named `{arg}`"
+    ))
+    .hint("pass a path to a manifest file, or register one with `runner flavor register`"))
+}
+
+/// Everything before execution: the manifest and step info, loaded and checked.
+pub struct Loaded {
+    pub home: Home,
+    pub source: Source,
+    pub flavor: Flavor,
+    pub info: StepInfo,
+    /// Set when the manifest was checked in full: write it once the manifest was used.
+    pub stamp: Option<Stamp>,
+}
+
+pub fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, CliError> {
+    let home = Home::from_env();
+    let path = resolve_manifest(&home, manifest)?;
+    let (source, flavor, stamp) =
+        stamps::check_file(&path, &home).map_err(CliError::Diagnostics)?;
+    let info = StepInfo::resolve(step.info.as_deref(), &step.overrides()).map_err(|e| match e {
+        InfoError::Invalid(diags) => CliError::Diagnostics(diags),
+        InfoError::Load(l) => {
+            let p = step.info.as_deref().unwrap_or(Path::new("-"));
+            CliError::Diagnostics(vec![validate::load_diagnostic(p, &l)])
+        }
+        other => CliError::invalid(other.to_string()),
+    })?;
+    Ok(Loaded {
+        home,
+        source,
+        flavor,
+        info,
+        stamp,
+    })
+}
+
+pub fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<Plan, CliError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::runner(format!("cannot read the current directory: {e}")))?;
+    let at = Where {
+        home: &l.home,
+        run_id: util::new_run_id(&l.info.step.name),
+        run_dir: run_dir.map(|d| cwd.join(d)),
+        cwd,
+        env: std::env::vars().collect(),
+    };
+    render::render(&l.source, &l.flavor, &l.info, &at).map_err(|e| CliError::Diagnostics(e.0))
+}
+
+pub fn render(
+    manifest: &str,
+    step: &StepArgs,
+    format: PlanFormat,
+    run_dir: Option<PathBuf>,
+) -> Result<Exit, CliError> {
+    let loaded = load(manifest, step)?;
+    let plan = render_plan(&loaded, run_dir)?;
+    if let Some(stamp) = loaded.stamp {
+        stamp.write();
+    }
+    match format {
+        PlanFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plan serializes")
+        ),
+        PlanFormat::Yaml => {
+            let s = serde_saphyr::to_string(&plan)
+                .map_err(|e| CliError::runner(format!("cannot print the plan as YAML: {e}")))?;
+            if s.ends_with('\n') {
+                print!("{s}");
+            } else {
+                println!("{s}");
+            }
+        }
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,352 @@
+//! The template language of manifests: one minijinja environment (strict undefined,
+//! the project's filters), shell quoting of every interpolation in a script, the render
+//! context's names for the unknown-variable check, and the positions of template bytes
+//! in the manifest file.
+//!
+//! Templates whose name ends in `.sh` (scripts) auto-escape every interpolation with
+//! shell quoting — a list becomes individually quoted words, `| safe` opts out — so a
+//! hostile step name or requirement can never run as shell code. Argv elements are
+//! plain text and never pass through a shell.
+
+use minijinja::value::{Value as JValue, ValueKind};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
+
+use crate::manifest::Source;
+use crate::units;
+use crate::yaml::{Pos, ScalarStyle};
+
+pub mod script;
+
+/// Quote for POSIX `sh`: bare when only safe characters, else single-quoted.
+pub fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Text of a value as plain text: none renders empty.
+pub fn plain(value: &JValue) -> String {
+    match value.kind() {
+        ValueKind::None | ValueKind::Undefined => String::new(),
+        _ => value.to_string(),
+    }
+}
+
+fn quote_value(value: &JValue) -> String {
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable => value
+            .try_iter()
+            .map(|it| {
+                it.map(|v| shell_quote(&plain(&v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
+        _ => shell_quote(&plain(value)),
+    }
+}
+
+fn size_arg(value: &JValue) -> Result<u64, Error> {
+    if let Some(n) = value.as_i64() {
+        return u64::try_from(n)
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "negative size"));
+    }
+    units::parse_bytes(&plain(value))
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// The environment every manifest template is compiled in.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".sh") {
+            AutoEscape::Custom("shell")
+        } else {
+            AutoEscape::None
+        }
+    });
+    env.set_formatter(|out, state: &State, value| {
+        let text = if matches!(state.auto_escape(), AutoEscape::Custom("shell")) && !value.is_safe()
+        {
+            quote_value(value)
+        } else {
+            plain(value)
+        };
+        out.write_str(&text).map_err(Error::from)
+    });
+    let q = |v: JValue| JValue::from_safe_string(quote_value(&v));
+    env.add_filter("q", q);
+    env.add_filter("shell_quote", q);
+    env.add_filter("bytes", |v: JValue| size_arg(&v));
+    env.add_filter("kib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 10)));
+    env.add_filter("mib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 20)));
+    env.add_filter("gib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 30)));
+    env.add_filter("seconds", |v: JValue| -> Result<u64, Error> {
+        if let Some(n) = v.as_i64()
+            && n >= 0
+        {
+            return Ok(n as u64);
+        }
+        let d = units::parse_duration(&plain(&v))
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+        Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    });
+    // `{{ names | flags('-e') }}` → `-e A -e B`; `flags('--x=')` → `--x=A --x=B`.
+    env.add_filter(
+        "flags",
+        |v: JValue, flag: String| -> Result<Vec<String>, Error> {
+            let items = v.try_iter()?;
+            Ok(items
+                .flat_map(|item| match flag.strip_suffix('=') {
+                    Some(_) => vec![format!("{flag}{}", plain(&item))],
+                    None => vec![flag.clone(), plain(&item)],
+                })
+                .collect())
+        },
+    );
+    // minijinja's own `tojson` marks its output safe (for HTML), which in a script would
+    // skip shell quoting and let `$(…)` inside a JSON string run. Plain text here, so a
+    // script quotes it like any other value.
+    env.add_filter(
+        "tojson",
+        |v: JValue, indent: Option<usize>| -> Result<String, Error> {
+            let json = match indent {
+                Some(n) => {
+                    let pad = " ".repeat(n);
+                    let fmt = serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes());
+                    let mut out = Vec::new();
+                    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+                    serde::Serialize::serialize(&v, &mut ser)
+                        .map(|()| String::from_utf8(out).unwrap_or_default())
+                }
+                None => serde_json::to_string(&v),
+            };
+            json.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+        },
+    );
+    env.add_filter("hash", |v: JValue| {
+        let json = serde_json::to_string(&v).unwrap_or_default();
+        blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
+    });
+    env
+}
+
+/// If a template is exactly one `{{ expression }}`, the expression.
+pub fn single_expression(text: &str) -> Option<&str> {
+    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
+    {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// Attributes of the render context's objects, for the unknown-variable check.
+pub const CONTEXT: &[(&str, Option<&[&str]>)] = &[
+    (
+        "step",
+        Some(&[
+            "name",
+            "pipeline",
+            "run_name",
+            "run_id",
+            "step_run_id",
+            "parameters",
+        ]),
+    ),
+    (
+        "requirements",
+        Some(&["pip", "apt", "parent_image", "environment"]),
+    ),
+    ("resources", Some(&["cpu_count", "gpu_count", "memory"])),
+    ("settings", None),
+    ("entrypoint", None),
+    ("run_id", None),
+    ("environment", None),
+    ("env", None),
+    ("dirs", Some(&["run", "prepare", "work", "source"])),
+];
+
+/// minijinja's own global functions are not context variables.
+pub const GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "loop",
+    "self",
+    "super",
+    "varargs",
+    "kwargs",
+    "caller",
+];
+
+/// Byte offset of the start of line `line` (1-based) of a template.
+pub fn line_offset(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
+/// First occurrence of `word` in `text` not inside a longer identifier.
+pub fn find_word(text: &str, word: &str) -> Option<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(i) = text[from..].find(word) {
+        let at = from + i;
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        if !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident) {
+            return Some(at);
+        }
+        from = at + word.len();
+    }
+    None
+}
+
+/// Position in the file of byte `offset` inside the template string at `pointer`.
+pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> Pos {
+    let Some((start, style)) = src.doc.index.scalar(pointer) else {
+        return src.doc.index.nearest(pointer);
+    };
+    let before = &text[..offset.min(text.len())];
+    let lines = before.matches('\n').count();
+    let last_line = before.rsplit('\n').next().unwrap_or("");
+    let col_chars = last_line.chars().count();
+    // `start` is the first character of the content (after the opening quote, if any).
+    match style {
+        ScalarStyle::Literal | ScalarStyle::Folded => Pos {
+            line: start.line + lines,
+            col: start.col + col_chars,
+        },
+        ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if lines == 0 => {
+            let line = crate::diag::source_lines(&src.text)
+                .nth(start.line.saturating_sub(1))
+                .unwrap_or("");
+            let content: String = line.chars().skip(start.col.saturating_sub(1)).collect();
+            Pos {
+                line: start.line,
+                col: start.col + source_chars(&content, style, col_chars),
+            }
+        }
+        ScalarStyle::Plain if lines == 0 => Pos {
+            line: start.line,
+            col: start.col + col_chars,
+        },
+        _ => start,
+    }
+}
+
+/// How many source characters of a quoted scalar's content hold its first `decoded`
+/// characters: `''` in single quotes and `\` escapes in double quotes are longer than
+/// the character they stand for.
+fn source_chars(content: &str, style: ScalarStyle, decoded: usize) -> usize {
+    let mut chars = content.chars().peekable();
+    let mut used = 0;
+    for _ in 0..decoded {
+        let width = match (style, chars.next()) {
+            (ScalarStyle::SingleQuoted, Some('\'')) if chars.peek() == Some(&'\'') => 2,
+            (ScalarStyle::DoubleQuoted, Some('\\')) => match chars.peek() {
+                Some('x') => 4,
+                Some('u') => 6,
+                Some('U') => 10,
+                _ => 2,
+            },
+            (_, Some(_)) => 1,
+            (_, None) => break,
+        };
+        for _ in 1..width {
+            chars.next();
+        }
+        used += width;
+    }
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_is_posix_safe() {
+        assert_eq!(shell_quote("requests==2.0"), "requests==2.0");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            shell_quote("x'; touch /tmp/pwned; echo '"),
+            r"'x'\''; touch /tmp/pwned; echo '\'''"
+        );
+        assert_eq!(shell_quote("$(id)"), "'$(id)'");
+    }
+
+    #[test]
+    fn scripts_quote_every_interpolation() {
+        let env = environment();
+        let ctx = minijinja::context! { name => "a b", pip => vec!["x;y", "z"], raw => "$HOME" };
+        let out = env
+            .render_named_str(
+                "s.sh",
+                "echo {{ name }} {{ pip }} {{ raw | safe }} {{ name | q }}",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(out, "echo 'a b' 'x;y' z $HOME 'a b'");
+        let plain = env.render_named_str("s", "{{ name }}", &ctx).unwrap();
+        assert_eq!(plain, "a b");
+    }
+
+    #[test]
+    fn tojson_in_a_script_is_quoted_like_any_value() {
+        let env = environment();
+        let ctx = minijinja::context! { v => minijinja::context! { name => "$(touch PWNED) 'x'" } };
+        let out = env
+            .render_named_str("s.sh", "printf %s {{ v | tojson }}", &ctx)
+            .unwrap();
+        assert_eq!(out, r#"printf %s '{"name":"$(touch PWNED) '\''x'\''"}'"#);
+        let plain = env.render_named_str("s", "{{ v | tojson }}", &ctx).unwrap();
+        assert_eq!(plain, r#"{"name":"$(touch PWNED) 'x'"}"#);
+        let pretty = env.render_str("{{ [1] | tojson(2) }}", &ctx).unwrap();
+        assert_eq!(pretty, "[\n  1\n]");
+    }
+
+    #[test]
+    fn flags_pair_each_item_with_a_flag() {
+        let env = environment();
+        let ctx = minijinja::context! { names => vec!["A", "B"] };
+        let expr = env.compile_expression("names | flags('-e')").unwrap();
+        let v = expr.eval(&ctx).unwrap();
+        assert_eq!(v.to_string(), r#"["-e", "A", "-e", "B"]"#);
+        let expr = env.compile_expression("names | flags('--env=')").unwrap();
+        assert_eq!(
+            expr.eval(&ctx).unwrap().to_string(),
+            r#"["--env=A", "--env=B"]"#
+        );
+    }
+
+    #[test]
+    fn filters_convert_units() {
+        let env = environment();
+        let ctx = minijinja::context! { m => 1u64 << 30, t => "1h" };
+        let out = env
+            .render_str(
+                "{{ m | mib }} {{ m | gib }} {{ '512MiB' | bytes }} {{ t | seconds }}",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(out, "1024 1 536870912 3600");
+    }
+
+    #[test]
+    fn single_expressions_are_recognised() {
+        assert_eq!(single_expression("{{ entrypoint }}"), Some("entrypoint"));
+        assert_eq!(single_expression(" {{- x -}} "), Some("x"));
+        assert_eq!(single_expression("{{ a }}{{ b }}"), None);
+        assert_eq!(single_expression("--x={{ a }}"), None);
+    }
+}
