@@ -133,6 +133,10 @@ pub struct Prepare {
     pub run: Vec<Command>,
     #[serde(default)]
     pub timeout: Option<Tpl>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// The prepare cache key: one template, or a list of parts.
@@ -173,6 +177,8 @@ pub struct Launch {
     pub timeout: Option<Tpl>,
     #[serde(default)]
     pub kill_grace: Option<Tpl>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -228,6 +234,10 @@ pub struct Cleanup {
     pub run: Vec<Command>,
     #[serde(default)]
     pub timeout: Option<Tpl>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// One command of a stage, in any of its three written forms.
@@ -401,6 +411,21 @@ fn walk(flavor: &mut Flavor, visit: &mut dyn FnMut(String, &mut Tpl, TemplateKin
             );
         }
     }
+    fn limits(
+        base: &str,
+        l: &mut LimitsSpec,
+        visit: &mut dyn FnMut(String, &mut Tpl, TemplateKind),
+    ) {
+        for (kind, v) in l.entries_mut() {
+            if let Some(v) = v {
+                visit(
+                    format!("{base}/limits/{}", kind.as_str()),
+                    v,
+                    TemplateKind::Text,
+                );
+            }
+        }
+    }
     fn opt(
         at: String,
         v: &mut Option<Tpl>,
@@ -470,20 +495,13 @@ fn walk(flavor: &mut Flavor, visit: &mut dyn FnMut(String, &mut Tpl, TemplateKin
             TemplateKind::Text,
             visit,
         );
+        limits("/prepare", &mut p.limits, visit);
     }
     let l = &mut flavor.launch;
     command("/launch/run".into(), &mut l.run, visit);
     env("/launch", &mut l.env, visit);
     opt("/launch/cwd".into(), &mut l.cwd, TemplateKind::Text, visit);
-    for (kind, v) in l.limits.entries_mut() {
-        if let Some(v) = v {
-            visit(
-                format!("/launch/limits/{}", kind.as_str()),
-                v,
-                TemplateKind::Text,
-            );
-        }
-    }
+    limits("/launch", &mut l.limits, visit);
     opt(
         "/launch/timeout".into(),
         &mut l.timeout,
@@ -507,6 +525,7 @@ fn walk(flavor: &mut Flavor, visit: &mut dyn FnMut(String, &mut Tpl, TemplateKin
             TemplateKind::Text,
             visit,
         );
+        limits("/cleanup", &mut c.limits, visit);
     }
 }
 

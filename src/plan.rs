@@ -51,6 +51,12 @@ pub struct PreparePlan {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// What every command of the stage runs under.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Capabilities kept beyond the contained default (as root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +72,12 @@ pub struct StagePlan {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// What every command of the stage runs under.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Capabilities kept beyond the contained default (as root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl StagePlan {
@@ -89,6 +101,9 @@ pub struct LaunchPlan {
     pub timeout: Option<Duration>,
     #[serde(rename = "kill_grace_secs", with = "secs")]
     pub kill_grace: Duration,
+    /// Capabilities kept beyond the contained default (as root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl LaunchPlan {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 use crate::home::{Home, RunDir};
 use crate::limits::{LimitKind, Limits};
-use crate::manifest::{Command, Env, Flavor, Form, Source, Tpl};
+use crate::manifest::{Command, Env, Flavor, Form, LimitsSpec, Source, Tpl};
 use crate::plan::{CommandPlan, Dirs, LaunchPlan, Plan, PreparePlan, Run, StagePlan};
 use crate::step_info::StepInfo;
 use crate::template::{self, plain, single_expression, template_pos};
@@ -23,6 +23,8 @@ use crate::{cache, settings, units};
 
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
+/// Processes a prepare or cleanup stage may have at once unless its manifest says.
+pub const DEFAULT_STAGE_PIDS: u64 = 8192;
 
 /// Why rendering failed: every error, located in the manifest.
 #[derive(Debug, thiserror::Error)]
@@ -305,8 +307,8 @@ impl Renderer<'_> {
         }
     }
 
-    fn limits(&mut self, flavor: &Flavor) -> Limits {
-        let lim = &flavor.launch.limits;
+    /// A stage's limits; `core` is 0 unless set (no core dumps of steps).
+    fn limits(&mut self, lim: &LimitsSpec) -> Limits {
         Limits {
             memory_bytes: self.limit(LimitKind::Memory, lim.memory.as_ref(), units::parse_bytes),
             cpus: self.limit(LimitKind::Cpus, lim.cpus.as_ref(), units::parse_cpus),
@@ -340,6 +342,15 @@ impl Renderer<'_> {
                 units::parse_bytes,
             ),
         }
+    }
+
+    /// A prepare or cleanup stage's limits: as written, with a pids limit by default.
+    fn stage_limits(&mut self, lim: &LimitsSpec) -> Limits {
+        let mut l = self.limits(lim);
+        if lim.pids.is_none() {
+            l.pids = Some(DEFAULT_STAGE_PIDS);
+        }
+        l
     }
 
     /// The prepare stage's commands and environment (`base` is the flavor's `env`).
@@ -489,12 +500,15 @@ pub fn render(
             env.extend(base_env.clone());
             let (env, commands) = r.prepare_stage(p, env);
             let timeout = r.duration(p.timeout.as_ref());
+            let limits = r.stage_limits(&p.limits);
             Some(PreparePlan {
                 key,
                 key_parts,
                 env,
                 commands,
                 timeout,
+                limits,
+                capabilities: p.capabilities.clone(),
             })
         }
         _ => None,
@@ -514,7 +528,7 @@ pub fn render(
         let at = l.run.when.as_ref().map_or(l.run.at.as_str(), |w| &w.at);
         r.error(at, "the launch command cannot be skipped".into());
     }
-    let limits = r.limits(flavor);
+    let limits = r.limits(&l.limits);
     let launch = LaunchPlan {
         env,
         timeout: r.duration(l.timeout.as_ref()),
@@ -523,6 +537,7 @@ pub fn render(
             .unwrap_or(DEFAULT_KILL_GRACE),
         command,
         limits,
+        capabilities: l.capabilities.clone(),
     };
 
     let cleanup = match &flavor.cleanup {
@@ -536,6 +551,8 @@ pub fn render(
                 timeout: r
                     .duration(c.timeout.as_ref())
                     .or(Some(DEFAULT_CLEANUP_TIMEOUT)),
+                limits: r.stage_limits(&c.limits),
+                capabilities: c.capabilities.clone(),
             }
         }
         None => StagePlan::default(),

@@ -139,6 +139,8 @@ pub struct Outcome {
     pub oom_kills: u64,
     pub leftover_processes_killed: u64,
     pub limits: Vec<LimitRecord>,
+    /// How the step was kept from undoing its limits; null when it never started.
+    pub containment: Option<crate::contain::Report>,
     pub logs: Logs,
     pub cleanup_error: Option<String>,
     pub warnings: Vec<String>,
@@ -219,6 +221,8 @@ pub struct LimitRecord {
     /// otherwise; for gpus the list of visible device ids.
     pub value: serde_json::Value,
     pub enforced_by: Enforcement,
+    /// The step could not undo it (raise it, leave its cgroup, reset its environment).
+    pub contained: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,16 +12,55 @@ pub struct V1Hierarchy {
     pub controllers: Vec<String>,
     /// This process's own cgroup directory in the hierarchy.
     pub dir: PathBuf,
+    /// Where the hierarchy is mounted.
+    pub mount: PathBuf,
+}
+
+/// The unified (v2) hierarchy as this process sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unified {
+    /// This process's own cgroup directory.
+    pub dir: PathBuf,
+    /// Where the hierarchy is mounted: its root as this process sees it (the real root,
+    /// or the root of a cgroup namespace).
+    pub mount: PathBuf,
+    /// Mounted with `nsdelegate`: a cgroup namespace is a delegation boundary, so a
+    /// process inside one cannot change its namespace root's limits or leave it.
+    pub nsdelegate: bool,
+}
+
+/// How cgroup directories are made and removed: `mkdir(2)`/`rmdir(2)` on cgroupfs,
+/// where the kernel gives a new directory its control files. Tests of file formats on
+/// a fake tree pass their own, which also write those files.
+#[derive(Clone, Copy, Debug)]
+pub struct Ops {
+    pub mkdir: fn(&Path) -> std::io::Result<()>,
+    pub rmdir: fn(&Path) -> std::io::Result<()>,
+}
+
+impl Ops {
+    pub const KERNEL: Ops = Ops {
+        mkdir: |p| std::fs::create_dir(p),
+        rmdir: |p| std::fs::remove_dir(p),
+    };
 }
 
 /// Where cgroups live for this process.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct CgroupFs {
     version: Version,
     /// v1 hierarchies that carry controllers (named ones like `name=systemd` are skipped).
     v1: Vec<V1Hierarchy>,
-    /// Own directory in the unified (v2) tree: the whole story on v2, an extra on hybrid.
-    unified: Option<PathBuf>,
+    /// The unified (v2) tree: the whole story on v2, an extra on hybrid.
+    unified: Option<Unified>,
+    /// Every mount point of a cgroup filesystem (v1 and v2, named ones too): what a
+    /// contained step sees read-only.
+    mounts: Vec<PathBuf>,
+    pub(crate) ops: Ops,
+    /// systemd manages this tree (and can be asked for a delegated scope).
+    pub(crate) systemd: bool,
+    /// Where runs record their cgroups (see `record`).
+    pub(crate) records: PathBuf,
 }
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -45,6 +84,7 @@ impl CgroupFs {
         let own = parse_proc_cgroup(proc_self_cgroup);
         let mut v1: Vec<V1Hierarchy> = Vec::new();
         let mut unified = None;
+        let mut mounts = Vec::new();
         for (lineno, line) in mountinfo.lines().enumerate() {
             let Some(m) = parse_mount_line(line) else {
                 if line.trim().is_empty() {
@@ -59,10 +99,17 @@ impl CgroupFs {
                 Some(prefix) => prefix.join(m.mountpoint.trim_start_matches('/')),
                 None => PathBuf::from(&m.mountpoint),
             };
+            if matches!(m.fstype, "cgroup" | "cgroup2") && !mounts.contains(&mountpoint) {
+                mounts.push(mountpoint.clone());
+            }
             match m.fstype {
                 "cgroup2" if unified.is_none() => {
                     let path = own.unified.as_deref().unwrap_or("/");
-                    unified = Some(own_dir(&mountpoint, m.root, path));
+                    unified = Some(Unified {
+                        dir: own_dir(&mountpoint, m.root, path),
+                        nsdelegate: m.super_opts.split(',').any(|o| o == "nsdelegate"),
+                        mount: mountpoint,
+                    });
                 }
                 "cgroup" => {
                     let controllers = v1_controllers(m.super_opts);
@@ -79,6 +126,7 @@ impl CgroupFs {
                     v1.push(V1Hierarchy {
                         dir: own_dir(&mountpoint, m.root, path),
                         controllers,
+                        mount: mountpoint,
                     });
                 }
                 _ => {}
@@ -97,7 +145,34 @@ impl CgroupFs {
             version,
             v1,
             unified,
+            mounts,
+            ops: Ops::KERNEL,
+            // A tree under a prefix is a test's, never systemd's.
+            systemd: root_prefix.is_none() && super::systemd::booted(),
+            records: super::record::dir(),
         })
+    }
+
+    /// The same hierarchies, recording runs in `dir` (tests).
+    pub fn with_records(mut self, dir: &Path) -> CgroupFs {
+        self.records = dir.to_path_buf();
+        self
+    }
+
+    /// The same hierarchies, with directories made and removed by `ops` (a fake tree).
+    pub fn with_ops(mut self, ops: Ops) -> CgroupFs {
+        self.ops = ops;
+        self
+    }
+
+    /// Every cgroup filesystem mount point.
+    pub fn mounts(&self) -> &[PathBuf] {
+        &self.mounts
+    }
+
+    /// The unified hierarchy, with its mount and options.
+    pub fn unified_tree(&self) -> Option<&Unified> {
+        self.unified.as_ref()
     }
 
     pub fn version(&self) -> Version {
@@ -106,7 +181,7 @@ impl CgroupFs {
 
     /// Own directory in the unified tree (v2, or the extra tree of a hybrid host).
     pub fn unified(&self) -> Option<&Path> {
-        self.unified.as_deref()
+        self.unified.as_ref().map(|u| u.dir.as_path())
     }
 
     /// Own directory in the v1 hierarchy carrying `controller`.
@@ -119,12 +194,6 @@ impl CgroupFs {
 
     pub fn v1_hierarchies(&self) -> &[V1Hierarchy] {
         &self.v1
-    }
-
-    /// Remove cgroups left by runners that died (their processes are killed first).
-    /// Returns the names removed.
-    pub fn clean_stale(&self) -> Vec<String> {
-        super::stale::clean_stale(self)
     }
 }
 

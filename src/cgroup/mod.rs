@@ -1,13 +1,18 @@
-//! Control groups for one step: where cgroups live ([`CgroupFs`]), the per-run cgroup
-//! ([`RunCgroup`]) that enforces memory/cpu/pids limits, joins the child from `pre_exec`,
-//! kills the whole tree, reports counters and is removed afterwards.
+//! Control groups for one run: where cgroups live ([`CgroupFs`]), the run's root
+//! ([`RunRoot`]: delegated, a systemd scope, or a subtree of its own), the stage
+//! cgroups under it ([`RunCgroup`]) that enforce memory/cpu/pids limits, are joined by
+//! the child before it execs, kill the whole tree, report counters and are removed
+//! afterwards, and the records by which a later runner cleans up after a dead one.
 //!
 //! Version-specific file formats live in `v1` and `v2`; mount detection in `detect`;
-//! the per-run lifecycle in `run`; cleanup after dead runners in `stale`.
+//! placement in `root`; the stage lifecycle in `run`; asking systemd in `systemd`;
+//! records and stale cleanup in `record`.
 
 mod detect;
+mod record;
+mod root;
 mod run;
-mod stale;
+pub mod systemd;
 mod v1;
 mod v2;
 
@@ -21,9 +26,14 @@ use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-pub use detect::CgroupFs;
-#[allow(unused_imports)]
+pub use detect::{CgroupFs, Ops, Unified, V1Hierarchy};
+pub use root::{Placement, RunRoot};
 pub use run::RunCgroup;
+
+/// Kill and remove what runners that died left (see `record`); returns the runs cleaned.
+pub fn clean_stale(fs: &CgroupFs) -> Vec<String> {
+    record::clean_stale(fs, &fs.records)
+}
 
 /// Which cgroup interface enforces limits. A hybrid host reports `V1` (controllers are
 /// there) and additionally exposes its unified tree through [`CgroupFs::unified`].
@@ -100,6 +110,41 @@ pub enum CgroupError {
     KillTimeout { path: PathBuf, pids: Vec<i32> },
     #[error("invalid cpus value {value} for `{path}`: must be a positive finite number")]
     InvalidCpus { value: f64, path: PathBuf },
+    #[error("cannot record the run's cgroups in `{path}`")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the cgroup `{own}` is not delegated to this process, and asking systemd for a scope failed"
+    )]
+    Systemd {
+        own: PathBuf,
+        #[source]
+        source: systemd::SystemdError,
+    },
+    #[error("cannot make cgroups under `{path}`: {reason}")]
+    NotDelegated { path: PathBuf, reason: &'static str },
+}
+
+impl CgroupError {
+    /// Ways forward, for errors that have them.
+    pub fn hints(&self) -> Vec<&'static str> {
+        match self {
+            CgroupError::Systemd { .. } | CgroupError::NotDelegated { .. } => vec![
+                "as a user without root: `loginctl enable-linger $USER` keeps your systemd user manager running, which can delegate cgroups",
+                "or run the runner inside a delegated scope: `systemd-run --user --scope -p Delegate=yes runner launch …`",
+                "or `--best-effort-limits` runs without these limits (the result says so)",
+                "`runner doctor` shows what this host and user can enforce",
+            ],
+            CgroupError::ControllerMissing { .. } => vec![
+                "`runner doctor` shows which controllers are delegated here",
+                "or `--best-effort-limits` runs without these limits (the result says so)",
+            ],
+            _ => Vec::new(),
+        }
+    }
 }
 
 pub(crate) fn read_string(path: &Path) -> Result<String, CgroupError> {

@@ -1,5 +1,7 @@
-//! The cgroup of one run: creation with limits, joining, killing, counters, removal,
-//! and the naming (pid + start time) that `stale` relies on.
+//! The cgroup of one stage of a run (`launch`, `prepare`, `cleanup`), made under the
+//! run's root ([`super::RunRoot`]): creation with limits, the descriptors a child joins
+//! it by, killing the whole tree, counters, and removal — also on drop, so no exit
+//! path (a panic included) leaves it behind.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -11,119 +13,120 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::limits::{Enforcement, LimitKind};
-
+use super::detect::Ops;
 use super::{
     CgroupError, CgroupFs, Request, Stats, Version, keyed, open_procs, parse_pids, read_string, v1,
     v2, write_value,
 };
+use crate::limits::{Enforcement, LimitKind};
 
-/// Sub-directory of the runner's own cgroup that holds run cgroups.
+/// Sub-directory that holds the runs' roots (v1, and v2 without systemd).
 pub(crate) const BASE: &str = "steprunner";
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const RMDIR_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// v1 controllers a run cgroup is created in (when mounted).
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 
 /// `quota = cpus * period`, rounded, at least 1000 µs (the kernel minimum is 1 ms).
 pub(crate) fn cpu_quota(cpus: f64) -> u64 {
     ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
 }
 
-/// One run's cgroup, in every hierarchy it needs.
+/// One stage's cgroup, in every hierarchy it needs.
 #[derive(Debug)]
 pub struct RunCgroup {
-    name: String,
+    ops: Ops,
     version: Version,
     /// v1 directories per controller (comounted controllers share one directory).
     memory: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    pids_dir: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
     freezer: Option<PathBuf>,
     /// The unified-tree directory: the only one on v2, the kill/events helper on hybrid.
     unified: Option<PathBuf>,
-    /// Every directory of this run, each once, in creation order.
+    /// Every directory of this cgroup, each once, in creation order.
     dirs: Vec<PathBuf>,
-    /// `cgroup.procs` of every directory, opened before fork for `join_in_child`.
+    /// `tasks`/`cgroup.procs` of every v1 (or fallback) directory, opened before fork
+    /// for `join_in_child`.
     procs: Vec<File>,
+    /// The v2 directory itself, for `clone3(CLONE_INTO_CGROUP)`.
+    unified_fd: Option<File>,
     oom_baseline: u64,
     enforcement: Vec<(LimitKind, Enforcement)>,
+    removed: bool,
+}
+
+/// Where a stage cgroup goes: `(directory, controllers it carries)` per hierarchy, and
+/// the unified directory.
+pub(super) struct Parents<'a> {
+    pub v1: &'a [(PathBuf, Vec<String>)],
+    pub unified: Option<&'a Path>,
 }
 
 impl RunCgroup {
-    /// `<pid>-<start time>-<run id>`: lets `clean_stale` tell a live owner from a dead one
-    /// even if the pid is reused.
-    pub fn name_for(run_id: &str) -> Result<String, CgroupError> {
-        let path = Path::new("/proc/self/stat");
-        let start = crate::util::parse_start_time(&read_string(path)?).ok_or_else(|| {
-            CgroupError::Parse {
-                path: path.to_owned(),
-                detail: "no start time field".into(),
-            }
-        })?;
-        Ok(format!(
-            "{}-{start}-{}",
-            std::process::id(),
-            sanitize(run_id)
-        ))
-    }
-
-    /// Create `<own cgroup>/steprunner/<name>` everywhere needed and write the limits.
-    pub fn create(fs: &CgroupFs, run_id: &str, req: &Request) -> Result<RunCgroup, CgroupError> {
-        Self::create_named(fs, &Self::name_for(run_id)?, req)
-    }
-
-    /// As [`RunCgroup::create`] with a ready-made name (tests, callers with own naming).
-    pub fn create_named(
+    /// Make `name` under each parent and write the limits. Nothing half-made is left
+    /// when this fails.
+    pub(super) fn create(
         fs: &CgroupFs,
+        parents: &Parents<'_>,
         name: &str,
         req: &Request,
     ) -> Result<RunCgroup, CgroupError> {
-        let mut rcg = Self::empty(fs, name);
-        match rcg.build(fs, req) {
-            Ok(()) => Ok(rcg),
-            Err(e) => {
-                // Leave nothing half-made behind; the original error is what matters.
-                let _ = rcg.rmdir_all();
-                Err(e)
-            }
-        }
-    }
-
-    fn empty(fs: &CgroupFs, name: &str) -> RunCgroup {
-        RunCgroup {
-            name: name.to_owned(),
+        let mut rcg = RunCgroup {
+            ops: fs.ops,
             version: fs.version(),
             memory: None,
+            cpu: None,
+            pids_dir: None,
             cpuacct: None,
             freezer: None,
             unified: None,
             dirs: Vec::new(),
             procs: Vec::new(),
+            unified_fd: None,
             oom_baseline: 0,
             enforcement: Vec::new(),
-        }
-    }
-
-    fn build(&mut self, fs: &CgroupFs, req: &Request) -> Result<(), CgroupError> {
+            removed: false,
+        };
         if let Some(cpus) = req.cpus
             && !(cpus.is_finite() && cpus > 0.0)
         {
             return Err(CgroupError::InvalidCpus {
                 value: cpus,
-                path: self.leaf_hint(fs),
+                path: parents
+                    .unified
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+                    .join(name),
             });
         }
+        match rcg.build(parents, name, req) {
+            Ok(()) => Ok(rcg),
+            Err(e) => {
+                // The original error is what matters.
+                let _ = rcg.remove_dirs();
+                rcg.removed = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        parents: &Parents<'_>,
+        name: &str,
+        req: &Request,
+    ) -> Result<(), CgroupError> {
         match self.version {
-            Version::V1 => self.build_v1(fs, req)?,
-            Version::V2 => self.build_v2(fs, req)?,
+            Version::V1 => self.build_v1(parents, name, req)?,
+            Version::V2 => self.build_v2(parents, name, req)?,
         }
         // v1 hierarchies are joined through `tasks`: moving only the writing thread
         // (`0` = the child itself, single-threaded right after fork) skips the
         // kernel's global threadgroup lock, whose writer waits for an RCU grace
         // period: measured here, 0.5 ms instead of 7.5 ms (up to 19 ms) per launch.
-        // The unified tree only has `cgroup.procs`.
+        // The unified tree is joined at birth (`CLONE_INTO_CGROUP`), its
+        // `cgroup.procs` kept for kernels without it.
         for dir in &self.dirs {
             let file = if Some(dir) == self.unified.as_ref() {
                 "cgroup.procs"
@@ -132,96 +135,97 @@ impl RunCgroup {
             };
             self.procs.push(open_procs(&dir.join(file))?);
         }
+        if let Some(u) = &self.unified {
+            self.unified_fd = Some(File::open(u).map_err(|source| CgroupError::Open {
+                path: u.clone(),
+                source,
+            })?);
+        }
         self.oom_baseline = self.read_oom_kills().unwrap_or(0);
         Ok(())
     }
 
-    fn leaf_hint(&self, fs: &CgroupFs) -> PathBuf {
-        let own = fs
-            .unified()
-            .or_else(|| fs.v1_hierarchies().first().map(|h| h.dir.as_path()))
-            .unwrap_or(Path::new("/sys/fs/cgroup"));
-        own.join(BASE).join(&self.name)
-    }
-
-    fn build_v1(&mut self, fs: &CgroupFs, req: &Request) -> Result<(), CgroupError> {
-        let required = |c: &str| match c {
-            "memory" => req.memory.is_some(),
-            "cpu" => req.cpus.is_some(),
-            "pids" => req.pids.is_some(),
-            _ => false,
-        };
-        // Check every requested controller before creating anything.
-        if let Some(ctrl) = V1_CONTROLLERS
-            .into_iter()
-            .find(|c| required(c) && fs.v1_dir(c).is_none())
-        {
-            return Err(CgroupError::ControllerMissing {
-                controller: ctrl,
-                path: PathBuf::from("/proc/self/mountinfo"),
-            });
-        }
-        let mut by_ctrl: Vec<(&str, PathBuf)> = Vec::new();
-        for ctrl in V1_CONTROLLERS {
-            let Some(own) = fs.v1_dir(ctrl) else {
-                continue;
-            };
-            let dir = own.join(BASE).join(&self.name);
-            if !self.dirs.contains(&dir) {
-                make_dir(&dir)?;
-                self.dirs.push(dir.clone());
-            }
-            by_ctrl.push((ctrl, dir));
-        }
-        let dir_of = |c: &str| {
-            by_ctrl
+    fn build_v1(
+        &mut self,
+        parents: &Parents<'_>,
+        name: &str,
+        req: &Request,
+    ) -> Result<(), CgroupError> {
+        let has = |c: &str| {
+            parents
+                .v1
                 .iter()
-                .find(|(k, _)| *k == c)
-                .map(|(_, d)| d.clone())
+                .any(|(_, ctrls)| ctrls.iter().any(|k| k == c))
         };
-        self.memory = dir_of("memory");
-        self.cpuacct = dir_of("cpuacct");
-        self.freezer = dir_of("freezer");
-        // On hybrid, the unified tree offers `cgroup.kill` — but joining it costs the
-        // slow `cgroup.procs` migration. The v1 freezer kills just as race-free, so the
-        // unified tree is used only when there is no freezer.
-        if self.freezer.is_none()
-            && let Some(own) = fs.unified()
-        {
-            let dir = own.join(BASE).join(&self.name);
-            make_dir(&dir)?;
-            self.dirs.push(dir.clone());
-            self.unified = Some(dir);
+        for (ctrl, wanted) in [
+            ("memory", req.memory.is_some()),
+            ("cpu", req.cpus.is_some()),
+            ("pids", req.pids.is_some()),
+        ] {
+            if wanted && !has(ctrl) {
+                return Err(CgroupError::ControllerMissing {
+                    controller: ctrl,
+                    path: PathBuf::from("/proc/self/mountinfo"),
+                });
+            }
         }
-        if let (Some(bytes), Some(dir)) = (req.memory, dir_of("memory")) {
-            v1::write_memory(&dir, bytes)?;
+        for (parent, ctrls) in parents.v1 {
+            let dir = parent.join(name);
+            make_dir(self.ops, &dir)?;
+            self.dirs.push(dir.clone());
+            let carries = |c: &str| ctrls.iter().any(|k| k == c);
+            if carries("memory") {
+                self.memory = Some(dir.clone());
+            }
+            if carries("cpu") {
+                self.cpu = Some(dir.clone());
+            }
+            if carries("pids") {
+                self.pids_dir = Some(dir.clone());
+            }
+            if carries("cpuacct") {
+                self.cpuacct = Some(dir.clone());
+            }
+            if carries("freezer") {
+                self.freezer = Some(dir.clone());
+            }
+        }
+        if let (Some(bytes), Some(dir)) = (req.memory, &self.memory) {
+            v1::write_memory(dir, bytes)?;
             self.enforcement
                 .push((LimitKind::Memory, Enforcement::CgroupV1));
         }
-        if let (Some(cpus), Some(dir)) = (req.cpus, dir_of("cpu")) {
-            v1::write_cpu(&dir, cpus)?;
+        if let (Some(cpus), Some(dir)) = (req.cpus, &self.cpu) {
+            v1::write_cpu(dir, cpus)?;
             self.enforcement
                 .push((LimitKind::Cpus, Enforcement::CgroupV1));
         }
-        if let (Some(n), Some(dir)) = (req.pids, dir_of("pids")) {
-            v1::write_pids(&dir, n)?;
+        if let (Some(n), Some(dir)) = (req.pids, &self.pids_dir) {
+            v1::write_pids(dir, n)?;
             self.enforcement
                 .push((LimitKind::Pids, Enforcement::CgroupV1));
+        }
+        if let Some(u) = parents.unified {
+            let dir = u.join(name);
+            make_dir(self.ops, &dir)?;
+            self.dirs.push(dir.clone());
+            self.unified = Some(dir);
         }
         Ok(())
     }
 
-    fn build_v2(&mut self, fs: &CgroupFs, req: &Request) -> Result<(), CgroupError> {
-        let own = fs.unified().ok_or_else(|| CgroupError::NoCgroupMount {
+    fn build_v2(
+        &mut self,
+        parents: &Parents<'_>,
+        name: &str,
+        req: &Request,
+    ) -> Result<(), CgroupError> {
+        let parent = parents.unified.ok_or_else(|| CgroupError::NoCgroupMount {
             path: PathBuf::from("/proc/self/mountinfo"),
         })?;
-        let (wanted, required) = v2::controllers_for(req);
-        v2::enable_controllers(own, &wanted, &required)?;
-        let base = own.join(BASE);
-        make_dir_if_missing(&base)?;
-        v2::enable_controllers(&base, &wanted, &required)?;
-        let dir = base.join(&self.name);
-        make_dir(&dir)?;
+        v2::check_controllers(parent, req)?;
+        let dir = parent.join(name);
+        make_dir(self.ops, &dir)?;
         self.dirs.push(dir.clone());
         self.unified = Some(dir.clone());
         v2::write_limits(&dir, req)?;
@@ -237,54 +241,29 @@ impl RunCgroup {
         Ok(())
     }
 
-    /// Handle on an existing run cgroup (for `clean_stale`): whatever directories exist.
-    pub(super) fn open_existing(fs: &CgroupFs, name: &str) -> RunCgroup {
-        let mut rcg = Self::empty(fs, name);
-        for h in fs.v1_hierarchies() {
-            let dir = h.dir.join(BASE).join(name);
-            if dir.is_dir() {
-                let has = |c: &str| h.controllers.iter().any(|k| k == c);
-                if has("memory") {
-                    rcg.memory = Some(dir.clone());
-                }
-                if has("cpuacct") {
-                    rcg.cpuacct = Some(dir.clone());
-                }
-                if has("freezer") {
-                    rcg.freezer = Some(dir.clone());
-                }
-                rcg.dirs.push(dir);
-            }
-        }
-        if let Some(own) = fs.unified() {
-            let dir = own.join(BASE).join(name);
-            if dir.is_dir() {
-                rcg.dirs.push(dir.clone());
-                rcg.unified = Some(dir);
-            }
-        }
-        rcg
-    }
-
-    #[cfg(test)]
     pub fn version(&self) -> Version {
         self.version
     }
 
-    #[cfg(test)]
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Every directory of this run (v1 hierarchies, then the unified tree).
-    #[cfg(test)]
+    /// Every directory of this cgroup (v1 hierarchies, then the unified tree).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
 
-    /// `cgroup.procs` fds (O_WRONLY|O_CLOEXEC) for [`super::join_in_child`].
-    pub fn procs_fds(&self) -> Vec<RawFd> {
-        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    /// Descriptors (O_WRONLY|O_CLOEXEC) for [`super::join_in_child`]: the v1 ones, and
+    /// the unified one when `with_unified` (a child not born into it).
+    pub fn procs_fds(&self, with_unified: bool) -> Vec<RawFd> {
+        self.dirs
+            .iter()
+            .zip(&self.procs)
+            .filter(|(d, _)| with_unified || Some(*d) != self.unified.as_ref())
+            .map(|(_, f)| f.as_raw_fd())
+            .collect()
+    }
+
+    /// The unified directory's descriptor, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn unified_fd(&self) -> Option<RawFd> {
+        self.unified_fd.as_ref().map(|f| f.as_raw_fd())
     }
 
     /// How each requested limit is enforced.
@@ -324,82 +303,7 @@ impl RunCgroup {
     /// SIGKILL everything, race-free (no fork can escape), and wait until empty.
     /// Returns the number of distinct processes seen and killed.
     pub fn kill_all(&self) -> Result<usize, CgroupError> {
-        let mut killed: BTreeSet<i32> = self.pids().into_iter().collect();
-        if let Some(u) = &self.unified {
-            let kill_file = u.join("cgroup.kill");
-            if kill_file.exists() {
-                write_value(&kill_file, "1")?;
-                if self.wait_empty(Duration::from_secs(1), &mut killed) {
-                    return Ok(killed.len());
-                }
-                // Something is left in a v1 hierarchy only: fall through to the freezer.
-            }
-        }
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        loop {
-            if self.pids().is_empty() {
-                return Ok(killed.len());
-            }
-            if let Some(fz) = &self.freezer {
-                // Thaw even when freezing or killing failed: never leave a frozen tree.
-                let result = v1::freeze(fz).and_then(|()| self.kill_listed(&mut killed));
-                v1::thaw(fz)?;
-                result?;
-            } else {
-                self.kill_listed(&mut killed)?;
-            }
-            if self.wait_empty(Duration::from_millis(100), &mut killed) {
-                return Ok(killed.len());
-            }
-            if Instant::now() > deadline {
-                return Err(CgroupError::KillTimeout {
-                    path: self.dirs.first().cloned().unwrap_or_default(),
-                    pids: self.pids(),
-                });
-            }
-        }
-    }
-
-    fn kill_listed(&self, killed: &mut BTreeSet<i32>) -> Result<(), CgroupError> {
-        for pid in self.pids() {
-            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => {
-                    killed.insert(pid);
-                }
-                Err(e) => {
-                    return Err(CgroupError::Write {
-                        path: PathBuf::from(format!("/proc/{pid}")),
-                        value: "SIGKILL".into(),
-                        source: io::Error::from(e),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Poll until no process is left; records pids seen meanwhile. `true` if empty.
-    fn wait_empty(&self, timeout: Duration, seen: &mut BTreeSet<i32>) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() && !self.unified_populated() {
-                return true;
-            }
-            seen.extend(pids);
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn unified_populated(&self) -> bool {
-        self.unified
-            .as_ref()
-            .and_then(|u| read_string(&u.join("cgroup.events")).ok())
-            .and_then(|t| keyed(&t, "populated"))
-            == Some(1)
+        kill_tree(&self.dirs, self.unified.as_deref(), self.freezer.as_deref())
     }
 
     fn read_oom_kills(&self) -> Result<u64, CgroupError> {
@@ -407,6 +311,14 @@ impl RunCgroup {
             (Version::V1, Some(mem), _) => v1::oom_kills(mem),
             (Version::V2, _, Some(dir)) => v2::oom_kills(dir),
             _ => Ok(0),
+        }
+    }
+
+    /// The current memory use (for sampling where the kernel keeps no peak).
+    pub fn memory_current(&self) -> Option<u64> {
+        match self.version {
+            Version::V1 => self.memory.as_deref().and_then(v1::memory_current),
+            Version::V2 => self.unified.as_deref().and_then(v2::memory_current),
         }
     }
 
@@ -442,33 +354,144 @@ impl RunCgroup {
 
     /// Kill everything, wait until empty, then remove every directory (children first).
     pub fn remove(mut self) -> Result<(), CgroupError> {
+        self.removed = true;
         self.procs.clear();
+        self.unified_fd = None;
         let killed = self.kill_all();
-        let removed = self.rmdir_all();
-        killed.and(removed)
+        let removed = self.remove_dirs();
+        killed.and(removed.map(|_| ()))
     }
 
-    fn rmdir_all(&mut self) -> Result<(), CgroupError> {
+    fn remove_dirs(&mut self) -> Result<(), CgroupError> {
         self.procs.clear();
+        self.unified_fd = None;
         let mut first_err = None;
         for dir in self.dirs.iter().rev() {
-            if let Err(e) = rmdir_tree(dir) {
+            if let Err(e) = rmdir_tree(self.ops, dir, true) {
                 first_err.get_or_insert(e);
-                continue;
-            }
-            // Drop the shared `steprunner` parent once the last run is gone; another
-            // runner creating a sibling right now makes this fail harmlessly.
-            if let Some(base) = dir.parent() {
-                #[cfg(test)]
-                super::tests_fake::clear_if_fake_and_childless(base);
-                let _ = std::fs::remove_dir(base);
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for RunCgroup {
+    /// A cgroup nobody removed (an early return, a panic): kill and remove it now.
+    fn drop(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            let _ = self.kill_all();
+            let _ = self.remove_dirs();
         }
     }
+}
+
+/// SIGKILL everything under `dirs`, race-free: `cgroup.kill` where the unified tree
+/// has it, else the v1 freezer (frozen, killed, thawed), else killing what is listed
+/// until nothing is. Returns the number of distinct processes seen.
+pub(super) fn kill_tree(
+    dirs: &[PathBuf],
+    unified: Option<&Path>,
+    freezer: Option<&Path>,
+) -> Result<usize, CgroupError> {
+    let pids = || {
+        let mut all = BTreeSet::new();
+        for d in dirs {
+            collect_pids(d, &mut all);
+        }
+        all
+    };
+    let unified_populated = || {
+        unified
+            .and_then(|u| read_string(&u.join("cgroup.events")).ok())
+            .and_then(|t| keyed(&t, "populated"))
+            == Some(1)
+    };
+    let mut killed: BTreeSet<i32> = pids();
+    // Poll until no process is left; records pids seen meanwhile. `true` if empty.
+    let wait_empty = |timeout: Duration, seen: &mut BTreeSet<i32>| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = pids();
+            if now.is_empty() && !unified_populated() {
+                return true;
+            }
+            seen.extend(now);
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    if let Some(u) = unified {
+        let kill_file = u.join("cgroup.kill");
+        if kill_file.exists() {
+            write_value(&kill_file, "1")?;
+            if wait_empty(Duration::from_secs(1), &mut killed) {
+                return Ok(killed.len());
+            }
+            // Something is left in a v1 hierarchy only: fall through to the freezer.
+        }
+    }
+    let kill_listed = |killed: &mut BTreeSet<i32>| -> Result<(), CgroupError> {
+        for pid in pids() {
+            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {
+                    killed.insert(pid);
+                }
+                Err(e) => {
+                    return Err(CgroupError::Write {
+                        path: PathBuf::from(format!("/proc/{pid}")),
+                        value: "SIGKILL".into(),
+                        source: io::Error::from(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        if pids().is_empty() && !unified_populated() {
+            return Ok(killed.len());
+        }
+        if let Some(fz) = freezer {
+            // Thaw even when freezing or killing failed: never leave a frozen tree.
+            let result = v1::freeze(fz).and_then(|()| kill_listed(&mut killed));
+            v1::thaw(fz)?;
+            result?;
+        } else {
+            kill_listed(&mut killed)?;
+        }
+        if wait_empty(Duration::from_millis(100), &mut killed) {
+            return Ok(killed.len());
+        }
+        if Instant::now() > deadline {
+            return Err(CgroupError::KillTimeout {
+                path: dirs.first().cloned().unwrap_or_default(),
+                pids: pids().into_iter().collect(),
+            });
+        }
+    }
+}
+
+/// Kill everything under `root` and remove it (children first; `root` itself only when
+/// `owned`): what a stale run left.
+pub(super) fn remove_tree(fs: &CgroupFs, root: &Path, owned: bool) -> Result<(), CgroupError> {
+    if !root.is_dir() {
+        return Ok(());
+    }
+    let is_unified = fs
+        .unified_tree()
+        .is_some_and(|u| root.starts_with(&u.mount));
+    let freezer = fs
+        .v1_hierarchies()
+        .iter()
+        .find(|h| root.starts_with(&h.mount) && h.controllers.iter().any(|c| c == "freezer"))
+        .map(|_| root);
+    let dirs = [root.to_path_buf()];
+    kill_tree(&dirs, is_unified.then_some(root), freezer)?;
+    rmdir_tree(fs.ops, root, owned)
 }
 
 fn collect_pids(dir: &Path, out: &mut BTreeSet<i32>) {
@@ -484,7 +507,7 @@ fn collect_pids(dir: &Path, out: &mut BTreeSet<i32>) {
 /// (cgroupfs keeps it so, as do the usual filesystems), so the common case — a run
 /// cgroup without children — costs one `stat` instead of listing its 30-odd files.
 /// A link count below 2 (a filesystem that does not count) still lists.
-fn child_dirs(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn child_dirs(dir: &Path) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     if std::fs::metadata(dir).is_ok_and(|m| m.nlink() == 2) {
         return Vec::new();
@@ -499,55 +522,37 @@ fn child_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn make_dir(dir: &Path) -> Result<(), CgroupError> {
-    let err = |source| CgroupError::CreateDir {
+pub(super) fn make_dir(ops: Ops, dir: &Path) -> Result<(), CgroupError> {
+    (ops.mkdir)(dir).map_err(|source| CgroupError::CreateDir {
         path: dir.to_owned(),
         source,
-    };
-    // The shared parent may vanish under us when another runner removes it: retry.
-    for _ in 0..5 {
-        if let Some(parent) = dir.parent() {
-            make_dir_if_missing(parent)?;
-        }
-        match std::fs::create_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            r => {
-                r.map_err(err)?;
-                #[cfg(test)]
-                super::tests_fake::populate_if_fake(dir);
-                return Ok(());
-            }
-        }
-    }
-    std::fs::create_dir(dir).map_err(err)
+    })
 }
 
-fn make_dir_if_missing(dir: &Path) -> Result<(), CgroupError> {
-    match std::fs::create_dir(dir) {
+/// Make `dir` unless it exists (a shared base another runner may be making too).
+pub(super) fn make_dir_if_missing(ops: Ops, dir: &Path) -> Result<(), CgroupError> {
+    match (ops.mkdir)(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::CreateDir {
             path: dir.to_owned(),
             source: e,
         }),
-        Err(_) => Ok(()),
-        Ok(()) => {
-            #[cfg(test)]
-            super::tests_fake::populate_if_fake(dir);
-            Ok(())
-        }
+        _ => Ok(()),
     }
 }
 
-/// Remove `dir` and any child cgroups, deepest first, retrying EBUSY for ~2 s.
-fn rmdir_tree(dir: &Path) -> Result<(), CgroupError> {
+/// Remove `dir`'s child cgroups, deepest first, and `dir` itself when `self_too`,
+/// retrying EBUSY for ~2 s (a cgroup just emptied can be busy for a moment).
+pub(super) fn rmdir_tree(ops: Ops, dir: &Path, self_too: bool) -> Result<(), CgroupError> {
     for child in child_dirs(dir) {
-        rmdir_tree(&child)?;
+        rmdir_tree(ops, &child, true)?;
     }
-    #[cfg(test)]
-    super::tests_fake::clear_if_fake(dir);
+    if !self_too {
+        return Ok(());
+    }
     let deadline = Instant::now() + RMDIR_TIMEOUT;
     let mut pause = Duration::from_millis(5);
     loop {
-        match std::fs::remove_dir(dir) {
+        match (ops.rmdir)(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
@@ -561,26 +566,6 @@ fn rmdir_tree(dir: &Path) -> Result<(), CgroupError> {
                 });
             }
         }
-    }
-}
-
-/// Keep run ids path-safe and short: `[A-Za-z0-9_.]`, others become `_`.
-fn sanitize(run_id: &str) -> String {
-    let s: String = run_id
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("_{s}")
-    } else {
-        s
     }
 }
 

@@ -1,63 +1,56 @@
-//! Tests on a fake cgroupfs tree in a temporary directory (v2, v1 with a nested memory
-//! path and comounted `cpu,cpuacct`, hybrid), plus `from_texts` on real-looking samples.
+//! Tests on a fake cgroupfs tree in a temporary directory (v2 delegated and unmanaged,
+//! v1 with a nested memory path and comounted `cpu,cpuacct`, hybrid), plus
+//! `from_texts` on real-looking samples.
 //!
-//! A fake tree has no kernel behind it: new directories get the parent's files (as
-//! cgroupfs would give them control files) and removal deletes those files first.
+//! A fake tree has no kernel behind it: its [`Ops`] give a new directory the control
+//! files of its parent (as cgroupfs would give it its own) and delete them before
+//! removing it. Runs are recorded in the test's own folder.
 
-use crate::limits::{Enforcement, LimitKind};
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+use super::{CgroupError, CgroupFs, Ops, Placement, Request, RunRoot, Version};
+use crate::limits::{Enforcement, LimitKind};
 
-use super::{CgroupError, CgroupFs, Request, RunCgroup, Version};
-
-fn is_fake(dir: &Path) -> bool {
-    statfs(dir).is_ok_and(|s| {
-        s.filesystem_type() != CGROUP_SUPER_MAGIC && s.filesystem_type() != CGROUP2_SUPER_MAGIC
-    })
-}
-
-/// Give a new fake cgroup the control files of its parent, as the kernel would.
-pub(super) fn populate_if_fake(dir: &Path) {
-    if !is_fake(dir) {
-        return;
-    }
-    let parent = dir.parent().unwrap();
-    for e in fs::read_dir(parent).unwrap().flatten() {
-        if e.file_type().unwrap().is_file() {
+fn fake_mkdir(dir: &Path) -> io::Result<()> {
+    fs::create_dir(dir)?;
+    let parent = dir.parent().expect("a parent");
+    for e in fs::read_dir(parent)?.flatten() {
+        if e.file_type()?.is_file() {
             let name = e.file_name();
             let content = match name.to_str() {
                 Some("cgroup.procs" | "tasks" | "cgroup.subtree_control") => String::new(),
-                _ => fs::read_to_string(e.path()).unwrap(),
+                _ => fs::read_to_string(e.path())?,
             };
-            fs::write(dir.join(name), content).unwrap();
+            fs::write(dir.join(name), content)?;
         }
     }
+    Ok(())
 }
 
-/// Fake cgroups are plain directories with files: delete the files so rmdir can work.
-pub(super) fn clear_if_fake(dir: &Path) {
-    if !is_fake(dir) {
-        return;
-    }
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().unwrap().is_file() {
-                fs::remove_file(e.path()).unwrap();
+fn fake_rmdir(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        for e in fs::read_dir(dir)?.flatten() {
+            if e.file_type()?.is_file() {
+                fs::remove_file(e.path())?;
             }
         }
     }
+    fs::remove_dir(dir)
 }
 
-/// For the shared `steprunner` parent: only once no run cgroup is left in it.
-pub(super) fn clear_if_fake_and_childless(dir: &Path) {
-    let has_child = fs::read_dir(dir)
-        .map(|mut it| it.any(|e| e.is_ok_and(|e| e.file_type().unwrap().is_dir())))
-        .unwrap_or(true);
-    if !has_child {
-        clear_if_fake(dir);
-    }
+const FAKE: Ops = Ops {
+    mkdir: fake_mkdir,
+    rmdir: fake_rmdir,
+};
+
+/// `from_texts` under `tmp`, with fake directories and records in `tmp/records`.
+fn fake_fs(mountinfo: &str, cgroup: &str, tmp: &Path) -> CgroupFs {
+    CgroupFs::from_texts(mountinfo, cgroup, Some(tmp))
+        .unwrap()
+        .with_ops(FAKE)
+        .with_records(&tmp.join("records"))
 }
 
 fn put(dir: &Path, files: &[(&str, &str)]) {
@@ -184,51 +177,76 @@ fn from_texts_without_cgroups_is_an_error() {
     assert!(err.to_string().contains("/proc/self/mountinfo"), "{err}");
 }
 
-/// A fake v2 tree at `<tmp>/sys/fs/cgroup/user.slice/user-1000.slice/session-2.scope`.
-fn fake_v2(tmp: &Path, controllers: &str) -> (CgroupFs, PathBuf) {
-    let fs = CgroupFs::from_texts(V2_MOUNTINFO, V2_CGROUP, Some(tmp)).unwrap();
+const V2_FILES: &[(&str, &str)] = &[
+    ("cgroup.subtree_control", ""),
+    ("cgroup.procs", ""),
+    ("cgroup.events", "populated 0\nfrozen 0\n"),
+    ("cgroup.kill", ""),
+    ("memory.max", "max"),
+    ("memory.swap.max", "max"),
+    ("memory.oom.group", "0"),
+    ("memory.events", "low 0\nhigh 0\nmax 7\noom 3\noom_kill 2\n"),
+    ("memory.peak", "0"),
+    ("memory.current", "0"),
+    ("cpu.max", "max 100000"),
+    ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+    ("pids.max", "max"),
+];
+
+/// A fake v2 tree at `<tmp>/sys/fs/cgroup`, this process in
+/// `user.slice/user-1000.slice/session-2.scope` (alone in it when `alone`).
+fn fake_v2(tmp: &Path, controllers: &str, alone: bool) -> (CgroupFs, PathBuf, PathBuf) {
+    let fs = fake_fs(V2_MOUNTINFO, V2_CGROUP, tmp);
+    let mount = fs.unified_tree().unwrap().mount.clone();
+    // The real root has no `cgroup.type`.
+    put(&mount, &[("cgroup.controllers", controllers)]);
+    put(&mount, V2_FILES);
     let own = fs.unified().unwrap().to_owned();
     put(
         &own,
         &[
             ("cgroup.controllers", controllers),
-            ("cgroup.subtree_control", ""),
-            ("cgroup.procs", ""),
-            ("cgroup.events", "populated 0\nfrozen 0\n"),
-            ("cgroup.kill", ""),
-            ("memory.max", "max"),
-            ("memory.swap.max", "max"),
-            ("memory.oom.group", "0"),
-            ("memory.events", "low 0\nhigh 0\nmax 7\noom 3\noom_kill 2\n"),
-            ("memory.peak", "0"),
-            ("cpu.max", "max 100000"),
-            ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
-            ("pids.max", "max"),
+            ("cgroup.type", "domain"),
         ],
     );
-    (fs, own)
+    put(&own, V2_FILES);
+    let me = std::process::id().to_string();
+    put(
+        &own,
+        &[("cgroup.procs", if alone { &me } else { "1\n4242\n" })],
+    );
+    (fs, mount, own)
 }
 
 #[test]
-fn v2_create_writes_limits_and_enables_controllers() {
+fn v2_in_a_cgroup_of_its_own_the_runner_steps_into_a_leaf() {
     let tmp = tempfile::tempdir().unwrap();
-    let (fs, own) = fake_v2(tmp.path(), "cpuset cpu io memory pids");
+    let (fs, _, own) = fake_v2(tmp.path(), "cpuset cpu io memory pids", true);
+    let mut root = RunRoot::acquire(&fs, "r1").unwrap();
+    assert_eq!(root.placement(), Placement::Delegated);
+    // It moved itself into a leaf, so its cgroup can hand controllers to children.
+    let leaf = own.join("steprunner-supervisor");
+    assert_eq!(
+        read(&leaf.join("cgroup.procs")),
+        std::process::id().to_string()
+    );
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    let run = own.join("steprunner/r1");
+    assert_eq!(
+        read(&run.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
     let req = Request {
         memory: Some(64 << 20),
         cpus: Some(1.5),
         pids: Some(20),
     };
-    let rcg = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap();
-    let dir = own.join("steprunner/1-2-run");
+    let rcg = root.create("launch", &req).unwrap();
+    let dir = run.join("launch");
     assert_eq!(rcg.dirs(), std::slice::from_ref(&dir));
-    assert_eq!(
-        read(&own.join("cgroup.subtree_control")),
-        "+memory +cpu +pids"
-    );
-    assert_eq!(
-        read(&own.join("steprunner/cgroup.subtree_control")),
-        "+memory +cpu +pids"
-    );
     assert_eq!(read(&dir.join("memory.max")), "67108864");
     assert_eq!(read(&dir.join("memory.swap.max")), "0");
     assert_eq!(read(&dir.join("memory.oom.group")), "1");
@@ -242,7 +260,12 @@ fn v2_create_writes_limits_and_enables_controllers() {
             (LimitKind::Pids, Enforcement::CgroupV2)
         ]
     );
-    assert_eq!(rcg.procs_fds().len(), 1);
+    // Born into the cgroup through its directory; nothing to write after the fork.
+    assert!(rcg.unified_fd().is_some());
+    assert!(rcg.procs_fds(false).is_empty());
+    assert_eq!(rcg.procs_fds(true).len(), 1);
+    // The run is recorded while it lives.
+    assert!(tmp.path().join("records/r1").exists());
 
     // Counters move after creation: the oom delta is taken from the baseline (2).
     put(
@@ -271,7 +294,6 @@ fn v2_create_writes_limits_and_enables_controllers() {
     );
     assert!(rcg.populated());
     put(&dir, &[("cgroup.events", "populated 0\n")]);
-
     assert_eq!(rcg.kill_all().unwrap(), 0);
     assert_eq!(
         read(&dir.join("cgroup.kill")),
@@ -279,29 +301,86 @@ fn v2_create_writes_limits_and_enables_controllers() {
         "v2 kills with cgroup.kill"
     );
     rcg.remove().unwrap();
-    assert!(!dir.exists(), "run dir removed");
-    assert!(!own.join("steprunner").exists(), "empty base removed");
-    assert!(own.exists(), "own cgroup untouched");
+    assert!(!dir.exists(), "stage cgroup removed");
+    root.release();
+    assert!(
+        !run.exists() && !own.join("steprunner").exists(),
+        "run root removed"
+    );
+    // Back where it came from, controllers handed back, leaf gone.
+    assert_eq!(
+        read(&own.join("cgroup.procs")),
+        std::process::id().to_string()
+    );
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "-memory -cpu -pids"
+    );
+    assert!(!leaf.exists());
+    assert!(!tmp.path().join("records/r1").exists(), "record removed");
+}
+
+#[test]
+fn v2_without_systemd_root_makes_its_subtree_at_the_top() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (the top of a hierarchy is root's)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, mount, own) = fake_v2(tmp.path(), "cpu memory pids", false);
+    let root = RunRoot::acquire(&fs, "r2").unwrap();
+    assert_eq!(root.placement(), Placement::Unmanaged);
+    assert_eq!(
+        read(&mount.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    let rcg = root.create("prepare", &Request::default()).unwrap();
+    assert_eq!(rcg.dirs(), [mount.join("steprunner/r2/prepare")]);
+    // The runner stays where it is; other processes' cgroups are not touched.
+    assert_eq!(read(&own.join("cgroup.procs")), "1\n4242");
+    assert_eq!(read(&own.join("cgroup.subtree_control")), "");
+    drop(rcg);
+    drop(root);
+    assert!(
+        !mount.join("steprunner").exists(),
+        "dropping removes everything"
+    );
 }
 
 #[test]
 fn v2_missing_controller_is_an_error_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (fs, own) = fake_v2(tmp.path(), "cpu memory");
+    let (fs, _, own) = fake_v2(tmp.path(), "cpu memory", true);
+    let root = RunRoot::acquire(&fs, "r3").unwrap();
     let req = Request {
         pids: Some(10),
         ..Request::default()
     };
-    let err = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap_err();
+    let err = root.create("launch", &req).unwrap_err();
     match &err {
         CgroupError::ControllerMissing { controller, path } => {
             assert_eq!(*controller, "pids");
-            assert_eq!(path, &own);
+            assert_eq!(path, &own.join("steprunner/r3"));
         }
         other => panic!("unexpected {other}"),
     }
     assert!(err.to_string().contains("`pids`"), "{err}");
-    assert!(!own.join("steprunner/1-2-run").exists());
+    assert!(!own.join("steprunner/r3/launch").exists());
+}
+
+#[test]
+fn v2_shared_with_other_processes_and_no_systemd_is_a_clear_error() {
+    if nix::unistd::geteuid().is_root() {
+        // Root makes its own subtree at the top instead (the test above).
+        eprintln!("skipped: as root the top of the hierarchy is used");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, _, own) = fake_v2(tmp.path(), "cpu memory pids", false);
+    let err = RunRoot::acquire(&fs, "r4").unwrap_err();
+    assert!(matches!(err, CgroupError::NotDelegated { .. }), "{err}");
+    assert!(err.to_string().contains(own.to_str().unwrap()), "{err}");
+    assert!(!err.hints().is_empty());
 }
 
 /// A fake v1 tree laid out like `V1_MOUNTINFO` + `V1_CGROUP`, plus an optional unified tree.
@@ -312,7 +391,7 @@ fn fake_v1(tmp: &Path, with_unified: bool) -> (CgroupFs, [PathBuf; 4]) {
         mi.push_str("41 25 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n");
         cg.push_str("0::/\n");
     }
-    let fs = CgroupFs::from_texts(&mi, &cg, Some(tmp)).unwrap();
+    let fs = fake_fs(&mi, &cg, tmp);
     let mem = fs.v1_dir("memory").unwrap().to_owned();
     put(
         &mem,
@@ -327,6 +406,7 @@ fn fake_v1(tmp: &Path, with_unified: bool) -> (CgroupFs, [PathBuf; 4]) {
                 "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
             ),
             ("memory.max_usage_in_bytes", "0"),
+            ("memory.usage_in_bytes", "0"),
         ],
     );
     let cpu = fs.v1_dir("cpu").unwrap().to_owned();
@@ -377,12 +457,14 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
         cpus: Some(0.5),
         pids: Some(20),
     };
-    let rcg = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap();
-    let leaf = |d: &Path| d.join("steprunner/1-2-run");
+    let root = RunRoot::acquire(&fs, "r1").unwrap();
+    assert_eq!(root.placement(), Placement::V1);
+    let rcg = root.create("launch", &req).unwrap();
+    let leaf = |d: &Path| d.join("steprunner/r1/launch");
     assert_eq!(
         rcg.dirs(),
-        [leaf(&mem), leaf(&cpu), leaf(&pids), leaf(&freezer)],
-        "cpu,cpuacct is one dir, created once"
+        [leaf(&cpu), leaf(&mem), leaf(&pids), leaf(&freezer)],
+        "cpu,cpuacct is one dir, created once; in the order of the mounts"
     );
     assert_eq!(read(&leaf(&mem).join("memory.limit_in_bytes")), "67108864");
     assert_eq!(
@@ -393,7 +475,12 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
     assert_eq!(read(&leaf(&cpu).join("cpu.cfs_period_us")), "100000");
     assert_eq!(read(&leaf(&cpu).join("cpu.cfs_quota_us")), "50000");
     assert_eq!(read(&leaf(&pids).join("pids.max")), "20");
-    assert_eq!(rcg.procs_fds().len(), 4);
+    assert_eq!(
+        rcg.procs_fds(false).len(),
+        4,
+        "joined through `tasks` in each"
+    );
+    assert!(rcg.unified_fd().is_none());
     assert_eq!(
         rcg.enforcement(),
         [
@@ -402,7 +489,6 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
             (LimitKind::Pids, Enforcement::CgroupV1)
         ]
     );
-
     put(
         &leaf(&mem),
         &[
@@ -427,19 +513,18 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
     // USER_HZ is 100 on Linux: 150 ticks = 1.5 s.
     assert_eq!(stats.cpu_user_ns, Some(1_500_000_000));
     assert_eq!(stats.cpu_system_ns, Some(500_000_000));
-
     assert!(!rcg.populated());
     put(&leaf(&pids), &[("cgroup.procs", "77\n78\n")]);
     assert!(rcg.populated(), "cgroup.procs counts without cgroup.events");
     assert_eq!(rcg.pids(), [77, 78]);
     put(&leaf(&pids), &[("cgroup.procs", "")]);
-
     let dirs = rcg.dirs().to_vec();
     rcg.remove().unwrap();
     for d in dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
-    assert!(mem.exists() && cpu.exists());
+    drop(root);
+    assert!(!mem.join("steprunner").exists() && mem.exists() && cpu.exists());
 }
 
 #[test]
@@ -449,26 +534,25 @@ fn v1_hybrid_with_a_freezer_leaves_the_unified_tree_alone() {
     // through `tasks`.
     let tmp = tempfile::tempdir().unwrap();
     let (fs, [mem, _, _, freezer]) = fake_v1(tmp.path(), true);
-    let rcg = RunCgroup::create_named(&fs, "1-2-run", &Request::default()).unwrap();
-    let unified = fs.unified().unwrap().join("steprunner/1-2-run");
-    assert!(!unified.exists(), "no unified-tree cgroup");
+    let root = RunRoot::acquire(&fs, "r1").unwrap();
+    let rcg = root.create("launch", &Request::default()).unwrap();
     assert!(
-        rcg.dirs()
-            .iter()
-            .all(|d| !d.starts_with(fs.unified().unwrap()))
+        !fs.unified().unwrap().join("steprunner").exists(),
+        "no unified-tree cgroup"
     );
-    assert_eq!(rcg.procs_fds().len(), 4, "the 4 v1 dirs, no unified");
+    assert_eq!(rcg.procs_fds(true).len(), 4, "the 4 v1 dirs, no unified");
     assert!(rcg.enforcement().is_empty());
     assert!(!rcg.populated());
     // Nothing requested, yet memory counters are there.
     assert_eq!(rcg.stats().oom_kills, 0);
     rcg.kill_all().unwrap();
     assert_eq!(
-        read(&freezer.join("steprunner/1-2-run/freezer.state")),
+        read(&freezer.join("steprunner/r1/launch/freezer.state")),
         "THAWED",
         "the freezer is left thawed"
     );
-    rcg.remove().unwrap();
+    drop(rcg);
+    drop(root);
     assert!(!mem.join("steprunner").exists());
 }
 
@@ -480,12 +564,16 @@ fn v1_requested_controller_missing_is_an_error() {
         .filter(|l| !l.contains("cpu,cpuacct"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let fs = CgroupFs::from_texts(&mi, V1_CGROUP, Some(tmp.path())).unwrap();
+    let fs = fake_fs(&mi, V1_CGROUP, tmp.path());
+    for h in fs.v1_hierarchies() {
+        put(&h.dir, &[("tasks", ""), ("cgroup.procs", "")]);
+    }
+    let root = RunRoot::acquire(&fs, "r1").unwrap();
     let req = Request {
         cpus: Some(1.0),
         ..Request::default()
     };
-    let err = RunCgroup::create_named(&fs, "1-2-run", &req).unwrap_err();
+    let err = root.create("launch", &req).unwrap_err();
     assert!(
         matches!(
             err,
@@ -500,23 +588,50 @@ fn v1_requested_controller_missing_is_an_error() {
         cpus: Some(f64::NAN),
         ..Request::default()
     };
-    let err = RunCgroup::create_named(&fs, "1-2-run", &bad).unwrap_err();
+    let err = root.create("launch", &bad).unwrap_err();
     assert!(matches!(err, CgroupError::InvalidCpus { .. }), "{err}");
 }
 
 #[test]
-fn fake_clean_stale_removes_dead_owners_only() {
+fn stale_runs_are_removed_and_live_ones_and_strangers_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let (fs, [mem, ..]) = fake_v1(tmp.path(), true);
-    let live = RunCgroup::create(&fs, "live", &Request::default()).unwrap();
-    // pid 0 never names a runner; start time 1 never matches a real process.
-    let dead = format!("{}-1-dead", std::process::id());
-    let stale = RunCgroup::create_named(&fs, &dead, &Request::default()).unwrap();
-    drop(stale);
+    let (fs, [mem, cpu, pids, freezer]) = fake_v1(tmp.path(), false);
+    let live = RunRoot::acquire(&fs, "live").unwrap();
+    // What a runner killed mid-run leaves: its cgroups, and its record with no lock.
+    for d in [&mem, &cpu, &pids, &freezer] {
+        fs::create_dir_all(d.join("steprunner/dead/launch")).unwrap();
+    }
+    let roots: Vec<serde_json::Value> = [&mem, &cpu, &pids, &freezer]
+        .iter()
+        .map(|d| serde_json::json!({"path": d.join("steprunner/dead"), "owned": true}))
+        .chain(std::iter::once(
+            // A record naming something that is not a run's cgroup is not obeyed.
+            serde_json::json!({"path": mem.clone(), "owned": true}),
+        ))
+        .collect();
+    fs::write(
+        tmp.path().join("records/dead"),
+        serde_json::json!({"run": "dead", "roots": roots}).to_string(),
+    )
+    .unwrap();
     put(&mem.join("steprunner/not-ours"), &[]);
-    assert_eq!(fs.clean_stale(), std::slice::from_ref(&dead));
-    assert!(!mem.join("steprunner").join(&dead).exists());
-    assert!(mem.join("steprunner").join(live.name()).exists());
-    assert!(mem.join("steprunner/not-ours").exists());
-    live.remove().unwrap();
+    assert_eq!(super::clean_stale(&fs), ["dead"]);
+    for d in [&mem, &cpu, &pids, &freezer] {
+        assert!(!d.join("steprunner/dead").exists(), "{}", d.display());
+        assert!(
+            d.join("steprunner/live").exists(),
+            "a live run is never touched"
+        );
+    }
+    assert!(mem.exists() && mem.join("steprunner/not-ours").exists());
+    assert!(!tmp.path().join("records/dead").exists());
+    assert!(tmp.path().join("records/live").exists());
+    drop(live);
+}
+
+#[test]
+fn version_of_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, ..) = fake_v1(tmp.path(), true);
+    assert_eq!(fs.version(), Version::V1);
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{CgroupFs, Request, RunCgroup, join_in_child};
+use super::{CgroupFs, Request, RunCgroup, RunRoot, join_in_child};
 use crate::limits::Rlimits;
 
 /// Should real-resource tests run? Root: yes. `CI=true` without root: panic.
@@ -44,9 +44,10 @@ pub(crate) fn python() -> &'static str {
     })
 }
 
-/// Spawn `cmd` inside `rcg` (when given) with `rl` applied, as the executor will.
+/// Spawn `cmd` inside `rcg` (when given) with `rl` applied. (The runner's own spawn
+/// is tested through the binary; here the cgroup is joined by writing.)
 pub(crate) fn spawn(rcg: Option<&RunCgroup>, rl: &Rlimits, cmd: &mut Command) -> Child {
-    let fds = rcg.map(|r| r.procs_fds()).unwrap_or_default();
+    let fds = rcg.map(|r| r.procs_fds(true)).unwrap_or_default();
     let rl = rl.clone();
     // SAFETY: the closure only calls async-signal-safe functions (write, setrlimit) on
     // data allocated before fork; io::Error::from_raw_os_error does not allocate.
@@ -96,6 +97,18 @@ fn fs() -> CgroupFs {
     CgroupFs::detect().expect("cgroups detected")
 }
 
+/// A run root of its own for one test, and its stage cgroup `launch` with `req`.
+fn stage(fs: &CgroupFs, req: &Request) -> (RunRoot, RunCgroup) {
+    let run = format!(
+        "test-{}-{}",
+        std::process::id(),
+        crate::util::new_run_id("real")
+    );
+    let root = RunRoot::acquire(fs, &run).expect("a run root");
+    let rcg = root.create("launch", req).expect("a stage cgroup");
+    (root, rcg)
+}
+
 fn gone(dirs: &[std::path::PathBuf]) {
     for d in dirs {
         assert!(!d.exists(), "`{}` left behind", d.display());
@@ -112,7 +125,7 @@ fn real_memory_limit_oom_kills_and_is_counted() {
         memory: Some(64 << 20),
         ..Request::default()
     };
-    let rcg = RunCgroup::create(&fs(), "mem", &req).unwrap();
+    let (_root, rcg) = stage(&fs(), &req);
     assert!(
         rcg.enforcement()
             .contains(&(crate::limits::LimitKind::Memory, rcg_kind(&rcg)))
@@ -151,7 +164,7 @@ fn real_pids_limit_makes_fork_fail() {
         pids: Some(20),
         ..Request::default()
     };
-    let rcg = RunCgroup::create(&fs(), "pids", &req).unwrap();
+    let (_root, rcg) = stage(&fs(), &req);
     let script = "\
 import os, time
 kids, err = [], None
@@ -198,7 +211,7 @@ fn real_cpu_quota_halves_cpu_time() {
         cpus: Some(0.5),
         ..Request::default()
     };
-    let rcg = RunCgroup::create(&fs(), "cpu", &req).unwrap();
+    let (_root, rcg) = stage(&fs(), &req);
     let start = Instant::now();
     let mut child = spawn(
         Some(&rcg),
@@ -261,7 +274,7 @@ fn real_kill_all_catches_double_forked_setsid_sleep() {
     }
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let rcg = RunCgroup::create(&fs(), "kill", &Request::default()).unwrap();
+    let (_root, rcg) = stage(&fs(), &Request::default());
     let sleep = escaped_sleep(&rcg, &tmp.path().join("pid"));
     let _reaper = Reaper(vec![sleep]);
     assert!(rcg.populated());
@@ -274,49 +287,6 @@ fn real_kill_all_catches_double_forked_setsid_sleep() {
     let dirs = rcg.dirs().to_vec();
     rcg.remove().unwrap();
     gone(&dirs);
-}
-
-#[test]
-fn real_clean_stale_kills_and_removes_dead_owners_only() {
-    if !real_tests_enabled("real_clean_stale_kills_and_removes_dead_owners_only") {
-        return;
-    }
-    let _g = serial();
-    let fs = fs();
-    // A pid that just died; start time 1 never matches, even if the pid is reused.
-    let mut gone_child = Command::new("true").spawn().unwrap();
-    let dead_pid = gone_child.id();
-    gone_child.wait().unwrap();
-    let name = format!("{dead_pid}-1-stale");
-    let stale = RunCgroup::create_named(&fs, &name, &Request::default()).unwrap();
-    let stale_dirs = stale.dirs().to_vec();
-    let mut orphan = spawn(
-        Some(&stale),
-        &Rlimits::default(),
-        Command::new("sleep").arg("1000"),
-    );
-    drop(stale); // the "runner" died without cleaning up
-    let live = RunCgroup::create(&fs, "live", &Request::default()).unwrap();
-    let mut live_child = spawn(
-        Some(&live),
-        &Rlimits::default(),
-        Command::new("sleep").arg("1000"),
-    );
-
-    let _reaper = Reaper(vec![orphan.id() as i32, live_child.id() as i32]);
-    let removed = fs.clean_stale();
-    assert!(removed.contains(&name), "{removed:?}");
-    assert!(!removed.iter().any(|n| n == live.name()));
-    assert_eq!(wait_signal(&mut orphan), Some(9));
-    gone(&stale_dirs);
-    assert!(live.dirs().iter().all(|d| d.exists()));
-    assert!(live.populated(), "live run untouched");
-    assert_eq!(live_child.try_wait().unwrap(), None);
-
-    let live_dirs = live.dirs().to_vec();
-    live.remove().unwrap();
-    assert_eq!(wait_signal(&mut live_child), Some(9));
-    gone(&live_dirs);
 }
 
 /// The v1 path of `kill_all` (freezer, SIGKILL each pid, thaw), with the unified tree
@@ -340,7 +310,7 @@ fn real_kill_all_with_v1_freezer_only() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let rcg = RunCgroup::create(&fs, "freezer", &Request::default()).unwrap();
+    let (_root, rcg) = stage(&fs, &Request::default());
     assert!(
         rcg.dirs()
             .iter()

@@ -43,6 +43,14 @@ pub(super) fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
     })
 }
 
+pub(super) fn memory_current(dir: &Path) -> Option<u64> {
+    read_string(&dir.join("memory.usage_in_bytes"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub(super) fn peak_memory(dir: &Path) -> Option<u64> {
     read_string(&dir.join("memory.max_usage_in_bytes"))
         .ok()?

@@ -6,76 +6,31 @@ use std::path::Path;
 
 use super::{CgroupError, Request, keyed, read_string, write_value};
 
-/// Make `wanted` controllers available to children of `dir` (its `cgroup.subtree_control`).
-/// A controller in `required` that cannot be enabled is an error; others are skipped.
-pub(super) fn enable_controllers(
-    dir: &Path,
-    wanted: &[&'static str],
-    required: &[&'static str],
-) -> Result<(), CgroupError> {
-    let available = read_string(&dir.join("cgroup.controllers"))?;
-    let subtree_path = dir.join("cgroup.subtree_control");
-    let enabled = read_string(&subtree_path)?;
-    let has = |text: &str, ctrl: &str| text.split_whitespace().any(|c| c == ctrl);
-    let mut to_enable = Vec::new();
-    for &ctrl in wanted {
-        if has(&enabled, ctrl) {
-            continue;
-        }
-        if has(&available, ctrl) {
-            to_enable.push(ctrl);
-        } else if required.contains(&ctrl) {
+/// The controllers a runner enables for its cgroups, where available: memory (also
+/// for its counters), cpu and pids.
+pub(super) const WANTED: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// A child of `parent` can enforce `req`: each controller it needs is enabled in
+/// `parent`'s `cgroup.subtree_control`.
+pub(super) fn check_controllers(parent: &Path, req: &Request) -> Result<(), CgroupError> {
+    let enabled = read_string(&parent.join("cgroup.subtree_control"))?;
+    for (ctrl, needed) in [
+        ("memory", req.memory.is_some()),
+        ("cpu", req.cpus.is_some()),
+        ("pids", req.pids.is_some()),
+    ] {
+        if needed
+            && !enabled
+                .split_whitespace()
+                .any(|c| c.trim_start_matches('+') == ctrl)
+        {
             return Err(CgroupError::ControllerMissing {
                 controller: ctrl,
-                path: dir.to_owned(),
+                path: parent.to_owned(),
             });
         }
     }
-    if to_enable.is_empty() {
-        return Ok(());
-    }
-    // One write for all; EBUSY here usually means `dir` holds processes itself (the
-    // "no internal processes" rule) and the error names the path for the caller.
-    let line = |ctrls: &[&str]| {
-        ctrls
-            .iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    match write_value(&subtree_path, &line(&to_enable)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let must: Vec<&str> = to_enable
-                .into_iter()
-                .filter(|c| required.contains(c))
-                .collect();
-            if must.is_empty() {
-                Ok(())
-            } else {
-                write_value(&subtree_path, &line(&must)).map_err(|_| e)
-            }
-        }
-    }
-}
-
-/// Controllers a request needs enabled; `memory` is always wanted for its counters.
-pub(super) fn controllers_for(req: &Request) -> (Vec<&'static str>, Vec<&'static str>) {
-    let mut required = Vec::new();
-    if req.memory.is_some() {
-        required.push("memory");
-    }
-    if req.cpus.is_some() {
-        required.push("cpu");
-    }
-    if req.pids.is_some() {
-        required.push("pids");
-    }
-    let mut wanted = required.clone();
-    if !wanted.contains(&"memory") {
-        wanted.insert(0, "memory");
-    }
-    (wanted, required)
+    Ok(())
 }
 
 pub(super) fn write_limits(dir: &Path, req: &Request) -> Result<(), CgroupError> {
@@ -109,6 +64,14 @@ pub(super) fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
         path,
         detail: "no `oom_kill` line".into(),
     })
+}
+
+pub(super) fn memory_current(dir: &Path) -> Option<u64> {
+    read_string(&dir.join("memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub(super) fn peak_memory(dir: &Path) -> Option<u64> {

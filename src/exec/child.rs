@@ -1,27 +1,24 @@
-//! Spawning one command, and the one loop that waits for it.
+//! A started command, and the one loop that waits for it.
 //!
-//! The child gets its own session (so its whole process group can be signalled),
-//! `PR_SET_PDEATHSIG` (it dies if the runner dies), joins the run's cgroup and
-//! takes its rlimits in `pre_exec` — before it execs, so no instruction of the
-//! step runs outside its limits. The loop `poll`s the child's pidfd and the
+//! The child ([`super::spawn`]) has its own session (so its whole process group can be
+//! signalled), `PR_SET_PDEATHSIG` (it dies if the runner dies), is in its cgroup and
+//! under its rlimits and containment before it execs — so no instruction of the step
+//! runs outside its limits. The loop `poll`s the child's pidfd and the
 //! signal pipe, and does what [`Supervisor`] decides: SIGTERM to the whole tree,
 //! then SIGKILL to the whole tree (the cgroup, where there is one, also catches
 //! processes that left the session with `setsid`).
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+pub use super::spawn::{SpawnError, Spec, Step};
 use super::supervise::{Action, Policy, Stop, Supervisor};
-use crate::cgroup::{self, RunCgroup};
-use crate::limits::Rlimits;
+use crate::cgroup::RunCgroup;
 use crate::signals::Signals;
 
 /// How the command ended.
@@ -50,18 +47,6 @@ pub struct Waited {
     pub leftovers_killed: usize,
 }
 
-/// One command to start: everything is decided before the fork.
-pub struct Spec<'a> {
-    pub argv: Vec<String>,
-    pub env: &'a BTreeMap<String, String>,
-    pub cwd: &'a std::path::Path,
-    pub stdin: bool,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    pub rlimits: Option<&'a Rlimits>,
-    pub cgroup: Option<&'a RunCgroup>,
-}
-
 /// A pipe whose read end the runner keeps and whose write end the child gets.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
@@ -73,68 +58,15 @@ pub struct Child {
     cgroup_present: bool,
 }
 
-pub fn spawn(spec: Spec<'_>) -> io::Result<Child> {
-    let (prog, args) = spec
-        .argv
-        .split_first()
-        .ok_or_else(|| io::Error::other("empty command"))?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .envs(spec.env)
-        .current_dir(spec.cwd)
-        .stdin(if spec.stdin {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::from(spec.stdout))
-        .stderr(Stdio::from(spec.stderr));
-    let fds: Vec<RawFd> = spec.cgroup.map(|c| c.procs_fds()).unwrap_or_default();
-    let rlimits = spec.rlimits.cloned();
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls: setsid, prctl, getppid, write (join_in_child),
-    // setrlimit. It does not allocate: `fds` and `rlimits` were built before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid()?;
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                // The runner died before PDEATHSIG was armed.
-                libc::_exit(137);
-            }
-            cgroup::join_in_child(&fds).map_err(io::Error::from)?;
-            if let Some(r) = &rlimits {
-                r.apply_in_child().map_err(io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    drop(cmd); // closes the parent's copies of the write ends
-    let pid = child.id() as i32;
-    match pidfd_open(pid) {
-        Ok(pidfd) => Ok(Child {
-            pid,
-            pidfd,
-            cgroup_present: spec.cgroup.is_some(),
-        }),
-        Err(e) => {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = wait4(pid);
-            Err(e)
-        }
-    }
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open on our own child, which is not reaped yet; no wrapper exists.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+/// Start the command of `spec` (see [`super::spawn`]).
+pub fn spawn(spec: Spec<'_>) -> Result<Child, SpawnError> {
+    let cgroup_present = spec.cgroup.is_some();
+    let s = super::spawn::spawn(spec)?;
+    Ok(Child {
+        pid: s.pid,
+        pidfd: s.pidfd,
+        cgroup_present,
+    })
 }
 
 /// Reap our child with its resource usage (nix's `waitpid` does not return it).

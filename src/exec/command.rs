@@ -8,9 +8,10 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::child::{self, Spec, Waited};
+use super::child::{self, SpawnError, Spec, Waited};
 use super::supervise::Policy;
 use crate::cgroup::RunCgroup;
+use crate::contain::Contain;
 use crate::limits::Rlimits;
 use crate::logs::{self, LogError, LogSpec, LogStats};
 use crate::signals::Signals;
@@ -34,6 +35,7 @@ pub struct Job<'a> {
     pub output: Output,
     pub rlimits: Option<&'a Rlimits>,
     pub cgroup: Option<&'a RunCgroup>,
+    pub contain: &'a Contain,
     pub policy: Policy,
     /// How long to wait for the logs once the command ended: a process outside the
     /// run's reach (a daemon it started without a cgroup) may hold the pipe.
@@ -47,9 +49,9 @@ pub enum StartError {
     Pipe(#[source] io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
-    /// `exec` failed (not found, not executable) or the fork did.
-    #[error("could not start")]
-    Spawn(#[source] io::Error),
+    /// `exec` failed (not found, not executable), or a step before it did.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
 }
 
 /// How a command that started ended, with what its log pumps copied (in the order of
@@ -90,6 +92,7 @@ pub fn run(
         stderr,
         rlimits: job.rlimits,
         cgroup: job.cgroup,
+        contain: job.contain,
     });
     let waited = match spawned {
         Ok(ch) => ch.supervise(job.cgroup, job.policy, signals, cancelled),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::Run;
 use super::arm::Armed;
-use super::child::{self, Ended};
+use super::child::{self, Ended, Step};
 use super::command::{self, Job, Output, StartError};
 use super::supervise::{Policy, Stop};
 use crate::logs::{Live, LogSpec};
@@ -88,6 +88,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
         },
         rlimits: Some(&armed.rlimits),
         cgroup,
+        contain: &armed.contain,
         policy: Policy {
             deadline: deadline.map(|t| std::time::Instant::now() + t),
             kill_grace: plan.launch.kill_grace,
@@ -98,8 +99,8 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     let out = &mut run.out;
     let finished = match command::run(job, &run.signals, &mut run.cancelled) {
         Ok(f) => f,
-        Err(StartError::Spawn(e)) => {
-            let (why, what) = match e.raw_os_error() {
+        Err(StartError::Spawn(e)) if e.step == Step::Exec => {
+            let (why, what) = match e.errno() {
                 Some(libc::ENOENT) => (LaunchFailure::NotFound, "not found"),
                 Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
                     (LaunchFailure::NotExecutable, "not executable")
@@ -107,7 +108,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
                 _ => (LaunchFailure::Other, "could not start"),
             };
             out.set_ending(Ending::LaunchError(why));
-            out.message = Some(format!("`{}` {what}: {e}", c.program()));
+            out.message = Some(format!("`{}` {what}: {}", c.program(), e.source));
             return;
         }
         Err(e) => {

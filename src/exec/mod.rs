@@ -8,10 +8,11 @@ mod child;
 mod command;
 mod launch;
 mod progress;
+mod spawn;
 mod stage;
 mod supervise;
 
-use arm::{arm, stage_cgroup};
+use arm::arm;
 use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use crate::cache::Lease;
-use crate::cgroup::RunCgroup;
+use crate::cgroup::{self, CgroupError, RunCgroup, RunRoot};
 use crate::home::RunDir;
 use crate::manifest::StageName;
 use crate::plan::{Plan, PreparePlan};
@@ -147,6 +148,10 @@ struct Run<'a> {
     plan: &'a Plan,
     opts: &'a Options,
     dir: RunDir,
+    /// Where the run's cgroups go, or why they cannot.
+    root: Result<RunRoot, CgroupError>,
+    /// The cleanup of what dead runners left, going on beside this run.
+    stale: Option<std::thread::JoinHandle<Vec<String>>>,
     signals: Signals,
     /// The first signal the runner received, if any.
     cancelled: Option<i32>,
@@ -218,16 +223,35 @@ impl Run<'_> {
             lease.share();
             return Some(lease);
         }
-        let cgroup = stage_cgroup(self.plan, StageName::Prepare);
+        let (cgroup, contain) = match arm::stage(
+            self.root.as_ref().ok(),
+            StageName::Prepare,
+            &p.limits,
+            &p.capabilities,
+            self.opts,
+            &mut self.out.warnings,
+        ) {
+            Ok(s) => s,
+            Err(r) => {
+                self.fail(r);
+                return None;
+            }
+        };
         let stage = Stage {
             name: StageName::Prepare,
             run_dir: &self.dir,
             env: &p.env,
             opts: self.opts,
             cgroup: cgroup.as_ref(),
+            contain: &contain,
             deadline: p.timeout.map(|t| Instant::now() + t),
             shielded: false,
         };
+        // A prepare killed with its runner may have left processes writing into this
+        // entry: they are gone before it is built again.
+        if let Some(t) = self.stale.take() {
+            let _ = t.join();
+        }
         let (end, n) = match lease.begin() {
             Ok(()) => stage.run(&p.commands, &self.signals, &mut self.cancelled),
             Err(e) => (
@@ -283,13 +307,27 @@ impl Run<'_> {
         let mut env = plan.cleanup.env.clone();
         env.insert("RUNNER_STATUS".into(), self.out.status.as_str().to_string());
         env.insert("RUNNER_EXIT_CODE".into(), self.out.exit_code.to_string());
-        let cgroup = stage_cgroup(plan, StageName::Cleanup);
+        // Cleanup runs whatever happened before: limits it cannot have are warnings.
+        let best_effort = Options {
+            best_effort: true,
+            ..self.opts.clone()
+        };
+        let (cgroup, contain) = arm::stage(
+            self.root.as_ref().ok(),
+            StageName::Cleanup,
+            &plan.cleanup.limits,
+            &plan.cleanup.capabilities,
+            &best_effort,
+            &mut self.out.warnings,
+        )
+        .unwrap_or((None, crate::contain::Contain::none()));
         let stage = Stage {
             name: StageName::Cleanup,
             run_dir: &self.dir,
             env: &env,
             opts: self.opts,
             cgroup: cgroup.as_ref(),
+            contain: &contain,
             deadline: plan.cleanup.timeout.map(|t| Instant::now() + t),
             shielded: true,
         };
@@ -355,18 +393,30 @@ pub fn execute(
         },
         cleanup_error: None,
         warnings: Vec::new(),
+        containment: None,
     };
+    // What runners that died left is removed beside this run, not before it.
+    let fs = arm::cgroup_fs();
+    let stale = fs.as_ref().ok().cloned().and_then(|fs| {
+        std::thread::Builder::new()
+            .name("stale cgroups".into())
+            .spawn(move || cgroup::clean_stale(&fs))
+            .ok()
+    });
+    let root = fs.and_then(|fs| RunRoot::acquire(&fs, &plan.run_id));
     let mut run = Run {
         plan,
         opts,
         dir,
+        root,
+        stale,
         signals,
         cancelled: None,
         out,
     };
 
     // Limits first: a limit that cannot be enforced refuses the run before anything runs.
-    let armed = match arm(plan, opts) {
+    let armed = match arm(plan, opts, run.root.as_ref()) {
         Ok(a) => Some(a),
         Err(r) => {
             run.fail(r);
@@ -379,6 +429,7 @@ pub fn execute(
     };
     if let Some(armed) = armed {
         run.out.limits = armed.records.clone();
+        run.out.containment = Some(armed.containment.clone());
         run.out.warnings.extend(armed.warnings.iter().cloned());
         if run.out.status == Status::Succeeded && run.cancelled.is_none() {
             let start = Instant::now();
@@ -399,6 +450,12 @@ pub fn execute(
         }
     }
     run.cleanup();
+    if let Ok(root) = &mut run.root {
+        root.release();
+    }
+    if let Some(t) = run.stale.take() {
+        let _ = t.join();
+    }
     run.out.duration_secs = t0.elapsed().as_secs_f64();
     Ok(run.out)
 }

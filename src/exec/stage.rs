@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::child::Ended;
-use super::command::{self, Job, Output, StartError};
+use super::command::{self, Job, Output};
 use super::supervise::{Policy, Stop};
 use super::{Options, progress};
 use crate::cgroup::RunCgroup;
+use crate::contain::Contain;
 use crate::home::RunDir;
 use crate::logs::{Live, LogSpec};
 use crate::manifest::StageName;
@@ -24,8 +25,9 @@ pub struct Stage<'a> {
     pub run_dir: &'a RunDir,
     pub env: &'a BTreeMap<String, String>,
     pub opts: &'a Options,
-    /// Where the stage's commands run (see [`super::arm::stage_cgroup`]).
+    /// Where the stage's commands run (see [`super::arm::stage`]).
     pub cgroup: Option<&'a RunCgroup>,
+    pub contain: &'a Contain,
     pub deadline: Option<Instant>,
     /// Cleanup: it runs after a cancel; only a further signal stops it.
     pub shielded: bool,
@@ -90,6 +92,7 @@ impl Stage<'_> {
                 }),
                 rlimits: None,
                 cgroup: self.cgroup,
+                contain: self.contain,
                 policy: Policy {
                     deadline: [self.deadline, cmd_deadline].into_iter().flatten().min(),
                     kill_grace: KILL_GRACE,
@@ -109,10 +112,7 @@ impl Stage<'_> {
             let finished = match result {
                 Ok(f) => f,
                 Err(e) => {
-                    let message = match e {
-                        StartError::Spawn(e) => format!("cannot run `{}`: {e}", c.program()),
-                        other => crate::diag::error_chain(&other),
-                    };
+                    let message = crate::diag::error_chain(&e);
                     let end = StageEnd::Failed {
                         at: c.at.clone(),
                         message,

@@ -46,31 +46,41 @@ fn success() -> Outcome {
         cpu_system_secs: Some(0.02),
         oom_kills: 0,
         leftover_processes_killed: 0,
+        containment: Some(crate::contain::Report {
+            mode: "root".into(),
+            contained: true,
+            reason: None,
+        }),
         limits: vec![
             LimitRecord {
                 name: LimitKind::Memory,
                 value: json!(64 << 20),
                 enforced_by: Enforcement::CgroupV2,
+                contained: true,
             },
             LimitRecord {
                 name: LimitKind::Cpus,
                 value: json!(1.5),
                 enforced_by: Enforcement::CgroupV2,
+                contained: true,
             },
             LimitRecord {
                 name: LimitKind::Gpus,
                 value: json!(["0", "1"]),
                 enforced_by: Enforcement::Env,
+                contained: true,
             },
             LimitRecord {
                 name: LimitKind::OpenFiles,
                 value: json!(4096),
                 enforced_by: Enforcement::Rlimit,
+                contained: true,
             },
             LimitRecord {
                 name: LimitKind::Timeout,
                 value: json!(3600),
                 enforced_by: Enforcement::Supervisor,
+                contained: true,
             },
         ],
         logs: Logs {
@@ -123,6 +133,7 @@ fn launch_error() -> Outcome {
         name: LimitKind::Memory,
         value: json!(1 << 30),
         enforced_by: Enforcement::None,
+        contained: true,
     }];
     o.logs = Logs::default();
     o.warnings = vec!["memory limit not enforced: no cgroup v2 memory controller".into()];

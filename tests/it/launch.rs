@@ -35,8 +35,11 @@ pub(crate) fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
             if !p.is_dir() {
                 continue;
             }
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(run_id))
+            // A run's root: `steprunner/RUN` (v1, v2 without systemd) or a systemd
+            // scope `steprunner-RUN.scope`.
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            if name.as_deref() == Some(run_id)
+                || name.as_deref() == Some(&format!("steprunner-{run_id}.scope"))
             {
                 out.push(p.clone());
             }

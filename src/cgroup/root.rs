@@ -1,0 +1,442 @@
+//! Where one run's cgroups go: the run's root, acquired once before anything runs, with
+//! the stage cgroups (`launch`, `prepare`, `cleanup`) made under it.
+//!
+//! cgroup v2 is used the way it asks to be: a process only manages a subtree delegated
+//! to it, and a cgroup that distributes resources to children holds no process itself
+//! (the "no internal processes" rule). So, in order:
+//!
+//! - **Delegated:** this process is alone in a cgroup delegated to it (the main process
+//!   of a `Delegate=yes` service, the first process of a container with its own cgroup
+//!   namespace): it moves itself into a leaf, `steprunner-supervisor`, and makes the run
+//!   under `steprunner/RUN` beside it; at the end it moves back.
+//! - **Scope:** under systemd, anywhere else (a service without `Delegate=`, a login
+//!   session, an unprivileged user): it asks the manager (the system's for root, the
+//!   user's otherwise) for a transient scope `steprunner-RUN.scope` with `Delegate=yes`
+//!   holding this process, moves into its leaf `supervisor`, and the stage cgroups are
+//!   the scope's other children. systemd removes the scope when the run's last process
+//!   is gone.
+//! - **Unmanaged:** without systemd, root makes `steprunner/RUN` at the top of the
+//!   hierarchy (where the rule does not apply) and stays where it is.
+//!
+//! Anything else is a clear error naming the cause and the ways forward. On cgroup v1
+//! the run's root is `steprunner/RUN` under this process's own cgroup in each
+//! hierarchy, as v1 allows.
+//!
+//! Every root is recorded ([`super::record`]) before its cgroups exist, so a runner
+//! that dies leaves nothing that the next one does not remove.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::detect::Ops;
+use super::record::{Record, Root};
+use super::run::{BASE, Parents, RunCgroup, make_dir, make_dir_if_missing, rmdir_tree};
+use super::systemd::{self, Manager};
+use super::{CgroupError, CgroupFs, Request, Version, parse_pids, read_string, v2, write_value};
+
+/// The systemd unit of a run's scope.
+pub fn scope_unit(run: &str) -> String {
+    format!("steprunner-{run}.scope")
+}
+
+/// v1 controllers a run's cgroups are made in (where mounted).
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+
+/// The leaf this process moves into inside a cgroup it is delegated.
+const SUPERVISOR: &str = "steprunner-supervisor";
+/// The leaf it moves into inside its own scope.
+const SCOPE_SUPERVISOR: &str = "supervisor";
+
+/// How the run's cgroups were placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    V1,
+    Delegated,
+    Scope(Manager),
+    Unmanaged,
+}
+
+impl Placement {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Placement::V1 => "cgroup v1, under the runner's own cgroups",
+            Placement::Delegated => "cgroup v2, in the cgroup delegated to the runner",
+            Placement::Scope(Manager::System) => {
+                "cgroup v2, in a delegated scope of the system's systemd"
+            }
+            Placement::Scope(Manager::User) => {
+                "cgroup v2, in a delegated scope of the user's systemd"
+            }
+            Placement::Unmanaged => "cgroup v2, under the hierarchy's root",
+        }
+    }
+}
+
+/// Where this process went to leave a delegated cgroup free for children.
+#[derive(Debug)]
+struct Moved {
+    /// The cgroup it came from (and returns to).
+    home: PathBuf,
+    /// The leaf it is in.
+    leaf: PathBuf,
+    /// Controllers it enabled in `home` (to disable again).
+    enabled: Vec<&'static str>,
+}
+
+/// One run's cgroup root.
+#[derive(Debug)]
+pub struct RunRoot {
+    fs: CgroupFs,
+    placement: Placement,
+    /// v1: the run's directory in each hierarchy, with its controllers.
+    v1: Vec<(PathBuf, Vec<String>)>,
+    /// v2: the run's directory; on hybrid hosts without a freezer, the unified tree's.
+    unified: Option<PathBuf>,
+    /// The run's directories are ours to remove (not a scope's).
+    owned: bool,
+    moved: Option<Moved>,
+    record: Option<Record>,
+    released: bool,
+}
+
+fn pid() -> String {
+    std::process::id().to_string()
+}
+
+/// Is `dir` this process's alone?
+fn alone_in(dir: &Path) -> bool {
+    read_string(&dir.join("cgroup.procs"))
+        .map(|t| parse_pids(&t) == [std::process::id() as i32])
+        .unwrap_or(false)
+}
+
+/// Delegated to us: writable by us, and (under systemd) marked delegated by it.
+fn delegated(dir: &Path, systemd: bool) -> bool {
+    use nix::unistd::{AccessFlags, access};
+    let writable = ["cgroup.procs", "cgroup.subtree_control"]
+        .iter()
+        .all(|f| access(&dir.join(f), AccessFlags::W_OK).is_ok())
+        && access(dir, AccessFlags::W_OK).is_ok();
+    if !writable {
+        return false;
+    }
+    if !systemd {
+        return true;
+    }
+    // systemd marks the cgroups it delegates (`Delegate=yes`) with this attribute.
+    ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|a| xattr(dir, a).is_some_and(|v| v == b"1"))
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: getxattr with valid NUL-terminated strings and a buffer of the given length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// Enable what of `wanted` is available in `dir`'s `cgroup.subtree_control`; returns
+/// what this call enabled.
+fn enable(dir: &Path, wanted: &[&'static str]) -> Result<Vec<&'static str>, CgroupError> {
+    let available = read_string(&dir.join("cgroup.controllers"))?;
+    let enabled = read_string(&dir.join("cgroup.subtree_control"))?;
+    let has = |text: &str, c: &str| {
+        text.split_whitespace()
+            .any(|x| x.trim_start_matches('+') == c)
+    };
+    let new: Vec<&'static str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| has(&available, c) && !has(&enabled, c))
+        .collect();
+    if !new.is_empty() {
+        let line: Vec<String> = new.iter().map(|c| format!("+{c}")).collect();
+        write_value(&dir.join("cgroup.subtree_control"), &line.join(" "))?;
+    }
+    Ok(new)
+}
+
+/// Move this process into the cgroup `dir`.
+fn move_self(dir: &Path) -> Result<(), CgroupError> {
+    write_value(&dir.join("cgroup.procs"), &pid())
+}
+
+/// The hierarchy root as seen here is the real root (which alone has no `cgroup.type`).
+fn real_root(mount: &Path) -> bool {
+    !mount.join("cgroup.type").exists()
+}
+
+impl RunRoot {
+    /// Acquire the root of run `run`'s cgroups (see the module's notes).
+    pub fn acquire(fs: &CgroupFs, run: &str) -> Result<RunRoot, CgroupError> {
+        let mut root = RunRoot {
+            fs: fs.clone(),
+            placement: Placement::V1,
+            v1: Vec::new(),
+            unified: None,
+            owned: true,
+            moved: None,
+            record: None,
+            released: false,
+        };
+        match root.place(run) {
+            Ok(()) => Ok(root),
+            Err(e) => {
+                root.release();
+                Err(e)
+            }
+        }
+    }
+
+    fn record(&mut self, run: &str, roots: Vec<Root>) -> Result<(), CgroupError> {
+        let dir = self.fs.records.clone();
+        let rec = Record::create(&dir, run, &roots).map_err(|source| CgroupError::Record {
+            path: dir.join(run),
+            source,
+        })?;
+        self.record = Some(rec);
+        Ok(())
+    }
+
+    fn place(&mut self, run: &str) -> Result<(), CgroupError> {
+        let ops = self.fs.ops;
+        if self.fs.version() == Version::V1 {
+            // Only the hierarchies whose controllers a run uses: others, such as
+            // cpuset, refuse a task until they are configured.
+            let mut roots = Vec::new();
+            for h in self.fs.v1_hierarchies() {
+                if h.controllers
+                    .iter()
+                    .any(|c| V1_CONTROLLERS.contains(&c.as_str()))
+                {
+                    roots.push((h.dir.join(BASE).join(run), h.controllers.clone()));
+                }
+            }
+            let has_freezer = roots.iter().any(|(_, c)| c.iter().any(|c| c == "freezer"));
+            // On hybrid, the unified tree offers `cgroup.kill` — but joining it costs the
+            // slow `cgroup.procs` migration. The v1 freezer kills just as race-free, so the
+            // unified tree is used only when there is no freezer.
+            let unified = (!has_freezer)
+                .then(|| self.fs.unified().map(|u| u.join(BASE).join(run)))
+                .flatten();
+            let mut recorded: Vec<Root> = roots
+                .iter()
+                .map(|(p, _)| Root {
+                    path: p.clone(),
+                    owned: true,
+                })
+                .collect();
+            recorded.extend(unified.iter().map(|p| Root {
+                path: p.clone(),
+                owned: true,
+            }));
+            self.record(run, recorded)?;
+            for dir in roots.iter().map(|(p, _)| p).chain(unified.iter()) {
+                make_run_dir(ops, dir)?;
+            }
+            self.v1 = roots;
+            self.unified = unified;
+            self.placement = Placement::V1;
+            return Ok(());
+        }
+        let u = self
+            .fs
+            .unified_tree()
+            .cloned()
+            .ok_or_else(|| CgroupError::NoCgroupMount {
+                path: PathBuf::from("/proc/self/mountinfo"),
+            })?;
+        if alone_in(&u.dir) && delegated(&u.dir, self.fs.systemd) {
+            // Ours alone: step into a leaf, and keep the run beside it.
+            let leaf = u.dir.join(SUPERVISOR);
+            make_dir_if_missing(ops, &leaf)?;
+            move_self(&leaf)?;
+            self.moved = Some(Moved {
+                home: u.dir.clone(),
+                leaf,
+                enabled: Vec::new(),
+            });
+            let enabled = enable(&u.dir, &v2::WANTED)?;
+            if let Some(m) = &mut self.moved {
+                m.enabled = enabled;
+            }
+            let dir = u.dir.join(BASE).join(run);
+            self.record(
+                run,
+                vec![Root {
+                    path: dir.clone(),
+                    owned: true,
+                }],
+            )?;
+            make_dir_if_missing(ops, &u.dir.join(BASE))?;
+            enable(&u.dir.join(BASE), &v2::WANTED)?;
+            make_dir(ops, &dir)?;
+            enable(&dir, &v2::WANTED)?;
+            self.unified = Some(dir);
+            self.placement = Placement::Delegated;
+            return Ok(());
+        }
+        if self.fs.systemd {
+            let manager = Manager::for_me();
+            let unit = scope_unit(run);
+            let path =
+                systemd::start_delegated_scope(manager, &unit, &format!("steprunner run {run}"))
+                    .map_err(|source| CgroupError::Systemd {
+                        own: u.dir.clone(),
+                        source,
+                    })?;
+            let dir = u.mount.join(path.trim_start_matches('/'));
+            self.owned = false;
+            self.record(
+                run,
+                vec![Root {
+                    path: dir.clone(),
+                    owned: false,
+                }],
+            )?;
+            let leaf = dir.join(SCOPE_SUPERVISOR);
+            make_dir(ops, &leaf)?;
+            move_self(&leaf)?;
+            enable(&dir, &v2::WANTED)?;
+            self.unified = Some(dir);
+            self.placement = Placement::Scope(manager);
+            return Ok(());
+        }
+        if nix::unistd::geteuid().is_root() && real_root(&u.mount) {
+            let base = u.mount.join(BASE);
+            let dir = base.join(run);
+            self.record(
+                run,
+                vec![Root {
+                    path: dir.clone(),
+                    owned: true,
+                }],
+            )?;
+            enable(&u.mount, &v2::WANTED)?;
+            make_dir_if_missing(ops, &base)?;
+            enable(&base, &v2::WANTED)?;
+            make_dir(ops, &dir)?;
+            enable(&dir, &v2::WANTED)?;
+            self.unified = Some(dir);
+            self.placement = Placement::Unmanaged;
+            return Ok(());
+        }
+        Err(CgroupError::NotDelegated {
+            path: u.dir.clone(),
+            reason: if alone_in(&u.dir) {
+                "it is not writable by this user, and systemd is not running to delegate one"
+            } else {
+                "other processes are in it (a cgroup that holds processes cannot have limited children), and systemd is not running to delegate one"
+            },
+        })
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The cgroup filesystem the root is on.
+    pub fn fs(&self) -> &CgroupFs {
+        &self.fs
+    }
+
+    /// Make the stage cgroup `name` (`launch`, `prepare`, `cleanup`) with limits `req`.
+    pub fn create(&self, name: &str, req: &Request) -> Result<RunCgroup, CgroupError> {
+        let parents = Parents {
+            v1: &self.v1,
+            unified: self.unified.as_deref(),
+        };
+        RunCgroup::create(&self.fs, &parents, name, req)
+    }
+
+    /// Remove the run's cgroups (its stage cgroups must be gone), move back where this
+    /// process came from, and drop the record.
+    pub fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let ops = self.fs.ops;
+        let ours: Vec<PathBuf> = self
+            .v1
+            .iter()
+            .map(|(p, _)| p.clone())
+            .chain(self.unified.clone())
+            .collect();
+        let mut all_gone = true;
+        for dir in &ours {
+            // A scope's own directory is systemd's; the leaf we are in goes with it.
+            if rmdir_tree_except(ops, dir, self.owned).is_err() {
+                all_gone = false;
+            }
+            if self.owned
+                && let Some(base) = dir.parent()
+            {
+                // The shared base goes with its last run; another runner making a run
+                // in it right now makes this fail harmlessly.
+                let _ = (ops.rmdir)(base);
+            }
+        }
+        if let Some(m) = self.moved.take() {
+            let off: Vec<String> = m.enabled.iter().map(|c| format!("-{c}")).collect();
+            if !off.is_empty() {
+                let _ = write_value(&m.home.join("cgroup.subtree_control"), &off.join(" "));
+            }
+            if move_self(&m.home).is_ok() {
+                let _ = (ops.rmdir)(&m.leaf);
+            }
+        }
+        if all_gone {
+            self.record = None;
+        } else if let Some(r) = self.record.take() {
+            // Leave the record for the next runner's cleanup (our lock goes with us).
+            std::mem::forget(r);
+        }
+    }
+}
+
+/// `rmdir_tree`, keeping the scope's supervisor leaf (this process is in it) when the
+/// directory is not ours.
+fn rmdir_tree_except(ops: Ops, dir: &Path, owned: bool) -> Result<(), CgroupError> {
+    if owned {
+        return rmdir_tree(ops, dir, true);
+    }
+    for child in super::run::child_dirs(dir) {
+        if child.file_name().is_some_and(|n| n == SCOPE_SUPERVISOR) {
+            continue;
+        }
+        rmdir_tree(ops, &child, true)?;
+    }
+    Ok(())
+}
+
+/// Make a run's directory under the shared base, which another runner may remove the
+/// moment it is empty: retry a few times.
+fn make_run_dir(ops: Ops, dir: &Path) -> Result<(), CgroupError> {
+    for _ in 0..5 {
+        if let Some(base) = dir.parent() {
+            make_dir_if_missing(ops, base)?;
+        }
+        match (ops.mkdir)(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => {
+                return r.map_err(|source| CgroupError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    make_dir(ops, dir)
+}
+
+impl Drop for RunRoot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -1,0 +1,609 @@
+//! Asking systemd for a delegated cgroup: one `StartTransientUnit` call that makes a
+//! scope with `Delegate=yes` holding this process, the way `systemd-run --scope
+//! -p Delegate=yes` (and podman's and crun's systemd cgroup managers) do — the system
+//! manager for root, the user manager for anyone else.
+//!
+//! The D-Bus needed is one method call and its reply, so the client is written here:
+//! EXTERNAL authentication on systemd's private socket (no bus daemon is needed; the
+//! message bus is the fallback), the header and body marshalled per the D-Bus
+//! specification. (zbus, the maintained pure-Rust D-Bus crate, has only an async API
+//! in its current version and brings its own runtime — 58 crates and a minute of
+//! release build — for this one call.)
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long systemd gets to answer and to move us into the new scope (a loaded
+/// machine, or a guest under emulation, takes well under a second).
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which manager to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    System,
+    /// The user's own manager (`user@UID.service`).
+    User,
+}
+
+impl Manager {
+    /// The manager for this process: the system's for root, the user's otherwise.
+    pub fn for_me() -> Manager {
+        if nix::unistd::geteuid().is_root() {
+            Manager::System
+        } else {
+            Manager::User
+        }
+    }
+
+    /// Sockets to try, in order, and whether each is a bus (which wants a `Hello`).
+    fn sockets(self) -> Vec<(PathBuf, bool)> {
+        match self {
+            Manager::System => vec![
+                (PathBuf::from("/run/systemd/private"), false),
+                (PathBuf::from("/run/dbus/system_bus_socket"), true),
+            ],
+            Manager::User => {
+                let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(format!("/run/user/{}", nix::unistd::geteuid()))
+                    });
+                vec![
+                    (runtime.join("systemd/private"), false),
+                    (runtime.join("bus"), true),
+                ]
+            }
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Manager::System => "the system's systemd",
+            Manager::User => "your user's systemd (user@UID.service)",
+        }
+    }
+}
+
+/// Is systemd the init system (its runtime folder exists, as `sd_booted` checks)?
+pub fn booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot reach {manager}: no socket at {sockets}")]
+    Unreachable {
+        manager: &'static str,
+        sockets: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to systemd over `{socket}` failed")]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("systemd refused the scope: {name}: {message}")]
+    Refused { name: String, message: String },
+    #[error("unexpected answer from systemd: {0}")]
+    Protocol(String),
+    #[error("systemd did not move this process into `{unit}` within {secs} s")]
+    NotMoved { unit: String, secs: u64 },
+}
+
+/// Create the transient scope `unit` (e.g. `steprunner-RUN.scope`) holding this process,
+/// with `Delegate=yes`, and wait until this process is in it. Returns its cgroup path
+/// (as in `/proc/self/cgroup`).
+pub fn start_delegated_scope(
+    manager: Manager,
+    unit: &str,
+    description: &str,
+) -> Result<String, SystemdError> {
+    let mut conn = Connection::open(manager)?;
+    let pid = std::process::id();
+    let mut body = Writer::default();
+    body.string(unit);
+    body.string("fail");
+    // a(sv): the unit's properties.
+    body.array(8, |w| {
+        w.property("Description", "s", |w| w.string(description));
+        w.property("PIDs", "au", |w| w.array(4, |w| w.u32(pid)));
+        w.property("Delegate", "b", |w| w.u32(1));
+        // Gone as soon as it ends, even if it failed: nothing left to `reset-failed`.
+        w.property("CollectMode", "s", |w| w.string("inactive-or-failed"));
+    });
+    // a(sa(sv)): no auxiliary units.
+    body.array(8, |_| {});
+    conn.call(
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        &body.buf,
+    )?;
+    // The job moves us when it runs, just after the reply.
+    let deadline = Instant::now() + TIMEOUT;
+    let suffix = format!("/{unit}");
+    loop {
+        if let Ok(text) = std::fs::read_to_string("/proc/self/cgroup")
+            && let Some(path) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .filter(|p| p.ends_with(&suffix))
+        {
+            return Ok(path.to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(SystemdError::NotMoved {
+                unit: unit.to_string(),
+                secs: TIMEOUT.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One authenticated connection to a manager.
+struct Connection {
+    stream: UnixStream,
+    socket: PathBuf,
+    bus: bool,
+    serial: u32,
+}
+
+impl Connection {
+    fn open(manager: Manager) -> Result<Connection, SystemdError> {
+        let mut last = None;
+        let sockets = manager.sockets();
+        for (path, bus) in &sockets {
+            match UnixStream::connect(path) {
+                Ok(stream) => {
+                    let mut c = Connection {
+                        stream,
+                        socket: path.clone(),
+                        bus: *bus,
+                        serial: 0,
+                    };
+                    c.authenticate()?;
+                    if c.bus {
+                        c.call(
+                            "/org/freedesktop/DBus",
+                            "org.freedesktop.DBus",
+                            "Hello",
+                            "",
+                            &[],
+                        )?;
+                    }
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(SystemdError::Unreachable {
+            manager: manager.describe(),
+            sockets: sockets
+                .iter()
+                .map(|(p, _)| format!("`{}`", p.display()))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)),
+        })
+    }
+
+    fn io(&self, source: io::Error) -> SystemdError {
+        SystemdError::Io {
+            socket: self.socket.clone(),
+            source,
+        }
+    }
+
+    /// SASL EXTERNAL: the kernel tells the server who we are; we name the same uid.
+    fn authenticate(&mut self) -> Result<(), SystemdError> {
+        let _ = self.stream.set_read_timeout(Some(TIMEOUT));
+        let uid = nix::unistd::geteuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        let hello = format!("\0AUTH EXTERNAL {hex}\r\n");
+        self.stream
+            .write_all(hello.as_bytes())
+            .map_err(|e| self.io(e))?;
+        let line = self.read_line()?;
+        if !line.starts_with("OK ") {
+            return Err(SystemdError::Protocol(format!(
+                "authentication refused: `{}`",
+                line.trim_end()
+            )));
+        }
+        self.stream.write_all(b"BEGIN\r\n").map_err(|e| self.io(e))
+    }
+
+    fn read_line(&mut self) -> Result<String, SystemdError> {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if line.len() > 4096 {
+                return Err(SystemdError::Protocol("an over-long line".into()));
+            }
+            match self.stream.read(&mut b) {
+                Ok(0) => return Err(self.io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => line.push(b[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// Call a method of systemd's manager object and wait for its reply.
+    fn call(
+        &mut self,
+        path: &str,
+        interface: &str,
+        member: &str,
+        signature: &str,
+        body: &[u8],
+    ) -> Result<(), SystemdError> {
+        self.serial += 1;
+        let destination = if self.bus && interface == "org.freedesktop.DBus" {
+            "org.freedesktop.DBus"
+        } else {
+            "org.freedesktop.systemd1"
+        };
+        let msg = method_call(
+            self.serial,
+            path,
+            interface,
+            member,
+            destination,
+            signature,
+            body,
+        );
+        self.stream.write_all(&msg).map_err(|e| self.io(e))?;
+        loop {
+            let reply = self.read_message()?;
+            // Signals the bus may send first, and other replies, are not ours.
+            if reply.reply_serial != Some(self.serial) {
+                continue;
+            }
+            return match reply.kind {
+                MSG_METHOD_RETURN => Ok(()),
+                MSG_ERROR => Err(SystemdError::Refused {
+                    name: reply.error_name.unwrap_or_default(),
+                    message: reply.first_string.unwrap_or_default(),
+                }),
+                k => Err(SystemdError::Protocol(format!("message type {k}"))),
+            };
+        }
+    }
+
+    fn read_message(&mut self) -> Result<Message, SystemdError> {
+        let mut fixed = [0u8; 16];
+        self.stream.read_exact(&mut fixed).map_err(|e| self.io(e))?;
+        let (body_len, fields_len) = message_lengths(&fixed)?;
+        let header_end = 16 + fields_len;
+        let total = pad8(header_end) + body_len;
+        if total > 1 << 20 {
+            return Err(SystemdError::Protocol(format!("a {total}-byte message")));
+        }
+        let mut rest = vec![0u8; total - 16];
+        self.stream.read_exact(&mut rest).map_err(|e| self.io(e))?;
+        let mut all = fixed.to_vec();
+        all.extend(rest);
+        parse_message(&all)
+    }
+}
+
+const MSG_METHOD_CALL: u8 = 1;
+const MSG_METHOD_RETURN: u8 = 2;
+const MSG_ERROR: u8 = 3;
+
+fn pad8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// D-Bus marshalling, little-endian, into one buffer (offsets are from its start, as
+/// alignment is).
+#[derive(Default)]
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn align(&mut self, n: usize) {
+        while !self.buf.len().is_multiple_of(n) {
+            self.buf.push(0);
+        }
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.align(4);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// `s` and `o`.
+    fn string(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+    }
+
+    /// `g`.
+    fn signature(&mut self, s: &str) {
+        self.u8(s.len() as u8);
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+    }
+
+    /// An array whose elements align to `element_align`; its length counts the bytes
+    /// from the first element on.
+    fn array(&mut self, element_align: usize, items: impl FnOnce(&mut Writer)) {
+        self.u32(0);
+        let len_at = self.buf.len() - 4;
+        self.align(element_align);
+        let start = self.buf.len();
+        items(self);
+        let len = (self.buf.len() - start) as u32;
+        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// One `(sv)` of a property list.
+    fn property(&mut self, name: &str, signature: &str, value: impl FnOnce(&mut Writer)) {
+        self.align(8);
+        self.string(name);
+        self.signature(signature);
+        value(self);
+    }
+
+    /// One `(yv)` header field.
+    fn field(&mut self, code: u8, signature: &str, value: impl FnOnce(&mut Writer)) {
+        self.align(8);
+        self.u8(code);
+        self.signature(signature);
+        value(self);
+    }
+}
+
+fn method_call(
+    serial: u32,
+    path: &str,
+    interface: &str,
+    member: &str,
+    destination: &str,
+    signature: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(b'l');
+    w.u8(MSG_METHOD_CALL);
+    w.u8(0);
+    w.u8(1);
+    w.u32(body.len() as u32);
+    w.u32(serial);
+    w.array(8, |w| {
+        w.field(1, "o", |w| w.string(path));
+        w.field(2, "s", |w| w.string(interface));
+        w.field(3, "s", |w| w.string(member));
+        w.field(6, "s", |w| w.string(destination));
+        if !signature.is_empty() {
+            w.field(8, "g", |w| w.signature(signature));
+        }
+    });
+    w.align(8);
+    w.buf.extend_from_slice(body);
+    w.buf
+}
+
+/// What a reply says, as far as this client cares.
+#[derive(Debug, Default, PartialEq)]
+struct Message {
+    kind: u8,
+    reply_serial: Option<u32>,
+    error_name: Option<String>,
+    /// The body's first value, when it is a string (an error's message).
+    first_string: Option<String>,
+}
+
+fn message_lengths(fixed: &[u8; 16]) -> Result<(usize, usize), SystemdError> {
+    if fixed[0] != b'l' {
+        return Err(SystemdError::Protocol("a big-endian message".into()));
+    }
+    let u = |i: usize| u32::from_le_bytes(fixed[i..i + 4].try_into().expect("4 bytes")) as usize;
+    Ok((u(4), u(12)))
+}
+
+/// Parse a whole little-endian message.
+fn parse_message(m: &[u8]) -> Result<Message, SystemdError> {
+    let bad = |what: &str| SystemdError::Protocol(format!("a malformed message ({what})"));
+    let fixed: &[u8; 16] = m
+        .get(..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad("short"))?;
+    let (_, fields_len) = message_lengths(fixed)?;
+    let mut r = Reader { m, at: 16 };
+    let end = 16 + fields_len;
+    let mut out = Message {
+        kind: m[1],
+        ..Message::default()
+    };
+    let mut body_sig = String::new();
+    while r.at < end {
+        r.align(8);
+        if r.at >= end {
+            break;
+        }
+        let code = r.u8().ok_or_else(|| bad("field code"))?;
+        let sig = r.signature().ok_or_else(|| bad("field signature"))?;
+        match (code, sig.as_str()) {
+            (4, "s") => out.error_name = Some(r.string().ok_or_else(|| bad("error name"))?),
+            (5, "u") => out.reply_serial = Some(r.u32().ok_or_else(|| bad("reply serial"))?),
+            (8, "g") => body_sig = r.signature().ok_or_else(|| bad("body signature"))?,
+            (_, "s" | "o") => {
+                r.string().ok_or_else(|| bad("string field"))?;
+            }
+            (_, "g") => {
+                r.signature().ok_or_else(|| bad("signature field"))?;
+            }
+            (_, "u") => {
+                r.u32().ok_or_else(|| bad("u32 field"))?;
+            }
+            _ => return Err(bad("unknown field type")),
+        }
+    }
+    r.at = pad8(end);
+    if body_sig.starts_with('s') {
+        out.first_string = r.string();
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    m: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn align(&mut self, n: usize) {
+        self.at = self.at.div_ceil(n) * n;
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        let v = *self.m.get(self.at)?;
+        self.at += 1;
+        Some(v)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.align(4);
+        let v = u32::from_le_bytes(self.m.get(self.at..self.at + 4)?.try_into().ok()?);
+        self.at += 4;
+        Some(v)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.u32()? as usize;
+        let s = self.m.get(self.at..self.at.checked_add(len)?)?;
+        self.at += len + 1;
+        Some(String::from_utf8_lossy(s).into_owned())
+    }
+
+    fn signature(&mut self) -> Option<String> {
+        let len = self.u8()? as usize;
+        let s = self.m.get(self.at..self.at + len)?;
+        self.at += len + 1;
+        Some(String::from_utf8_lossy(s).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Hello` call of the D-Bus specification's examples, byte for byte as
+    /// `dbus-send`/sd-bus put it on the wire (serial 1, no body).
+    #[test]
+    fn a_method_call_is_marshalled_as_the_specification_says() {
+        let msg = method_call(
+            1,
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "Hello",
+            "org.freedesktop.DBus",
+            "",
+            &[],
+        );
+        let mut want = vec![b'l', 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+        let fields: &[(u8, &str)] = &[
+            (1, "/org/freedesktop/DBus"),
+            (2, "org.freedesktop.DBus"),
+            (3, "Hello"),
+            (6, "org.freedesktop.DBus"),
+        ];
+        let mut f = Vec::new();
+        for (code, s) in fields {
+            while (16 + f.len()) % 8 != 0 {
+                f.push(0);
+            }
+            let sig = if *code == 1 { b'o' } else { b's' };
+            f.extend([*code, 1, sig, 0]);
+            f.extend((s.len() as u32).to_le_bytes());
+            f.extend(s.as_bytes());
+            f.push(0);
+        }
+        want.extend((f.len() as u32).to_le_bytes());
+        want.extend(&f);
+        while want.len() % 8 != 0 {
+            want.push(0);
+        }
+        assert_eq!(msg, want);
+    }
+
+    #[test]
+    fn properties_align_each_struct_to_eight() {
+        let mut w = Writer::default();
+        w.string("x.scope");
+        w.array(8, |w| {
+            w.property("Delegate", "b", |w| w.u32(1));
+            w.property("PIDs", "au", |w| w.array(4, |w| w.u32(42)));
+        });
+        let b = &w.buf;
+        // "x.scope": length 7, 8 bytes with the NUL: the array length sits at 12.
+        assert_eq!(&b[0..4], &7u32.to_le_bytes());
+        let len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+        // The first struct starts at 16 (already aligned), the array ends the buffer.
+        assert_eq!(16 + len, b.len());
+        // "Delegate" (4 + 8 + 1), signature "b" (3), then the boolean aligned to 4.
+        assert_eq!(&b[16..20], &8u32.to_le_bytes());
+        assert_eq!(&b[29..32], &[1, b'b', 0]);
+        assert_eq!(&b[32..36], &1u32.to_le_bytes());
+        // The second struct aligned to 40; its `au` holds one 42.
+        assert_eq!(&b[40..44], &4u32.to_le_bytes());
+        assert_eq!(&b[b.len() - 4..], &42u32.to_le_bytes());
+    }
+
+    #[test]
+    fn replies_and_errors_are_read() {
+        // An error reply, as sd-bus sends one: ERROR_NAME, REPLY_SERIAL, SIGNATURE "s".
+        let mut w = Writer::default();
+        let mut body = Writer::default();
+        body.string("Access denied");
+        w.u8(b'l');
+        w.u8(MSG_ERROR);
+        w.u8(1);
+        w.u8(1);
+        w.u32(body.buf.len() as u32);
+        w.u32(7);
+        w.array(8, |w| {
+            w.field(4, "s", |w| {
+                w.string("org.freedesktop.DBus.Error.AccessDenied")
+            });
+            w.field(5, "u", |w| w.u32(3));
+            w.field(8, "g", |w| w.signature("s"));
+        });
+        w.align(8);
+        w.buf.extend(&body.buf);
+        let m = parse_message(&w.buf).unwrap();
+        assert_eq!(
+            m,
+            Message {
+                kind: MSG_ERROR,
+                reply_serial: Some(3),
+                error_name: Some("org.freedesktop.DBus.Error.AccessDenied".into()),
+                first_string: Some("Access denied".into()),
+            }
+        );
+        // Truncated or garbled input is an error, never a panic.
+        for cut in 0..w.buf.len() {
+            let _ = parse_message(&w.buf[..cut]);
+        }
+        let mut garbled = w.buf.clone();
+        garbled[16 + 4] = 200;
+        let _ = parse_message(&garbled);
+    }
+}
