@@ -116,6 +116,7 @@ fn gone(dirs: &[std::path::PathBuf]) {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_memory_limit_oom_kills_and_is_counted() {
     if !real_tests_enabled("real_memory_limit_oom_kills_and_is_counted") {
         return;
@@ -155,6 +156,7 @@ fn rcg_kind(rcg: &RunCgroup) -> crate::limits::Enforcement {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_pids_limit_makes_fork_fail() {
     if !real_tests_enabled("real_pids_limit_makes_fork_fail") {
         return;
@@ -202,6 +204,7 @@ print(len(kids), err)
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_cpu_quota_halves_cpu_time() {
     if !real_tests_enabled("real_cpu_quota_halves_cpu_time") {
         return;
@@ -268,6 +271,7 @@ fn escaped_sleep(rcg: &RunCgroup, pidfile: &Path) -> i32 {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_kill_all_catches_double_forked_setsid_sleep() {
     if !real_tests_enabled("real_kill_all_catches_double_forked_setsid_sleep") {
         return;
@@ -292,6 +296,7 @@ fn real_kill_all_catches_double_forked_setsid_sleep() {
 /// The v1 path of `kill_all` (freezer, SIGKILL each pid, thaw), with the unified tree
 /// hidden so `cgroup.kill` cannot do the work.
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_kill_all_with_v1_freezer_only() {
     if !real_tests_enabled("real_kill_all_with_v1_freezer_only") {
         return;

@@ -36,6 +36,7 @@ fn check_refuses_values_above_the_hard_limit() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_open_files_limit_makes_the_17th_open_fail() {
     if !real_tests_enabled("real_open_files_limit_makes_the_17th_open_fail") {
         return;
@@ -69,6 +70,7 @@ except OSError as e:
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn real_file_size_limit_sends_sigxfsz() {
     if !real_tests_enabled("real_file_size_limit_sends_sigxfsz") {
         return;

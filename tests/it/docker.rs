@@ -142,6 +142,10 @@ fn image_of(step: &Step, result: &Value) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_docker,
+    ignore = "needs a Docker engine: eval \"$(bash .ci/engines/docker.sh start)\""
+)]
 fn docker_step_output_and_exit_codes_pass_through() {
     let Some(host) = docker_host() else { return };
     let step = Step::new(&host, "docker-it-exit");
@@ -168,6 +172,10 @@ fn docker_step_output_and_exit_codes_pass_through() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_docker,
+    ignore = "needs a Docker engine: eval \"$(bash .ci/engines/docker.sh start)\""
+)]
 fn docker_oom_killed_container_is_reported() {
     let Some(host) = docker_host() else { return };
     let step = Step::new(&host, "docker-it-oom");
@@ -199,6 +207,10 @@ fn docker_oom_killed_container_is_reported() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_docker,
+    ignore = "needs a Docker engine: eval \"$(bash .ci/engines/docker.sh start)\""
+)]
 fn docker_unchanged_step_reuses_its_image_and_rebuilds_a_deleted_one() {
     let Some(host) = docker_host() else { return };
     // A hostile step name: the image name is sanitized, nothing runs as shell code.
@@ -266,6 +278,10 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_docker,
+    ignore = "needs a Docker engine: eval \"$(bash .ci/engines/docker.sh start)\""
+)]
 fn docker_cancel_stops_the_container() {
     let Some(host) = docker_host() else { return };
     let step = Step::new(&host, "docker-it-cancel");
@@ -390,6 +406,7 @@ fn pwned_in(dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn docker_hostile_values_stay_data() {
     if !needs_root() {
         return;

@@ -65,6 +65,7 @@ fn read(path: impl AsRef<Path>) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn prepare_killed_halfway_is_redone_and_never_reused() {
     if !needs_root() {
         return;
@@ -195,6 +196,7 @@ fn entries_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn run_folder_on_a_full_filesystem_refuses_before_the_step() {
     if !needs_root() {
         return;
@@ -212,6 +214,7 @@ fn run_folder_on_a_full_filesystem_refuses_before_the_step() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn run_folder_on_a_read_only_filesystem_refuses_before_the_step() {
     if !needs_root() {
         return;
@@ -249,6 +252,7 @@ fn launch_raw(script: &str) -> (Vec<u8>, Vec<u8>, Value, tempfile::TempDir) {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_step_closing_stdout_early_keeps_running_and_logging() {
     if !needs_root() {
         return;
@@ -263,6 +267,7 @@ fn a_step_closing_stdout_early_keeps_running_and_logging() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn invalid_utf8_output_is_logged_and_copied_byte_for_byte() {
     if !needs_root() {
         return;
@@ -282,6 +287,7 @@ fn invalid_utf8_output_is_logged_and_copied_byte_for_byte() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_100_mib_line_is_logged_exactly() {
     if !needs_root() {
         return;
@@ -303,6 +309,7 @@ fn a_100_mib_line_is_logged_exactly() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_step_that_exits_leaving_1000_forked_children_gets_them_all_killed() {
     if !needs_root() {
         return;
@@ -320,6 +327,7 @@ fn a_step_that_exits_leaving_1000_forked_children_gets_them_all_killed() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn concurrent_200_launches_all_succeed_without_collisions() {
     if !needs_root() {
         return;
@@ -391,6 +399,7 @@ fn hostile_values(marker: &Path) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn hostile_step_names_and_requirements_are_data_never_code() {
     if !needs_root() {
         return;
@@ -424,6 +433,7 @@ fn hostile_step_names_and_requirements_are_data_never_code() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_step_name_with_nul_is_rejected_before_anything_runs() {
     if !needs_root() {
         return;
@@ -451,6 +461,7 @@ fn launch_with_info(manifest: &str, info: &str) -> crate::common::Output {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_1_mib_step_name_is_rendered_safely_or_refused_clearly() {
     if !needs_root() {
         return;

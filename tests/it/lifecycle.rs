@@ -28,6 +28,7 @@ fn detach(home: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn detached_run_can_be_watched_waited_for_and_listed() {
     if !needs_root() {
         return;
@@ -72,6 +73,7 @@ fn detached_run_can_be_watched_waited_for_and_listed() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn cancel_stops_a_detached_step_runs_cleanup_and_leaves_nothing() {
     if !needs_root() {
         return;
@@ -111,6 +113,7 @@ fn cancel_stops_a_detached_step_runs_cleanup_and_leaves_nothing() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_dead_supervisor_is_reported_as_lost_not_running() {
     if !needs_root() {
         return;
@@ -153,6 +156,7 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn wait_gives_up_after_its_timeout_and_the_run_goes_on() {
     if !needs_root() {
         return;
@@ -177,6 +181,7 @@ fn unknown_runs_are_clear_errors() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn secret_values_never_show_only_names_do() {
     if !needs_root() {
         return;

@@ -84,6 +84,7 @@ fn registered_flavors_launch_by_name() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn cache_entries_are_listed_and_pruned() {
     if !crate::common::needs_root() {
         return;

@@ -76,6 +76,10 @@ fn in_queue(selector: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_step_output_exit_code_and_resources_come_back() {
     if !needs_slurm() {
         return;
@@ -129,6 +133,10 @@ fn slurm_step_output_exit_code_and_resources_come_back() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_a_job_sbatch_refuses_is_reported() {
     if !needs_slurm() {
         return;
@@ -146,6 +154,10 @@ fn slurm_a_job_sbatch_refuses_is_reported() {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_job_over_its_memory_is_oom_killed() {
     if !needs_slurm() {
         return;
@@ -181,6 +193,10 @@ fn slurm_job_over_its_memory_is_oom_killed() {
 /// Slurm checks time limits about every 30 s and counts them in minutes, so this
 /// job ends 60 to 90 s after it starts.
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_job_over_its_time_limit_is_timed_out() {
     if !needs_slurm() {
         return;
@@ -211,6 +227,10 @@ fn stubborn_step(ready: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_cancelling_the_runner_cancels_the_job() {
     if !needs_slurm() {
         return;
@@ -249,6 +269,10 @@ fn slurm_cancelling_the_runner_cancels_the_job() {
 /// The runner's own timeout (queueing included) cancels the job, whether it still
 /// waits in the queue or already runs.
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_runner_timeout_cancels_the_job() {
     if !needs_slurm() {
         return;
@@ -286,6 +310,10 @@ fn slurm_runner_timeout_cancels_the_job() {
 /// When `scontrol` keeps failing (the controller is gone) the launch stops waiting
 /// after 60 looks instead of hanging, and cleanup still cancels the job.
 #[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
 fn slurm_a_lost_controller_ends_the_wait_and_the_job() {
     if !needs_slurm() {
         return;

@@ -8,6 +8,10 @@ use std::process::Command;
 use crate::common::root;
 
 #[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
 fn zenml_integration_passes_its_tests_against_a_real_zenml() {
     let Some(python) = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()) else {
         assert!(
@@ -52,6 +56,10 @@ fn zenml_integration_passes_its_tests_against_a_real_zenml() {
 /// there (`pytest`) is not installed again; uv's resolver only sees the environment's
 /// own packages, so it installs it again (as the setting's description says).
 #[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
 fn venv_inherits_the_packages_of_its_python_with_pip_and_uv() {
     use crate::common::Runner;
     let (Some(python), Some(uv)) = (
