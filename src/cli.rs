@@ -136,6 +136,12 @@ pub enum Cmd {
         #[command(flatten)]
         opts: LaunchArgs,
     },
+    /// Show what this host and user can enforce, and how to fix what is missing
+    Doctor {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an embedded JSON Schema
     Schema {
         #[arg(value_enum)]

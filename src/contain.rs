@@ -263,7 +263,12 @@ impl Contain {
                     }
                 }
                 if let Some(mp) = &self.fresh_cgroup2 {
-                    // The step's own cgroup as the root of what it sees; read-only.
+                    // The step's own cgroup as the root of what it sees; read-only. The
+                    // host's view goes first: cgroup2 is one filesystem, which the kernel
+                    // will not mount on top of itself.
+                    if libc::umount2(mp.as_ptr(), libc::MNT_DETACH) != 0 {
+                        return Err((3, errno()));
+                    }
                     let flags =
                         libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                     if libc::mount(

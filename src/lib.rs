@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod contain;
 pub mod diag;
+pub mod doctor;
 pub mod exec;
 pub mod home;
 pub mod limits;

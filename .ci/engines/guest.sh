@@ -3,14 +3,18 @@
 # hierarchy, an unprivileged user with a lingering user manager) booted under QEMU.
 #
 #   eval "$(bash .ci/engines/guest.sh start)"   # prints STEPRUNNER_GUEST=DIR
+#   bash .ci/engines/guest.sh boot PAYLOAD_DIR WORK_DIR
 #   bash .ci/engines/guest.sh stop
 #
 # `start` installs qemu-system-x86, debootstrap and e2fsprogs if missing, bootstraps
 # the guest's root filesystem from Debian's packages once (about 4 minutes; cached
 # under $STEPRUNNER_ENGINES_DIR/guest), and makes `DIR/base.img` (ext4), `DIR/vmlinuz`
-# and `DIR/initrd.img`. Nothing runs in the background: each test boots its own guest
-# with `base.img` as a read-only snapshot (`tests/it/guest.rs`, `tests/guest/`), so
-# `stop` only kills a QEMU of ours a test left behind (by the PID it recorded).
+# and `DIR/initrd.img`. Nothing runs in the background: `boot` starts a guest with
+# `base.img` as a read-only snapshot and PAYLOAD_DIR as its second disk, waits until it
+# powers off (`GUEST_TIMEOUT` seconds at most, default 1500), and leaves its console in
+# WORK_DIR/console.log and what it wrote to `/payload/out` in WORK_DIR/out — for the
+# tests (`tests/it/guest.rs`, `tests/guest/`) and `just bench`. `stop` kills a QEMU of
+# ours that something left behind (by the PID `boot` recorded).
 #
 # The image runs one thing at boot, as a system service without `Delegate=`:
 # `/payload/run` from the second disk (`/dev/vdb`, mounted at `/payload`), with its
@@ -24,8 +28,8 @@ base=${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}
 dir=$base/guest
 mirror=${STEPRUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Bumped whenever what goes into the image changes: an older image is rebuilt.
-image_version=4
-packages=systemd-sysv,linux-image-amd64,udev,kmod,python3,procps,iproute2,dbus,dbus-user-session,libpam-systemd,util-linux,attr
+image_version=5
+packages=systemd-sysv,linux-image-amd64,udev,kmod,python3,procps,iproute2,dbus,dbus-user-session,libpam-systemd,util-linux,attr,python3-venv
 
 say() { echo "guest: $*" >&2; }
 
@@ -81,7 +85,7 @@ EOF
     chmod 0755 "$r/usr/local/sbin/steprunner-guest-run"
     [ -x "$r/usr/local/sbin/steprunner-guest-run" ]
     # Powers off when the payload ends, whatever it did.
-    cat >"$r/etc/systemd/system/steprunner-guest.service" <<'EOF'
+    cat >"$r/etc/systemd/system/guest-payload.service" <<'EOF'
 [Unit]
 Description=steprunner test payload
 After=multi-user.target systemd-logind.service
@@ -100,8 +104,8 @@ TimeoutStartSec=infinity
 [Install]
 WantedBy=multi-user.target
 EOF
-    ln -sf /etc/systemd/system/steprunner-guest.service \
-        "$r/etc/systemd/system/multi-user.target.wants/steprunner-guest.service"
+    ln -sf /etc/systemd/system/guest-payload.service \
+        "$r/etc/systemd/system/multi-user.target.wants/guest-payload.service"
     chroot "$r" useradd -m -u 1001 -s /bin/sh steprunner
     mkdir -p "$r/var/lib/systemd/linger"
     touch "$r/var/lib/systemd/linger/steprunner"
@@ -147,13 +151,13 @@ build() {
     mkfs.ext4 -q -F -L steprunner -d "$rootfs" "$dir/base.img.tmp"
     mv "$dir/base.img.tmp" "$dir/base.img"
     rm -rf "$rootfs"
-    echo "$image_version" >"$dir/ready"
+    echo "$image_version $packages" >"$dir/ready"
     say "image ready in $((SECONDS - t0)) s"
 }
 
 start() {
     install
-    if [ "$(cat "$dir/ready" 2>/dev/null)" = "$image_version" ] && [ -s "$dir/base.img" ]; then
+    if [ "$(cat "$dir/ready" 2>/dev/null)" = "$image_version $packages" ] && [ -s "$dir/base.img" ]; then
         say "reusing $dir/base.img"
     else
         build
@@ -161,16 +165,51 @@ start() {
     echo "export STEPRUNNER_GUEST=$dir"
 }
 
+boot() {
+    local payload=${1:?payload folder} work=${2:?work folder}
+    [ -s "$dir/base.img" ] || { say "no image: run \`$0 start\` first"; return 1; }
+    mkdir -p "$work" "$payload/out"
+    local img=$work/payload.img size
+    size=$(($(du -sb "$payload" | cut -f1) * 2 + (64 << 20)))
+    rm -f "$img"
+    truncate -s "$size" "$img"
+    mkfs.ext4 -q -F -d "$payload" "$img"
+    qemu-system-x86_64 -accel tcg,thread=multi -m 2048 -smp 2 \
+        -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
+        -append "root=/dev/vda rw console=ttyS0 quiet" \
+        -drive "file=$dir/base.img,format=raw,if=virtio,snapshot=on" \
+        -drive "file=$img,format=raw,if=virtio" \
+        -nographic -no-reboot -nic none </dev/null >"$work/console.log" 2>&1 &
+    local pid=$! t0=$SECONDS
+    echo "$pid" >"$dir/qemu.$pid.pid"
+    local limit=${GUEST_TIMEOUT:-1500} rc=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge "$limit" ]; then
+            say "the guest did not power off within $limit s: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            rc=1
+            break
+        fi
+        sleep 0.5
+    done
+    wait "$pid" 2>/dev/null || true
+    rm -f "$dir/qemu.$pid.pid"
+    rm -rf "$work/out"
+    debugfs -R "rdump /out $work" "$img" >/dev/null 2>&1 || true
+    say "guest ran $((SECONDS - t0)) s"
+    return "$rc"
+}
+
 stop() {
-    # A test records the QEMU it boots in `DIR/qemu.*.pid` and removes it when done;
-    # one left behind (a test that was killed) is ours to stop.
+    # `boot` records the QEMU it starts in `DIR/qemu.*.pid` and removes it when done; one
+    # left behind (a boot that was killed) is ours to stop.
     local f pid
     for f in "$dir"/qemu.*.pid; do
         [ -e "$f" ] || continue
         pid=$(cat "$f" 2>/dev/null || true)
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
             tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q qemu-system; then
-            say "stopping QEMU (pid $pid) left by a test"
+            say "stopping QEMU (pid $pid) left behind"
             kill -KILL "$pid" 2>/dev/null || true
         fi
         rm -f "$f"
@@ -181,8 +220,9 @@ stop() {
 case ${1:-} in
 start) start ;;
 stop) stop ;;
+boot) shift; boot "$@" ;;
 *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|boot PAYLOAD_DIR WORK_DIR|stop" >&2
     exit 2
     ;;
 esac

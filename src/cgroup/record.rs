@@ -174,12 +174,7 @@ fn allowed(fs: &CgroupFs, run: &str, root: &Path) -> bool {
         .iter()
         .any(|m| root.starts_with(m) && root != m.as_path());
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let parent = root
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    let ours = name == super::root::scope_unit(run) || (name == run && parent == super::run::BASE);
+    let ours = name == super::root::scope_unit(run) || name == super::root::run_dir_name(run);
     plain && in_mount && ours && !run.is_empty() && !run.contains('/')
 }
 
@@ -219,7 +214,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("records");
         let roots = [Root {
-            path: PathBuf::from("/sys/fs/cgroup/x/steprunner/r1"),
+            path: PathBuf::from("/sys/fs/cgroup/x/steprunner-r1"),
             owned: true,
         }];
         let live = Record::create(&dir, "r1", &roots).unwrap();
@@ -255,16 +250,17 @@ mod tests {
         )
         .unwrap();
         let ok = |run: &str, p: &str| allowed(&fs, run, Path::new(p));
-        assert!(ok("r1", "/sys/fs/cgroup/steprunner/r1"));
+        assert!(ok("r1", "/sys/fs/cgroup/steprunner-r1"));
+        assert!(ok("r1", "/sys/fs/cgroup/a/b/steprunner-r1"));
         assert!(ok("r1", "/sys/fs/cgroup/system.slice/steprunner-r1.scope"));
         // Anything else a record might name is left alone.
         assert!(!ok("r1", "/sys/fs/cgroup/system.slice"));
         assert!(!ok("r1", "/sys/fs/cgroup"));
-        assert!(!ok("r1", "/sys/fs/cgroup/steprunner/r2"));
-        assert!(!ok("r1", "/sys/fs/cgroup/steprunner/../steprunner/r1"));
-        assert!(!ok("r1", "/home/steprunner/r1"));
-        assert!(!ok("r1", "steprunner/r1"));
-        assert!(!ok("", "/sys/fs/cgroup/steprunner/"));
+        assert!(!ok("r1", "/sys/fs/cgroup/steprunner-r2"));
+        assert!(!ok("r1", "/sys/fs/cgroup/x/../steprunner-r1"));
+        assert!(!ok("r1", "/home/x/steprunner-r1"));
+        assert!(!ok("r1", "steprunner-r1"));
+        assert!(!ok("", "/sys/fs/cgroup/steprunner-"));
     }
 
     #[test]

@@ -8,35 +8,40 @@
 //! - **Delegated:** this process is alone in a cgroup delegated to it (the main process
 //!   of a `Delegate=yes` service, the first process of a container with its own cgroup
 //!   namespace): it moves itself into a leaf, `steprunner-supervisor`, and makes the run
-//!   under `steprunner/RUN` beside it; at the end it moves back.
+//!   as `steprunner-RUN` beside it; at the end it moves back.
 //! - **Scope:** under systemd, anywhere else (a service without `Delegate=`, a login
 //!   session, an unprivileged user): it asks the manager (the system's for root, the
 //!   user's otherwise) for a transient scope `steprunner-RUN.scope` with `Delegate=yes`
 //!   holding this process, moves into its leaf `supervisor`, and the stage cgroups are
 //!   the scope's other children. systemd removes the scope when the run's last process
 //!   is gone.
-//! - **Unmanaged:** without systemd, root makes `steprunner/RUN` at the top of the
+//! - **Unmanaged:** without systemd, root makes `steprunner-RUN` at the top of the
 //!   hierarchy (where the rule does not apply) and stays where it is.
 //!
 //! Anything else is a clear error naming the cause and the ways forward. On cgroup v1
-//! the run's root is `steprunner/RUN` under this process's own cgroup in each
-//! hierarchy, as v1 allows.
+//! the run's root is `steprunner-RUN` under this process's own cgroup in each
+//! hierarchy, as v1 allows. A run's root is its own: no shared parent is made or
+//! removed, so concurrent runs never race on one.
 //!
 //! Every root is recorded ([`super::record`]) before its cgroups exist, so a runner
 //! that dies leaves nothing that the next one does not remove.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use super::detect::Ops;
 use super::record::{Record, Root};
-use super::run::{BASE, Parents, RunCgroup, make_dir, make_dir_if_missing, rmdir_tree};
+use super::run::{Parents, RunCgroup, make_dir, make_dir_if_missing, rmdir_tree};
 use super::systemd::{self, Manager};
 use super::{CgroupError, CgroupFs, Request, Version, parse_pids, read_string, v2, write_value};
 
-/// The systemd unit of a run's scope.
+/// The cgroup of a run outside systemd: `steprunner-RUN`.
+pub fn run_dir_name(run: &str) -> String {
+    format!("steprunner-{run}")
+}
+
+/// The systemd unit of a run's scope: `steprunner-RUN.scope`.
 pub fn scope_unit(run: &str) -> String {
-    format!("steprunner-{run}.scope")
+    format!("{}.scope", run_dir_name(run))
 }
 
 /// v1 controllers a run's cgroups are made in (where mounted).
@@ -214,7 +219,7 @@ impl RunRoot {
                     .iter()
                     .any(|c| V1_CONTROLLERS.contains(&c.as_str()))
                 {
-                    roots.push((h.dir.join(BASE).join(run), h.controllers.clone()));
+                    roots.push((h.dir.join(run_dir_name(run)), h.controllers.clone()));
                 }
             }
             let has_freezer = roots.iter().any(|(_, c)| c.iter().any(|c| c == "freezer"));
@@ -222,7 +227,7 @@ impl RunRoot {
             // slow `cgroup.procs` migration. The v1 freezer kills just as race-free, so the
             // unified tree is used only when there is no freezer.
             let unified = (!has_freezer)
-                .then(|| self.fs.unified().map(|u| u.join(BASE).join(run)))
+                .then(|| self.fs.unified().map(|u| u.join(run_dir_name(run))))
                 .flatten();
             let mut recorded: Vec<Root> = roots
                 .iter()
@@ -237,7 +242,7 @@ impl RunRoot {
             }));
             self.record(run, recorded)?;
             for dir in roots.iter().map(|(p, _)| p).chain(unified.iter()) {
-                make_run_dir(ops, dir)?;
+                make_dir(ops, dir)?;
             }
             self.v1 = roots;
             self.unified = unified;
@@ -265,7 +270,7 @@ impl RunRoot {
             if let Some(m) = &mut self.moved {
                 m.enabled = enabled;
             }
-            let dir = u.dir.join(BASE).join(run);
+            let dir = u.dir.join(run_dir_name(run));
             self.record(
                 run,
                 vec![Root {
@@ -273,8 +278,6 @@ impl RunRoot {
                     owned: true,
                 }],
             )?;
-            make_dir_if_missing(ops, &u.dir.join(BASE))?;
-            enable(&u.dir.join(BASE), &v2::WANTED)?;
             make_dir(ops, &dir)?;
             enable(&dir, &v2::WANTED)?;
             self.unified = Some(dir);
@@ -308,8 +311,7 @@ impl RunRoot {
             return Ok(());
         }
         if nix::unistd::geteuid().is_root() && real_root(&u.mount) {
-            let base = u.mount.join(BASE);
-            let dir = base.join(run);
+            let dir = u.mount.join(run_dir_name(run));
             self.record(
                 run,
                 vec![Root {
@@ -318,8 +320,6 @@ impl RunRoot {
                 }],
             )?;
             enable(&u.mount, &v2::WANTED)?;
-            make_dir_if_missing(ops, &base)?;
-            enable(&base, &v2::WANTED)?;
             make_dir(ops, &dir)?;
             enable(&dir, &v2::WANTED)?;
             self.unified = Some(dir);
@@ -338,6 +338,27 @@ impl RunRoot {
 
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// The controllers the run's cgroups can use.
+    pub fn subtree_controllers(&self) -> Vec<String> {
+        match &self.unified {
+            Some(dir) if self.fs.version() == Version::V2 => {
+                read_string(&dir.join("cgroup.subtree_control"))
+                    .map(|t| {
+                        t.split_whitespace()
+                            .map(|c| c.trim_start_matches('+').to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            _ => {
+                let mut all: Vec<String> = self.v1.iter().flat_map(|(_, c)| c.clone()).collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+        }
     }
 
     /// The cgroup filesystem the root is on.
@@ -374,13 +395,6 @@ impl RunRoot {
             if rmdir_tree_except(ops, dir, self.owned).is_err() {
                 all_gone = false;
             }
-            if self.owned
-                && let Some(base) = dir.parent()
-            {
-                // The shared base goes with its last run; another runner making a run
-                // in it right now makes this fail harmlessly.
-                let _ = (ops.rmdir)(base);
-            }
         }
         if let Some(m) = self.moved.take() {
             let off: Vec<String> = m.enabled.iter().map(|c| format!("-{c}")).collect();
@@ -413,26 +427,6 @@ fn rmdir_tree_except(ops: Ops, dir: &Path, owned: bool) -> Result<(), CgroupErro
         rmdir_tree(ops, &child, true)?;
     }
     Ok(())
-}
-
-/// Make a run's directory under the shared base, which another runner may remove the
-/// moment it is empty: retry a few times.
-fn make_run_dir(ops: Ops, dir: &Path) -> Result<(), CgroupError> {
-    for _ in 0..5 {
-        if let Some(base) = dir.parent() {
-            make_dir_if_missing(ops, base)?;
-        }
-        match (ops.mkdir)(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            r => {
-                return r.map_err(|source| CgroupError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
-    make_dir(ops, dir)
 }
 
 impl Drop for RunRoot {

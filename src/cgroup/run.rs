@@ -20,8 +20,6 @@ use super::{
 };
 use crate::limits::{Enforcement, LimitKind};
 
-/// Sub-directory that holds the runs' roots (v1, and v2 without systemd).
-pub(crate) const BASE: &str = "steprunner";
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const RMDIR_TIMEOUT: Duration = Duration::from_secs(2);

@@ -104,7 +104,9 @@ pub fn start_delegated_scope(
     description: &str,
 ) -> Result<String, SystemdError> {
     let mut conn = Connection::open(manager)?;
-    let pid = std::process::id();
+    // 0: the caller, as the kernel tells systemd through the socket — right in any PID
+    // namespace, where this process's own pid number would name another process.
+    let pid = 0u32;
     let mut body = Writer::default();
     body.string(unit);
     body.string("fail");

@@ -234,7 +234,7 @@ fn v2_in_a_cgroup_of_its_own_the_runner_steps_into_a_leaf() {
         read(&own.join("cgroup.subtree_control")),
         "+memory +cpu +pids"
     );
-    let run = own.join("steprunner/r1");
+    let run = own.join("steprunner-r1");
     assert_eq!(
         read(&run.join("cgroup.subtree_control")),
         "+memory +cpu +pids"
@@ -335,7 +335,7 @@ fn v2_without_systemd_root_makes_its_subtree_at_the_top() {
         "+memory +cpu +pids"
     );
     let rcg = root.create("prepare", &Request::default()).unwrap();
-    assert_eq!(rcg.dirs(), [mount.join("steprunner/r2/prepare")]);
+    assert_eq!(rcg.dirs(), [mount.join("steprunner-r2/prepare")]);
     // The runner stays where it is; other processes' cgroups are not touched.
     assert_eq!(read(&own.join("cgroup.procs")), "1\n4242");
     assert_eq!(read(&own.join("cgroup.subtree_control")), "");
@@ -360,12 +360,12 @@ fn v2_missing_controller_is_an_error_and_leaves_nothing() {
     match &err {
         CgroupError::ControllerMissing { controller, path } => {
             assert_eq!(*controller, "pids");
-            assert_eq!(path, &own.join("steprunner/r3"));
+            assert_eq!(path, &own.join("steprunner-r3"));
         }
         other => panic!("unexpected {other}"),
     }
     assert!(err.to_string().contains("`pids`"), "{err}");
-    assert!(!own.join("steprunner/r3/launch").exists());
+    assert!(!own.join("steprunner-r3/launch").exists());
 }
 
 #[test]
@@ -460,7 +460,7 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
     let root = RunRoot::acquire(&fs, "r1").unwrap();
     assert_eq!(root.placement(), Placement::V1);
     let rcg = root.create("launch", &req).unwrap();
-    let leaf = |d: &Path| d.join("steprunner/r1/launch");
+    let leaf = |d: &Path| d.join("steprunner-r1/launch");
     assert_eq!(
         rcg.dirs(),
         [leaf(&cpu), leaf(&mem), leaf(&pids), leaf(&freezer)],
@@ -524,7 +524,7 @@ fn v1_create_writes_limits_in_nested_and_comounted_dirs() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
     drop(root);
-    assert!(!mem.join("steprunner").exists() && mem.exists() && cpu.exists());
+    assert!(!mem.join("steprunner-r1").exists() && mem.exists() && cpu.exists());
 }
 
 #[test]
@@ -547,13 +547,13 @@ fn v1_hybrid_with_a_freezer_leaves_the_unified_tree_alone() {
     assert_eq!(rcg.stats().oom_kills, 0);
     rcg.kill_all().unwrap();
     assert_eq!(
-        read(&freezer.join("steprunner/r1/launch/freezer.state")),
+        read(&freezer.join("steprunner-r1/launch/freezer.state")),
         "THAWED",
         "the freezer is left thawed"
     );
     drop(rcg);
     drop(root);
-    assert!(!mem.join("steprunner").exists());
+    assert!(!mem.join("steprunner-r1").exists());
 }
 
 #[test]
@@ -599,11 +599,11 @@ fn stale_runs_are_removed_and_live_ones_and_strangers_left_alone() {
     let live = RunRoot::acquire(&fs, "live").unwrap();
     // What a runner killed mid-run leaves: its cgroups, and its record with no lock.
     for d in [&mem, &cpu, &pids, &freezer] {
-        fs::create_dir_all(d.join("steprunner/dead/launch")).unwrap();
+        fs::create_dir_all(d.join("steprunner-dead/launch")).unwrap();
     }
     let roots: Vec<serde_json::Value> = [&mem, &cpu, &pids, &freezer]
         .iter()
-        .map(|d| serde_json::json!({"path": d.join("steprunner/dead"), "owned": true}))
+        .map(|d| serde_json::json!({"path": d.join("steprunner-dead"), "owned": true}))
         .chain(std::iter::once(
             // A record naming something that is not a run's cgroup is not obeyed.
             serde_json::json!({"path": mem.clone(), "owned": true}),
@@ -614,16 +614,16 @@ fn stale_runs_are_removed_and_live_ones_and_strangers_left_alone() {
         serde_json::json!({"run": "dead", "roots": roots}).to_string(),
     )
     .unwrap();
-    put(&mem.join("steprunner/not-ours"), &[]);
+    put(&mem.join("steprunner-not-ours"), &[]);
     assert_eq!(super::clean_stale(&fs), ["dead"]);
     for d in [&mem, &cpu, &pids, &freezer] {
-        assert!(!d.join("steprunner/dead").exists(), "{}", d.display());
+        assert!(!d.join("steprunner-dead").exists(), "{}", d.display());
         assert!(
-            d.join("steprunner/live").exists(),
+            d.join("steprunner-live").exists(),
             "a live run is never touched"
         );
     }
-    assert!(mem.exists() && mem.join("steprunner/not-ours").exists());
+    assert!(mem.exists() && mem.join("steprunner-not-ours").exists());
     assert!(!tmp.path().join("records/dead").exists());
     assert!(tmp.path().join("records/live").exists());
     drop(live);

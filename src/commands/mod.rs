@@ -144,6 +144,22 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
         } => runs::logs(&run, follow, stderr),
         Cmd::Ps { json, all } => runs::ps(json, all),
         Cmd::Cache { command } => cache::run(command),
+        Cmd::Doctor { json } => {
+            let report = steprunner::doctor::examine();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("the report serializes")
+                );
+            } else {
+                print!("{}", steprunner::doctor::human(&report));
+            }
+            Ok(if report.ready {
+                Exit::Success
+            } else {
+                Exit::Step(1)
+            })
+        }
         Cmd::Flavor { command } => flavor::run(command),
         Cmd::Schema { which } => {
             print!(

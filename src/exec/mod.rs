@@ -7,12 +7,14 @@ mod arm;
 mod child;
 mod command;
 mod launch;
+mod probe;
 mod progress;
 mod spawn;
 mod stage;
 mod supervise;
 
 use arm::arm;
+pub use probe::{Probe, probe};
 use stage::{Stage, StageEnd};
 
 use std::collections::BTreeMap;

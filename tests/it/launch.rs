@@ -35,10 +35,9 @@ pub(crate) fn cgroups_of(run_id: &str) -> Vec<PathBuf> {
             if !p.is_dir() {
                 continue;
             }
-            // A run's root: `steprunner/RUN` (v1, v2 without systemd) or a systemd
-            // scope `steprunner-RUN.scope`.
+            // A run's root: `steprunner-RUN`, or a systemd scope `steprunner-RUN.scope`.
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            if name.as_deref() == Some(run_id)
+            if name.as_deref() == Some(&format!("steprunner-{run_id}"))
                 || name.as_deref() == Some(&format!("steprunner-{run_id}.scope"))
             {
                 out.push(p.clone());
@@ -83,6 +82,7 @@ fn limit<'a>(result: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn exit_codes_pass_through() {
     if !needs_root() {
         return;
@@ -114,6 +114,7 @@ fn exit_codes_pass_through() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn not_found_is_127_and_not_executable_126() {
     if !needs_root() {
         return;
@@ -132,6 +133,7 @@ fn not_found_is_127_and_not_executable_126() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn oom_killed_at_the_memory_limit() {
     if !needs_root() {
         return;
@@ -172,6 +174,7 @@ fn oom_killed_at_the_memory_limit() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn fork_bomb_is_contained_by_pids() {
     if !needs_root() {
         return;
@@ -216,6 +219,7 @@ except OSError as e:
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn cpu_quota_halves_cpu_time() {
     if !needs_root() {
         return;
@@ -248,6 +252,7 @@ fn cpu_quota_halves_cpu_time() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn open_files_limit_applies_inside_the_step() {
     if !needs_root() {
         return;
@@ -281,6 +286,7 @@ except OSError as e:
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn timeout_kills_the_whole_tree_including_setsid_escapees() {
     if !needs_root() {
         return;
@@ -304,6 +310,7 @@ fn timeout_kills_the_whole_tree_including_setsid_escapees() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn sigint_cancels_runs_cleanup_and_leaves_nothing() {
     if !needs_root() {
         return;
@@ -346,6 +353,7 @@ fn sigint_cancels_runs_cleanup_and_leaves_nothing() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_sigkilled_runner_takes_its_step_along_and_the_next_run_removes_its_cgroup() {
     if !needs_root() {
         return;
@@ -389,6 +397,7 @@ fn a_sigkilled_runner_takes_its_step_along_and_the_next_run_removes_its_cgroup()
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn logs_1gib_each_on_stdout_and_stderr_are_exact() {
     if !needs_root() {
         return;
@@ -409,6 +418,7 @@ fn logs_1gib_each_on_stdout_and_stderr_are_exact() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn log_limit_keeps_head_and_tail() {
     if !needs_root() {
         return;
@@ -436,6 +446,7 @@ fn log_limit_keeps_head_and_tail() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn unenforceable_limits_refuse_unless_best_effort() {
     if !needs_root() {
         return;
@@ -484,6 +495,7 @@ fn unenforceable_limits_refuse_unless_best_effort() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn results_match_the_result_schema() {
     if !needs_root() {
         return;
@@ -505,6 +517,7 @@ fn results_match_the_result_schema() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn failed_prepare_is_not_cached_and_cleanup_still_runs() {
     if !needs_root() {
         return;
@@ -539,6 +552,7 @@ fn failed_prepare_is_not_cached_and_cleanup_still_runs() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn concurrent_launches_with_one_key_prepare_once() {
     if !needs_root() {
         return;
@@ -587,6 +601,7 @@ fn concurrent_launches_with_one_key_prepare_once() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
     if !needs_root() {
         return;
@@ -609,6 +624,7 @@ fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
     if !needs_root() {
         return;
@@ -665,6 +681,7 @@ fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn gpus_are_selected_from_detected_devices_and_overasking_is_refused() {
     if !needs_root() {
         return;
@@ -714,6 +731,7 @@ fn gpus_are_selected_from_detected_devices_and_overasking_is_refused() {
 }
 
 #[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn resources_above_the_machine_are_refused_before_anything_runs() {
     if !needs_root() {
         return;

@@ -7,6 +7,7 @@ mod cloud;
 mod common;
 mod docker;
 mod faults;
+mod guest;
 mod launch;
 mod lifecycle;
 mod registry;
