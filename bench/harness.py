@@ -9,6 +9,7 @@ cost to every case. Standard library only.
 """
 
 import argparse
+import json
 import re
 import os
 import platform
@@ -210,6 +211,12 @@ def bench_launch(a, tmp, out):
         Case("`runner launch` of a manifest text not seen before (validated in full)", fresh_text),
     ]
     skipped = []
+    v1 = any(":memory:" in l for l in open("/proc/self/cgroup"))
+    if a.cglaunch and v1:
+        cases.append(Case("`cglaunch` (C: mkdir 5 v1 cgroups, 3 limits, fork, join, exec, wait, rmdir) `true`",
+                          checked([a.cglaunch, str(256 << 20), "100000", "4096", "--", true])))
+    elif a.cglaunch:
+        skipped.append("the minimal C launcher: it makes cgroup v1 cgroups, and this host is not v1")
     if subprocess.run(["docker", "info"], capture_output=True).returncode == 0 if shutil.which("docker") else False:
         image = a.docker_image
         cases.append(Case(f"`docker run --rm {image} true`",
@@ -241,10 +248,44 @@ def bench_launch(a, tmp, out):
                f"to a launch. The runner remembers a manifest text that passed validation "
                f"(`$RUNNER_HOME/validated`); the first launch of a new or edited text validates it "
                f"in full, {fmt_ms(cases[4].median - cases[2].median)} more.\n")
+    cg = next((c for c in cases if c.name.startswith("`cglaunch`")), None)
+    if cg:
+        ratio = cases[2].median / cg.median
+        out.append(f"**Runner against the minimal C launcher: {ratio:.2f}×** its time "
+                   f"({fmt_ms(cases[2].median)} vs {fmt_ms(cg.median)}; target: within 2× → "
+                   f"{'met' if ratio <= 2 else 'missed'}). The C program does the cgroup work "
+                   "and nothing else: no manifest, plan, run folder, logs, containment, "
+                   "records or result.\n")
     for s in skipped:
         out.append(f"- not measured: {s}")
     out.append("")
     return over
+
+
+def bench_guest(a, tmp, out):
+    """The cgroup v2 case, measured inside the guest by tests/guest/bench_guest.py."""
+    data = json.load(open(a.guest_bench))
+    out.append("## 6. cgroup v2 with systemd (in the test guest)\n")
+    out.append(
+        f"Measured inside the Debian 12 guest (kernel {data['kernel']}, systemd as PID 1, "
+        "booted under QEMU **without KVM**: software emulation makes every process start "
+        "and every instruction tens of times slower than on the host, so compare the rows "
+        f"with each other, not with the host's). {data['rounds']} rounds, alternating, "
+        "shuffled. `runner launch` asks systemd for a delegated scope per launch, as root "
+        "(system manager) and as the unprivileged user (user manager).\n")
+    for who in ("root", "user"):
+        rows = [r for r in data["results"] if r["who"] == who]
+        out.append(f"**{who}**\n")
+        out.append("| case | median | p10 | p90 | runs |\n|---|---|---|---|---|")
+        for r in rows:
+            out.append(f"| {r['case']} | {r['median_ms']:.0f} ms | {r['p10_ms']:.0f} ms | "
+                       f"{r['p90_ms']:.0f} ms | {r['runs']} |")
+        runner = next(r["median_ms"] for r in rows if r["case"].startswith("runner launch"))
+        scope = next(r["median_ms"] for r in rows if r["case"].startswith("systemd-run --scope"))
+        ratio = runner / scope
+        out.append(f"\n`runner launch` / `systemd-run --scope`: **{ratio:.2f}×** (target: under "
+                   f"0.5× → {'met' if ratio < 0.5 else 'missed'}).\n")
+    out.append("")
 
 
 def poll_process(pid, samples, stop):
@@ -463,7 +504,9 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--docker-image", default="local/base")
-    p.add_argument("--only", help="comma-separated: launch,logs,validate,footprint,concurrency")
+    p.add_argument("--only", help="comma-separated: launch,logs,validate,footprint,concurrency,guest")
+    p.add_argument("--cglaunch", help="the minimal C launcher (bench/cglaunch.c), built")
+    p.add_argument("--guest-bench", help="bench.json written by the guest (tests/guest/bench_guest.py)")
     a = p.parse_args()
     a.runner = str(Path(a.runner).resolve())
     q = a.quick
@@ -473,7 +516,7 @@ def main():
     a.validate_rounds = 3 if q else 21
     a.footprint_secs = int(os.environ.get("FOOTPRINT_SECS", "4" if q else "60"))
     a.conc_rounds = 2 if q else 15
-    only = set((a.only or "launch,logs,validate,footprint,concurrency").split(","))
+    only = set((a.only or "launch,logs,validate,footprint,concurrency,guest").split(","))
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [
@@ -493,7 +536,11 @@ def main():
     out.append("")
     with tempfile.TemporaryDirectory(prefix="steprunner-bench-") as tmp:
         for name, fn in [("launch", bench_launch), ("logs", bench_logs), ("validate", bench_validate),
-                         ("footprint", bench_footprint), ("concurrency", bench_concurrency)]:
+                         ("footprint", bench_footprint), ("concurrency", bench_concurrency),
+                         ("guest", bench_guest)]:
+            if name == "guest" and not a.guest_bench:
+                out.append("## 6. cgroup v2 with systemd\n\nNot measured: `BENCH_GUEST=0`.\n")
+                continue
             if name in only:
                 print(f"bench: {name}…", file=sys.stderr, flush=True)
                 fn(a, tmp, out)

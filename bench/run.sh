@@ -9,6 +9,9 @@
 # `BENCH_DOCKER=1` also times `docker run --rm` of the same `true`: it starts the test
 # suite's private Docker engine (`.ci/engines/docker.sh`, which installs Docker on a
 # fresh machine: minutes) and stops it by its PID at the end.
+# The cgroup v2 case runs inside the test guest (`.ci/engines/guest.sh`: a Debian 12
+# with systemd, booted under QEMU; its image is made once, minutes on a fresh machine)
+# unless `BENCH_GUEST=0`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -16,8 +19,18 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 extra=()
+work=
+cleanup() {
+    if [ -n "${BENCH_DOCKER:-}" ]; then
+        bash .ci/engines/docker.sh stop || echo "bench: stopping docker failed" >&2
+    fi
+    if [ -n "$work" ]; then
+        bash .ci/engines/guest.sh stop >/dev/null 2>&1 || true
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
 if [ -n "${BENCH_DOCKER:-}" ]; then
-    trap 'bash .ci/engines/docker.sh stop || echo "bench: stopping docker failed" >&2' EXIT
     eval "$(bash .ci/engines/docker.sh start)"
     extra+=(--docker-image steprunner/base:bookworm)
 fi
@@ -25,6 +38,23 @@ cargo build --release --quiet
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 args=(--runner "$target_dir/release/runner")
+# The minimal C launcher the v1 launch is compared with.
+mkdir -p "$target_dir/bench"
+gcc -O2 -o "$target_dir/bench/cglaunch" bench/cglaunch.c
+args+=(--cglaunch "$target_dir/bench/cglaunch")
+if [ "${BENCH_GUEST:-1}" != 0 ]; then
+    eval "$(bash .ci/engines/guest.sh start)"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/steprunner-bench-guest.XXXXXX")
+    mkdir -p "$work/payload/manifests"
+    strip --strip-debug -o "$work/payload/runner" "$target_dir/release/runner"
+    cp manifests/local.yaml manifests/venv.yaml "$work/payload/manifests/"
+    cp tests/guest/run tests/guest/bench_guest.py "$work/payload/"
+    if [ -n "${QUICK:-}" ]; then echo 5 >"$work/payload/rounds"; fi
+    echo bench >"$work/payload/mode"
+    echo "bench: the cgroup v2 case, in the guest (a few minutes under emulation)…" >&2
+    bash .ci/engines/guest.sh boot "$work/payload" "$work"
+    args+=(--guest-bench "$work/out/bench.json")
+fi
 if [ -n "${QUICK:-}" ]; then
     args+=(--quick --out bench/results.quick.md)
 else

@@ -16,7 +16,7 @@ PAYLOAD = "/payload"
 RUNNER = f"{PAYLOAD}/runner"
 USER_ENV = ["XDG_RUNTIME_DIR=/run/user/1001", "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus",
             "HOME=/home/steprunner", "PATH=/usr/local/bin:/usr/bin:/bin"]
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
+ROUNDS = int(open(f"{PAYLOAD}/rounds").read()) if os.path.exists(f"{PAYLOAD}/rounds") else 30
 
 
 def as_user(argv, user, home):
