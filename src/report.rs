@@ -351,6 +351,26 @@ pub fn summary(outcome: &Outcome) -> String {
     if outcome.cleanup_error.is_some() {
         parts.push("cleanup failed".to_owned());
     }
+    // What was asked for and not enforced is said here, not only counted as a warning.
+    let not_enforced: Vec<&str> = outcome
+        .limits
+        .iter()
+        .filter(|l| l.enforced_by == Enforcement::None)
+        .map(|l| l.name.as_str())
+        .collect();
+    if !not_enforced.is_empty() {
+        parts.push(format!("NOT enforced: {}", not_enforced.join(", ")));
+    }
+    let undoable: Vec<&str> = outcome
+        .limits
+        .iter()
+        .filter(|l| l.enforced_by != Enforcement::None && !l.contained)
+        .filter(|l| l.name != LimitKind::Gpus)
+        .map(|l| l.name.as_str())
+        .collect();
+    if !undoable.is_empty() {
+        parts.push(format!("the step could undo: {}", undoable.join(", ")));
+    }
     match outcome.warnings.len() {
         0 => {}
         1 => parts.push("1 warning".to_owned()),

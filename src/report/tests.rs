@@ -249,6 +249,27 @@ fn summary_lines() {
     );
 }
 
+/// `--best-effort-limits`: the line itself names what was not enforced, and what the
+/// step could undo, instead of only counting warnings.
+#[test]
+fn summary_names_limits_not_enforced_or_not_contained() {
+    let mut o = success();
+    o.limits[0].enforced_by = Enforcement::None;
+    o.limits[0].contained = false;
+    o.limits[1].contained = false;
+    o.warnings = vec!["memory/cpus/pids limits not enforced: no cgroup".into()];
+    let line = summary(&o);
+    assert!(line.contains(" · NOT enforced: memory · "), "{line}");
+    assert!(line.contains(" · the step could undo: cpus · "), "{line}");
+    assert!(line.contains(" · 1 warning · "), "{line}");
+    // All enforced and contained: neither part.
+    let line = summary(&success());
+    assert!(
+        !line.contains("NOT enforced") && !line.contains("undo"),
+        "{line}"
+    );
+}
+
 #[test]
 fn bytes_in_binary_units() {
     let cases = [

@@ -491,7 +491,14 @@ fn unenforceable_limits_refuse_unless_best_effort() {
     let (out, r) = r2;
     out.expect_code(0);
     assert_eq!(limit(&r, "memory")["enforced_by"], "none");
+    assert_eq!(limit(&r, "memory")["contained"], false);
     assert!(!r["warnings"].as_array().unwrap().is_empty(), "{r}");
+    // The summary line itself says what was not enforced.
+    assert!(
+        out.stderr.contains("NOT enforced: memory"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
