@@ -14,6 +14,10 @@ fn bytes(s: &str) -> Result<u64, units::UnitError> {
     units::parse_bytes(s)
 }
 
+fn memory(s: &str) -> Result<u64, units::UnitError> {
+    units::parse_memory(s)
+}
+
 fn cpus(s: &str) -> Result<f64, units::UnitError> {
     units::parse_cpus(s)
 }
@@ -175,9 +179,11 @@ pub struct StepArgs {
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
     /// Memory: bytes, or KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`
-    #[arg(long, value_name = "SIZE", value_parser = bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = memory)]
     pub memory: Option<u64>,
-    /// A flavor setting (repeatable); `a.b=c` sets nested values
+    /// A flavor setting (repeatable); `a.b=c` sets nested values. VALUE is read as JSON
+    /// when it parses (`3`, `true`, `null`, `[1, 2]`, `"x"`), else as text; a number
+    /// given for a string setting stays text
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Pass the runner's environment variable NAME to the step (repeatable); its value is never printed

@@ -66,6 +66,19 @@ impl Diagnostic {
         }
     }
 
+    /// About a whole file (it cannot be read): no line and column, shown as `--> FILE`;
+    /// `line` and `col` are 0.
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: message.into(),
+            hint: None,
+            source_line: None,
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -84,13 +97,17 @@ impl Diagnostic {
     pub fn human(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "error: {}", self.message);
-        let _ = writeln!(
-            out,
-            "  --> {}:{}:{}",
-            self.file.display(),
-            self.line,
-            self.col
-        );
+        if self.line == 0 {
+            let _ = writeln!(out, "  --> {}", self.file.display());
+        } else {
+            let _ = writeln!(
+                out,
+                "  --> {}:{}:{}",
+                self.file.display(),
+                self.line,
+                self.col
+            );
+        }
         if let Some(src) = &self.source_line {
             let num = self.line.to_string();
             let pad = " ".repeat(num.len());
@@ -129,6 +146,13 @@ impl Diagnostic {
         let mut msg = self.message.clone();
         if let Some(h) = &self.hint {
             msg.push_str(&format!("\nhint: {h}"));
+        }
+        if self.line == 0 {
+            return format!(
+                "::error file={}::{}",
+                prop(&self.file.display().to_string()),
+                data(&msg)
+            );
         }
         format!(
             "::error file={},line={},col={}::{}",

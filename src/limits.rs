@@ -158,9 +158,9 @@ pub enum LimitError {
         #[source]
         source: nix::errno::Errno,
     },
-    #[error("{requested} GPUs requested but {detected} detected")]
+    #[error("{requested} GPU{} requested but {detected} detected", if *.requested == 1 { "" } else { "s" })]
     NotEnoughGpus { requested: u32, detected: usize },
-    #[error("memory limit of {requested} bytes exceeds the machine's {total} bytes of RAM")]
+    #[error("memory limit of {} exceeds the machine's {} of RAM", crate::units::exact_bytes(*.requested), crate::units::Bytes(*.total))]
     MemoryAboveTotal { requested: u64, total: u64 },
     #[error("cpus limit of {requested} exceeds the machine's {cores} logical cores")]
     CpusAboveCores { requested: f64, cores: usize },

@@ -123,6 +123,8 @@ impl Ending {
 pub struct Outcome {
     pub version: u32,
     pub run_id: String,
+    /// The run's folder: plan, logs, result.
+    pub run_dir: String,
     pub flavor: String,
     pub step: String,
     pub status: Status,
@@ -287,20 +289,35 @@ pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// One line for stderr, e.g.
-/// `runner: succeeded in 1.23s · exit 0 · peak memory 12.3 MiB · cpu 0.45s user 0.02s system · logs /run/stdout.log /run/stderr.log`
+/// The summary for stderr, wrapped at 80 columns: how the run ended and what it used,
+/// then where it is. E.g.
+///
+/// ```text
+/// runner: succeeded in 1.23s · exit 0 · peak memory 12.3 MiB · cpu 0.45s user
+///         0.02s system
+///         run r-1 in /runs/r-1 (stdout.log, stderr.log, result.json)
+/// ```
+///
+/// A step that failed by itself says `the step exited N`, so its exit code is never
+/// taken for the runner's own (2: invalid input; 125: could not run it).
 pub fn summary(outcome: &Outcome) -> String {
-    let mut parts = vec![
-        format!(
-            "runner: {} in {}",
-            outcome.status.as_str(),
-            format_secs(outcome.duration_secs)
-        ),
-        format!("exit {}", outcome.exit_code),
-    ];
+    let mut parts = vec![format!(
+        "runner: {} in {}",
+        outcome.status.as_str(),
+        format_secs(outcome.duration_secs)
+    )];
+    let step_exit = outcome.status == Status::Failed && outcome.signal.is_none();
+    parts.push(if step_exit {
+        format!("the step exited {}", outcome.exit_code)
+    } else {
+        format!("exit {}", outcome.exit_code)
+    });
     let signal = outcome
         .signal
         .map(|s| format!("{} ({s})", crate::signals::name(s)));
+    let killed_by = outcome
+        .signal
+        .map(|s| format!("killed by {}", crate::signals::name(s)));
     match (outcome.status, signal) {
         (Status::Cancelled, Some(name)) => parts.push(format!("received {name}")),
         (_, Some(name)) => parts.push(format!("killed by {name}")),
@@ -311,7 +328,7 @@ pub fn summary(outcome: &Outcome) -> String {
             Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
                 format!(
                     "memory limit {} reached",
-                    format_limit_bytes(n.as_u64().unwrap_or(0))
+                    crate::units::exact_bytes(n.as_u64().unwrap_or(0))
                 )
             }
             _ => "out of memory".to_owned(),
@@ -325,7 +342,9 @@ pub fn summary(outcome: &Outcome) -> String {
         }
         _ => {}
     }
-    if let Some(message) = &outcome.message {
+    if let Some(message) = &outcome.message
+        && Some(message) != killed_by.as_ref()
+    {
         parts.push(message.clone());
     }
     if outcome.cache.as_ref().is_some_and(|c| c.hit) {
@@ -351,10 +370,13 @@ pub fn summary(outcome: &Outcome) -> String {
     if outcome.cleanup_error.is_some() {
         parts.push("cleanup failed".to_owned());
     }
-    // What was asked for and not enforced is said here, not only counted as a warning.
+    // What was asked for and not enforced is said here, not only counted as a warning
+    // (when the step ran: a run refused before it says why in its message).
+    let ran = outcome.stages.launch.is_some();
     let not_enforced: Vec<&str> = outcome
         .limits
         .iter()
+        .filter(|_| ran)
         .filter(|l| l.enforced_by == Enforcement::None)
         .map(|l| l.name.as_str())
         .collect();
@@ -364,6 +386,7 @@ pub fn summary(outcome: &Outcome) -> String {
     let undoable: Vec<&str> = outcome
         .limits
         .iter()
+        .filter(|_| ran)
         .filter(|l| l.enforced_by != Enforcement::None && !l.contained)
         .filter(|l| l.name != LimitKind::Gpus)
         .map(|l| l.name.as_str())
@@ -376,17 +399,55 @@ pub fn summary(outcome: &Outcome) -> String {
         1 => parts.push("1 warning".to_owned()),
         n => parts.push(format!("{n} warnings")),
     }
+    let mut text = wrap(&parts, " · ", 80, "        ");
+    // Where the run is: its folder, and what in it exists.
     let logs = &outcome.logs;
-    let paths: Vec<&str> = [&logs.stdout, &logs.stderr]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .map(String::as_str)
-        .collect();
-    if !paths.is_empty() {
-        let truncated = if logs.truncated { " (truncated)" } else { "" };
-        parts.push(format!("logs {}{truncated}", paths.join(" ")));
+    if !outcome.run_dir.is_empty() {
+        let dir = &outcome.run_dir;
+        let mut files: Vec<String> = [&logs.stdout, &logs.stderr]
+            .into_iter()
+            .filter(|p| !p.is_empty() && Path::new(p).exists())
+            .filter_map(|p| {
+                Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .collect();
+        if logs.truncated {
+            files.push("logs truncated".into());
+        }
+        files.push("result.json".into());
+        text.push_str(&format!(
+            "\n        run {} in {} ({})",
+            outcome.run_id,
+            dir,
+            files.join(", ")
+        ));
     }
-    parts.join(" · ")
+    text
+}
+
+/// `parts` joined by `sep`, broken before a part that would pass `width` columns;
+/// later lines start with `indent`.
+fn wrap(parts: &[String], sep: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut col = 0;
+    for (i, part) in parts.iter().enumerate() {
+        let len = part.chars().count();
+        if i > 0 {
+            if col + sep.chars().count() + len > width {
+                out.push('\n');
+                out.push_str(indent);
+                col = indent.chars().count();
+            } else {
+                out.push_str(sep);
+                col += sep.chars().count();
+            }
+        }
+        out.push_str(part);
+        col += len;
+    }
+    out
 }
 
 fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value> {
@@ -395,17 +456,6 @@ fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value>
         .iter()
         .find(|l| l.name == name)
         .map(|l| &l.value)
-}
-
-/// A configured limit: exact when it is a whole number of units (`64 MiB`).
-fn format_limit_bytes(n: u64) -> String {
-    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-    for (unit, shift) in UNITS {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{} {unit}", n >> shift);
-        }
-    }
-    Bytes(n).to_string()
 }
 
 /// `0.45s`, `12.30s`, `2m 05s`, `1h 02m 05s`.

@@ -32,32 +32,98 @@ fn flavor_validator() -> &'static Validator {
     V.get_or_init(|| compile(flavor_schema()))
 }
 
+fn step_info_schema() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| serde_json::from_str(STEP_INFO_SCHEMA).expect("embedded schema is JSON"))
+}
+
 fn step_info_validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        compile(&serde_json::from_str(STEP_INFO_SCHEMA).expect("embedded schema is JSON"))
-    })
+    V.get_or_init(|| compile(step_info_schema()))
+}
+
+/// One schema finding, before it is located.
+struct Found {
+    pointer: String,
+    /// Point at the key (`name:`) rather than at the value.
+    at_key: bool,
+    message: String,
+    hint: Option<String>,
+}
+
+fn found(pointer: String, at_key: bool, message: String) -> Found {
+    Found {
+        pointer,
+        at_key,
+        message,
+        hint: None,
+    }
+}
+
+/// A JSON pointer as people write the place: `/launch/limits` → `launch.limits`.
+fn dotted(ptr: &str) -> String {
+    ptr.trim_start_matches('/').replace('/', ".")
 }
 
 /// Where a schema error is, as a JSON pointer, and what to say about it.
-fn describe(err: &ValidationError<'_>, instance: &Value, out: &mut Vec<(String, bool, String)>) {
+fn describe(err: &ValidationError<'_>, instance: &Value, root: &Value, out: &mut Vec<Found>) {
     let ptr = err.instance_path().as_str().to_string();
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let schema_path = err.schema_path().as_str();
+            let allowed = known_keys(root, schema_path);
+            let names: Vec<&str> = allowed.iter().flatten().map(String::as_str).collect();
             for key in unexpected {
-                let allowed = known_keys(err.schema_path().as_str());
-                let mut msg = format!("unknown key `{key}`");
-                let names: Vec<&str> = allowed.iter().flatten().map(String::as_str).collect();
+                let mut f = found(
+                    format!("{ptr}/{}", ptr_escape(key)),
+                    true,
+                    format!("unknown key `{key}`"),
+                );
                 if let Some(best) = closest(key, &names) {
-                    msg.push_str(&format!(" (did you mean `{best}`?)"));
+                    f.message.push_str(&format!(" (did you mean `{best}`?)"));
+                } else if let Some(parent) = ptr.rsplit_once('/').map(|(p, _)| p)
+                    && keys_at(root, parent).is_some_and(|up| up.iter().any(|k| k == key))
+                {
+                    let home = if parent.is_empty() {
+                        "at the top level".to_string()
+                    } else {
+                        format!("in `{}`", dotted(parent))
+                    };
+                    f.hint = Some(format!(
+                        "`{key}` belongs one level up, {home}: indent it like `{}`",
+                        dotted(&ptr).rsplit('.').next().unwrap_or_default()
+                    ));
+                } else if !names.is_empty() {
+                    let here = if ptr.is_empty() {
+                        "the top level".to_string()
+                    } else {
+                        format!("`{}`", dotted(&ptr))
+                    };
+                    f.hint = Some(format!("{here} has: {}", names.join(", ")));
                 }
-                out.push((format!("{ptr}/{}", ptr_escape(key)), true, msg));
+                out.push(f);
             }
         }
         ValidationErrorKind::OneOfNotValid { context } => {
             // The only `oneOf` in the flavor schema is a command: explain with the branch
             // the value looks like instead of "not valid under any schema".
             let value = instance.pointer(&ptr).unwrap_or(&Value::Null);
+            if let Value::Array(items) = value
+                && items.iter().any(|i| i.is_array() || i.is_object())
+            {
+                // A list of commands where one command goes (`launch.run`).
+                let mut f = found(
+                    ptr.clone(),
+                    false,
+                    format!("`{}` is one command, not a list of commands", dotted(&ptr)),
+                );
+                f.hint = Some(
+                    "write `run: [prog, arg, …]`, `run: {argv: [prog, arg, …]}` or `run: {script: …}`; only `prepare.run` and `cleanup.run` take a list of commands"
+                        .to_string(),
+                );
+                out.push(f);
+                return;
+            }
             let branch = match value {
                 Value::Array(_) => Some(0),
                 Value::Object(m) if m.contains_key("script") => Some(2),
@@ -70,10 +136,10 @@ fn describe(err: &ValidationError<'_>, instance: &Value, out: &mut Vec<(String, 
             {
                 Some(errs) => {
                     for e in errs {
-                        describe(e, instance, out);
+                        describe(e, instance, root, out);
                     }
                 }
-                None => out.push((
+                None => out.push(found(
                     ptr,
                     false,
                     "expected a command: a list of arguments, `{argv: [...]}` or `{script: ...}`"
@@ -85,26 +151,61 @@ fn describe(err: &ValidationError<'_>, instance: &Value, out: &mut Vec<(String, 
             // Point at the key that holds the incomplete mapping (`launch:`), not at
             // whatever key happens to come first inside it.
             let name = property.as_str().unwrap_or_default();
-            out.push((ptr, true, format!("missing required key `{name}`")));
+            out.push(found(ptr, true, format!("missing required key `{name}`")));
         }
         ValidationErrorKind::Constant { expected_value } => {
-            let found = instance.pointer(&ptr).unwrap_or(&Value::Null);
-            out.push((
+            let found_value = instance.pointer(&ptr).unwrap_or(&Value::Null);
+            out.push(found(
                 ptr,
                 false,
-                format!("expected `{expected_value}`, found `{found}`"),
+                format!("expected `{expected_value}`, found `{found_value}`"),
             ));
         }
-        _ => out.push((ptr, false, err.to_string())),
+        _ => out.push(found(ptr, false, err.to_string())),
     }
 }
 
 /// Property names allowed at a schema location, for "did you mean" hints.
-fn known_keys(schema_path: &str) -> Option<Vec<String>> {
+fn known_keys(root: &Value, schema_path: &str) -> Option<Vec<String>> {
     let parent = schema_path.strip_suffix("/additionalProperties")?;
-    let obj = resolve_schema_path(flavor_schema(), parent)?;
+    let obj = resolve_schema_path(root, parent)?;
     Some(
         obj.get("properties")?
+            .as_object()?
+            .keys()
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Property names the schema allows for the object at an instance pointer, following
+/// `properties`, `items` and `$ref`s from the root: where a key belongs.
+fn keys_at(root: &Value, ptr: &str) -> Option<Vec<String>> {
+    fn deref<'a>(root: &'a Value, mut v: &'a Value) -> Option<&'a Value> {
+        // A `$ref` chain is short in our schemas; bounded all the same.
+        for _ in 0..8 {
+            match v
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix('#'))
+            {
+                Some(target) => v = root.pointer(target)?,
+                None => break,
+            }
+        }
+        Some(v)
+    }
+    let mut cur = deref(root, root)?;
+    for seg in ptr.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let next = cur
+            .get("properties")
+            .and_then(|p| p.get(&seg))
+            .or_else(|| cur.get("items"))?;
+        cur = deref(root, next)?;
+    }
+    Some(
+        cur.get("properties")?
             .as_object()?
             .keys()
             .cloned()
@@ -131,31 +232,34 @@ fn resolve_schema_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-fn diagnostics(src: &Source, validator: &Validator) -> Vec<Diagnostic> {
-    let mut found = Vec::new();
+fn diagnostics(src: &Source, validator: &Validator, root: &Value) -> Vec<Diagnostic> {
+    let mut all = Vec::new();
     for err in validator.iter_errors(&src.doc.value) {
-        describe(&err, &src.doc.value, &mut found);
+        describe(&err, &src.doc.value, root, &mut all);
     }
-    found
-        .into_iter()
-        .map(|(ptr, is_key, msg)| {
-            let pos = if is_key {
-                src.doc.index.key(&ptr)
+    all.into_iter()
+        .map(|f| {
+            let pos = if f.at_key {
+                src.doc.index.key(&f.pointer)
             } else {
                 None
             }
-            .unwrap_or_else(|| src.doc.index.nearest(&ptr));
-            Diagnostic::new(&src.path, Some(&src.text), pos, msg)
+            .unwrap_or_else(|| src.doc.index.nearest(&f.pointer));
+            let d = Diagnostic::new(&src.path, Some(&src.text), pos, f.message);
+            match f.hint {
+                Some(h) => d.with_hint(h),
+                None => d,
+            }
         })
         .collect()
 }
 
 /// Schema errors of a step-info document.
 pub fn check_step_info(src: &Source) -> Vec<Diagnostic> {
-    diagnostics(src, step_info_validator())
+    diagnostics(src, step_info_validator(), step_info_schema())
 }
 
 /// Schema errors of a flavor manifest.
 pub fn check_flavor(src: &Source) -> Vec<Diagnostic> {
-    diagnostics(src, flavor_validator())
+    diagnostics(src, flavor_validator(), flavor_schema())
 }

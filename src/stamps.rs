@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::diag::Diagnostic;
 use crate::home::Home;
 use crate::manifest::{Flavor, Source};
-use crate::validate::{check_flavor, load_diagnostic};
+use crate::validate::{check_manifest, load_diagnostic};
 
 /// As `validate::check_file`, but a file whose exact text already passed every check with this
 /// very binary skips them (it is still parsed, and its settings are still checked when
@@ -32,7 +32,7 @@ pub fn check_file(
     {
         return Ok((src, flavor, None));
     }
-    let flavor = check_flavor(&src)?;
+    let flavor = check_manifest(&src)?;
     Ok((src, flavor, stamp.map(Stamp)))
 }
 

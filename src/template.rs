@@ -222,10 +222,11 @@ pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> P
     let col_chars = last_line.chars().count();
     // `start` is the first character of the content (after the opening quote, if any).
     match style {
-        ScalarStyle::Literal | ScalarStyle::Folded => Pos {
+        ScalarStyle::Literal => Pos {
             line: start.line + lines,
             col: start.col + col_chars,
         },
+        ScalarStyle::Folded => folded_pos(src, start, before),
         ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if lines == 0 => {
             let line = crate::diag::source_lines(&src.text)
                 .nth(start.line.saturating_sub(1))
@@ -242,6 +243,32 @@ pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> P
         },
         _ => start,
     }
+}
+
+/// In a `>` block, lines are joined with one space (a blank line makes a line break):
+/// the value's offsets are not the source's. Walk the block's source lines, each
+/// holding its content and one separator of the value, to the one `before` ends in.
+fn folded_pos(src: &Source, start: Pos, before: &str) -> Pos {
+    let mut left = before.chars().count();
+    let indent = start.col.saturating_sub(1);
+    for (i, line) in crate::diag::source_lines(&src.text)
+        .skip(start.line.saturating_sub(1))
+        .enumerate()
+    {
+        let content: Vec<char> = line.chars().skip(indent).collect();
+        if line.trim().is_empty() {
+            // A blank line is the separator of the line before it.
+            continue;
+        }
+        if left <= content.len() {
+            return Pos {
+                line: start.line + i,
+                col: start.col + left,
+            };
+        }
+        left -= content.len() + 1;
+    }
+    start
 }
 
 /// How many source characters of a quoted scalar's content hold its first `decoded`

@@ -8,9 +8,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UnitError {
     #[error(
-        "invalid size `{0}`: expected a byte count or a number with one of KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`"
+        "invalid size `{0}`: expected a byte count or a number with one of KB MB GB TB PB (decimal), KiB MiB GiB TiB PiB (binary), e.g. `512MiB`{suggestion}", suggestion = suggest_size(.0)
     )]
     Size(String),
+    #[error("memory `{0}` is zero: give the step some, e.g. `512MiB`")]
+    ZeroMemory(String),
     #[error(
         "invalid duration `{0}`: expected seconds or a duration such as `90s`, `10m`, `1h 30m`"
     )]
@@ -21,6 +23,36 @@ pub enum UnitError {
     Cpus(String),
     #[error("invalid count `{0}`: expected a whole non-negative number")]
     Count(String),
+}
+
+/// For a size written the way other tools write it (`2G`, `2gb`, `512m`): the two
+/// spellings it could mean here.
+fn suggest_size(text: &str) -> String {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let letter = match unit.trim().to_ascii_lowercase().as_str() {
+        "k" | "kb" | "kib" => "K",
+        "m" | "mb" | "mib" => "M",
+        "g" | "gb" | "gib" => "G",
+        "t" | "tb" | "tib" => "T",
+        "p" | "pb" | "pib" => "P",
+        _ => return String::new(),
+    };
+    if num.is_empty() {
+        return String::new();
+    }
+    format!(" (did you mean `{num}{letter}B` or `{num}{letter}iB`?)")
+}
+
+/// Memory for a step: a size (see [`parse_bytes`]) that is more than zero.
+pub fn parse_memory(text: &str) -> Result<u64, UnitError> {
+    match parse_bytes(text)? {
+        0 => Err(UnitError::ZeroMemory(text.to_string())),
+        n => Ok(n),
+    }
 }
 
 /// Bytes from a size as ZenML's `ResourceSettings.memory` accepts it, plus `B` and plain counts.
@@ -121,6 +153,24 @@ impl fmt::Display for Bytes {
     }
 }
 
+/// A size as a person wrote it: exact when it is a whole number of units (`64 MiB`,
+/// `100 GiB`), else like [`Bytes`].
+pub fn exact_bytes(n: u64) -> String {
+    const UNITS: [(&str, u32); 5] = [
+        ("PiB", 50),
+        ("TiB", 40),
+        ("GiB", 30),
+        ("MiB", 20),
+        ("KiB", 10),
+    ];
+    for (unit, shift) in UNITS {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    Bytes(n).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +206,27 @@ mod tests {
             assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
             assert!(err.to_string().contains("KiB MiB GiB TiB PiB"), "{err}");
         }
+    }
+
+    #[test]
+    fn other_tools_spellings_get_both_of_ours() {
+        for (bad, want) in [
+            ("2G", "`2GB` or `2GiB`"),
+            ("2gb", "`2GB` or `2GiB`"),
+            ("512m", "`512MB` or `512MiB`"),
+        ] {
+            let msg = parse_bytes(bad).unwrap_err().to_string();
+            assert!(msg.contains(want), "{bad}: {msg}");
+        }
+        assert!(
+            !parse_bytes("lots")
+                .unwrap_err()
+                .to_string()
+                .contains("did you mean")
+        );
+        assert_eq!(parse_memory("0"), Err(UnitError::ZeroMemory("0".into())));
+        assert!(parse_memory("0MiB").is_err());
+        assert_eq!(parse_memory("1"), Ok(1));
     }
 
     #[test]

@@ -12,7 +12,6 @@ use serde_json::Value;
 use crate::diag::{Diagnostic, closest};
 use crate::manifest::{Flavor, Source, TemplateKind, TemplateRef};
 use crate::template::{self, CONTEXT, GLOBALS, find_word, line_offset, template_pos};
-use crate::yaml::Pos;
 use crate::{schemas, settings};
 
 /// Everything `runner validate` checks about one manifest. On success, the typed flavor.
@@ -172,25 +171,77 @@ fn check_template(
 /// Read and check one manifest file, returning every diagnostic.
 pub fn check_file(path: &Path) -> Result<(Source, Flavor), Vec<Diagnostic>> {
     let src = Source::read(path).map_err(|e| vec![load_diagnostic(path, &e)])?;
-    let flavor = check_flavor(&src)?;
+    let flavor = check_manifest(&src)?;
     Ok((src, flavor))
+}
+
+/// [`check_flavor`], saying so when the file is step info rather than a manifest.
+pub fn check_manifest(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
+    check_flavor(src).map_err(|diags| step_info_instead(src).unwrap_or(diags))
+}
+
+/// A step-info file given where a manifest goes: one error that says so, instead of
+/// every key it lacks and has.
+fn step_info_instead(src: &Source) -> Option<Vec<Diagnostic>> {
+    let Value::Object(top) = &src.doc.value else {
+        return None;
+    };
+    let info_keys = [
+        "step",
+        "requirements",
+        "resources",
+        "entrypoint",
+        "settings",
+        "environment",
+    ];
+    let looks_like_info = !top.contains_key("launch")
+        && !top.contains_key("version")
+        && top
+            .keys()
+            .all(|k| info_keys.contains(&k.as_str()) || k == "source")
+        && !top.is_empty();
+    looks_like_info.then(|| {
+        vec![
+            Diagnostic::new(
+                &src.path,
+                Some(&src.text),
+                src.doc.index.nearest(""),
+                "this looks like step info, not a flavor manifest",
+            )
+            .with_hint(
+                "pass step info with `--info FILE` to `runner launch` or `runner render`; `runner schema step-info` describes it",
+            ),
+        ]
+    })
+}
+
+/// What usually causes a YAML error, said in a manifest's terms.
+fn yaml_hint(message: &str) -> Option<&'static str> {
+    if message.contains("mapping values are not allowed") {
+        Some(
+            "a `: ` inside a plain value starts a mapping: quote the whole value, e.g. `script: 'echo a: b'`",
+        )
+    } else {
+        None
+    }
 }
 
 pub fn load_diagnostic(path: &Path, e: &crate::manifest::LoadError) -> Diagnostic {
     use crate::manifest::LoadError;
     match e {
-        LoadError::Yaml { text, source, .. } => Diagnostic::new(
-            path,
-            Some(text),
-            source.pos,
-            format!("invalid YAML: {}", source.message),
-        ),
-        other => Diagnostic::new(
-            path,
-            None,
-            Pos { line: 1, col: 1 },
-            crate::diag::error_chain(other),
-        ),
+        LoadError::Yaml { text, source, .. } => {
+            let d = Diagnostic::new(
+                path,
+                Some(text),
+                source.pos,
+                format!("invalid YAML: {}", source.message),
+            );
+            match yaml_hint(&source.message) {
+                Some(h) => d.with_hint(h),
+                None => d,
+            }
+        }
+        other => Diagnostic::file(path, crate::diag::error_chain(other)),
     }
 }
 

@@ -81,20 +81,49 @@ pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
     })
 }
 
-/// A manifest path, or the name of a registered flavor.
+/// A manifest path, or the name of a registered flavor. A bare name (no `/`, no
+/// `.yaml`/`.yml`) only ever names a registered flavor: a file of that name in the
+/// working directory never silently wins (write `./NAME` for it).
 fn resolve_manifest(home: &Home, arg: &str) -> Result<PathBuf, CliError> {
-    let p = PathBuf::from(arg);
-    if p.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
-        return Ok(p);
+    let path_like = arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml");
+    if path_like {
+        return Ok(PathBuf::from(arg));
     }
-    let registered = home.flavor(arg);
-    if registered.exists() {
+    if let Some(registered) = steprunner::registry::find(home, arg) {
         return Ok(registered);
     }
-    Err(CliError::invalid(format!(
-        "no manifest file or registered flavor named `{arg}`"
-    ))
-    .hint("pass a path to a manifest file, or register one with `runner flavor register`"))
+    let mut e = CliError::invalid(format!("no registered flavor named `{arg}`"));
+    let shipped = PathBuf::from("manifests").join(format!("{arg}.yaml"));
+    let names: Vec<String> = steprunner::registry::list(home)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if Path::new(arg).is_file() {
+        e = e.hint(format!("to use the file `{arg}` here, write `./{arg}`"));
+    }
+    // Manifests in `./manifests`, as in this repository.
+    let local: Vec<String> = std::fs::read_dir("manifests")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let p = e.path();
+                    (p.extension()? == "yaml")
+                        .then(|| p.file_stem()?.to_str().map(str::to_owned))
+                        .flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let local_refs: Vec<&str> = local.iter().map(String::as_str).collect();
+    if shipped.is_file() {
+        e = e.hint(format!("did you mean `{}`?", shipped.display()));
+    } else if let Some(best) = diag::closest(arg, &refs) {
+        e = e.hint(format!("did you mean the registered flavor `{best}`?"));
+    } else if let Some(best) = diag::closest(arg, &local_refs) {
+        e = e.hint(format!("did you mean `manifests/{best}.yaml`?"));
+    }
+    Err(e.hint("pass a path to a manifest file, or register one with `runner flavor register PATH` (`runner flavor list` shows them)"))
 }
 
 /// Everything before execution: the manifest and step info, loaded and checked.

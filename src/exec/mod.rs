@@ -366,6 +366,7 @@ pub fn execute(
     let out = Outcome {
         version: crate::report::VERSION,
         run_id: plan.run_id.clone(),
+        run_dir: dir.path().display().to_string(),
         flavor: plan.flavor.clone(),
         step: plan.step.clone(),
         status: Status::Succeeded,
@@ -457,6 +458,12 @@ pub fn execute(
     }
     if let Some(t) = run.stale.take() {
         let _ = t.join();
+    }
+    // Logs the step never wrote are not pointed at.
+    for path in [&mut run.out.logs.stdout, &mut run.out.logs.stderr] {
+        if !Path::new(path.as_str()).exists() {
+            path.clear();
+        }
     }
     run.out.duration_secs = t0.elapsed().as_secs_f64();
     Ok(run.out)

@@ -164,7 +164,7 @@ fn select_gpus_picks_the_first_n_or_fails_naming_both_numbers() {
     let err = select_gpus(3, &gpus).unwrap_err().to_string();
     assert_eq!(err, "3 GPUs requested but 2 detected");
     let err = select_gpus(1, &[]).unwrap_err().to_string();
-    assert_eq!(err, "1 GPUs requested but 0 detected");
+    assert_eq!(err, "1 GPU requested but 0 detected");
 }
 
 #[test]

@@ -8,6 +8,7 @@ fn success() -> Outcome {
     Outcome {
         version: VERSION,
         run_id: "r-20260101-abc".into(),
+        run_dir: "/runs/r1".into(),
         flavor: "venv".into(),
         step: "trainer".into(),
         status: Status::Succeeded,
@@ -214,15 +215,22 @@ fn status_strings_match_serde() {
 fn summary_lines() {
     assert_eq!(
         summary(&success()),
-        "runner: succeeded in 1.23s · exit 0 · prepare cached · peak memory 12.3 MiB · cpu 0.45s user 0.02s system · logs /runs/r1/stdout.log /runs/r1/stderr.log"
+        "runner: succeeded in 1.23s · exit 0 · prepare cached · peak memory 12.3 MiB\n        \
+         cpu 0.45s user 0.02s system\n        \
+         run r-20260101-abc in /runs/r1 (result.json)"
     );
     assert_eq!(
         summary(&oom()),
-        "runner: oom_killed in 3.00s · exit 137 · killed by SIGKILL (9) · memory limit 64 MiB reached · peak memory 64.0 MiB · cpu 0.45s user 0.02s system · logs /runs/r1/stdout.log /runs/r1/stderr.log"
+        "runner: oom_killed in 3.00s · exit 137 · killed by SIGKILL (9)\n        \
+         memory limit 64 MiB reached · peak memory 64.0 MiB\n        \
+         cpu 0.45s user 0.02s system\n        \
+         run r-20260101-abc in /runs/r1 (result.json)"
     );
     assert_eq!(
         summary(&launch_error()),
-        "runner: launch_error in 0.00s · exit 127 · command `trainr` not found · 1 warning"
+        "runner: launch_error in 0.00s · exit 127 · command `trainr` not found\n        \
+         1 warning\n        \
+         run r-20260101-abc in /runs/r1 (result.json)"
     );
     let mut timed_out = success();
     timed_out.set_ending(Ending::TimedOut { signal: Some(15) });
@@ -235,7 +243,9 @@ fn summary_lines() {
     timed_out.logs.truncated = true;
     assert_eq!(
         summary(&timed_out),
-        "runner: timed_out in 1h 00m 05s · exit 124 · killed by SIGTERM (15) · timeout 1h reached · 2 leftover processes killed · logs /runs/r1/stdout.log /runs/r1/stderr.log (truncated)"
+        "runner: timed_out in 1h 00m 05s · exit 124 · killed by SIGTERM (15)\n        \
+         timeout 1h reached · 2 leftover processes killed\n        \
+         run r-20260101-abc in /runs/r1 (logs truncated, result.json)"
     );
     let mut cancelled = launch_error();
     cancelled.set_ending(Ending::Cancelled { received: 2 });
@@ -245,7 +255,55 @@ fn summary_lines() {
     cancelled.warnings.push("second".into());
     assert_eq!(
         summary(&cancelled),
-        "runner: cancelled in 1m 15s · exit 130 · received SIGINT (2) · cleanup failed · 2 warnings"
+        "runner: cancelled in 1m 15s · exit 130 · received SIGINT (2) · cleanup failed\n        \
+         2 warnings\n        \
+         run r-20260101-abc in /runs/r1 (result.json)"
+    );
+}
+
+/// The step's own exit code is said to be the step's; a signal is named once.
+#[test]
+fn summary_tells_the_steps_exit_from_the_runners_and_repeats_nothing() {
+    let mut failed = success();
+    failed.set_ending(Ending::Exited(2));
+    failed.cache = None;
+    let line = summary(&failed);
+    assert!(
+        line.starts_with("runner: failed in 1.23s · the step exited 2 · "),
+        "{line}"
+    );
+    let mut segv = success();
+    segv.set_ending(Ending::Signaled(11));
+    segv.message = Some("killed by SIGSEGV".into());
+    let line = summary(&segv);
+    assert_eq!(line.matches("killed by").count(), 1, "{line}");
+    assert!(line.contains("exit 139 · killed by SIGSEGV (11)"), "{line}");
+}
+
+/// Every line fits 80 columns (the last, with its folder, as far as the path allows),
+/// and the logs that exist are named.
+#[test]
+fn summary_fits_80_columns_and_names_the_logs_that_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = oom();
+    o.run_dir = dir.path().display().to_string();
+    o.logs.stdout = dir.path().join("stdout.log").display().to_string();
+    o.logs.stderr = dir.path().join("stderr.log").display().to_string();
+    std::fs::write(&o.logs.stdout, "x").unwrap();
+    o.warnings = vec!["a".into(), "b".into()];
+    o.leftover_processes_killed = 12;
+    let text = summary(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[..lines.len() - 1] {
+        assert!(
+            l.chars().count() <= 80,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    assert!(
+        lines.last().unwrap().ends_with("(stdout.log, result.json)"),
+        "{text}"
     );
 }
 
@@ -258,7 +316,7 @@ fn summary_names_limits_not_enforced_or_not_contained() {
     o.limits[0].contained = false;
     o.limits[1].contained = false;
     o.warnings = vec!["memory/cpus/pids limits not enforced: no cgroup".into()];
-    let line = summary(&o);
+    let line = summary(&o).replace("\n        ", " · ");
     assert!(line.contains(" · NOT enforced: memory · "), "{line}");
     assert!(line.contains(" · the step could undo: cpus · "), "{line}");
     assert!(line.contains(" · 1 warning · "), "{line}");
@@ -285,8 +343,8 @@ fn bytes_in_binary_units() {
     for (n, want) in cases {
         assert_eq!(Bytes(n).to_string(), want, "{n}");
     }
-    assert_eq!(format_limit_bytes(64 << 20), "64 MiB");
-    assert_eq!(format_limit_bytes((64 << 20) + 1), "64.0 MiB");
+    assert_eq!(crate::units::exact_bytes(64 << 20), "64 MiB");
+    assert_eq!(crate::units::exact_bytes((64 << 20) + 1), "64.0 MiB");
 }
 
 fn schema() -> Value {

@@ -6,6 +6,7 @@
 mod cloud;
 mod common;
 mod docker;
+mod docs;
 mod faults;
 mod guest;
 mod launch;

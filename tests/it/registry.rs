@@ -7,6 +7,51 @@ fn run(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
 }
 
 #[test]
+/// A file in the working directory named like a flavor does not silently win over the
+/// registered flavor: a bare name means a registered flavor, `./NAME` the file.
+#[test]
+fn a_bare_name_is_a_registered_flavor_never_a_file_of_that_name() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    run(h, &["flavor", "register", "manifests/local.yaml"]).expect_code(0);
+    let cwd = tempfile::tempdir().unwrap();
+    let mut text =
+        std::fs::read_to_string(crate::common::root().join("manifests/venv.yaml")).unwrap();
+    text = text.replace("name: venv", "name: impostor");
+    std::fs::write(cwd.path().join("local"), &text).unwrap();
+    std::fs::write(cwd.path().join("other"), &text).unwrap();
+    let by_name = Runner::new()
+        .env("RUNNER_HOME", h)
+        .current_dir(cwd.path())
+        .args(["render", "local", "--format", "json", "--", "true"])
+        .run();
+    by_name.expect_code(0);
+    assert_eq!(by_name.json()["flavor"], "local", "the registered flavor");
+    let as_file = Runner::new()
+        .env("RUNNER_HOME", h)
+        .current_dir(cwd.path())
+        .args(["render", "./local", "--format", "json", "--", "true"])
+        .run();
+    as_file.expect_code(0);
+    assert_eq!(
+        as_file.json()["flavor"],
+        "impostor",
+        "the file, asked for as one"
+    );
+    let unregistered = Runner::new()
+        .env("RUNNER_HOME", h)
+        .current_dir(cwd.path())
+        .args(["render", "other", "--", "true"])
+        .run();
+    unregistered.expect_code(2);
+    assert!(
+        unregistered.stderr.contains("write `./other`"),
+        "{}",
+        unregistered.stderr
+    );
+}
+
+#[test]
 fn registered_flavors_launch_by_name() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -62,9 +107,27 @@ fn registered_flavors_launch_by_name() {
     assert!(
         missing
             .stderr
-            .contains("no manifest file or registered flavor named `nosuchflavor`"),
+            .contains("no registered flavor named `nosuchflavor`"),
         "{}",
         missing.stderr
+    );
+    // A near name gets a suggestion: the registered one, or a shipped manifest.
+    let near = run(h, &["render", "locl", "--", "true"]);
+    near.expect_code(2);
+    assert!(
+        near.stderr
+            .contains("did you mean the registered flavor `local`?"),
+        "{}",
+        near.stderr
+    );
+    let shipped = run(h, &["render", "venv", "--", "true"]);
+    shipped.expect_code(2);
+    assert!(
+        shipped
+            .stderr
+            .contains("did you mean `manifests/venv.yaml`?"),
+        "{}",
+        shipped.stderr
     );
 
     let bad = run(
