@@ -6,7 +6,6 @@ fn run(home: &std::path::Path, args: &[&str]) -> crate::common::Output {
     Runner::new().env("RUNNER_HOME", home).args(args).run()
 }
 
-#[test]
 /// A file in the working directory named like a flavor does not silently win over the
 /// registered flavor: a bare name means a registered flavor, `./NAME` the file.
 #[test]
