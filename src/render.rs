@@ -38,7 +38,8 @@ pub struct Where<'a> {
     /// The run folder (`--run-dir`), else `home/runs/<run id>`.
     pub run_dir: Option<PathBuf>,
     pub run_id: String,
-    /// The runner's working directory: default cwd and base of relative paths.
+    /// The runner's working directory: the default source folder, and the base of a
+    /// relative one.
     pub cwd: PathBuf,
     /// The runner's own environment (`env` in templates).
     pub env: BTreeMap<String, String>,
@@ -403,11 +404,21 @@ pub fn render(
         .clone()
         .map(RunDir::new)
         .unwrap_or_else(|| at.home.run(&at.run_id));
-    let source = info
-        .source
-        .as_ref()
-        .map(|s| at.cwd.join(s))
-        .unwrap_or_else(|| at.cwd.clone());
+    // The step's code: where its commands run unless they say otherwise. A given
+    // folder must exist, and is used as its real path (`dirs.source`, cache keys).
+    let source = match &info.source {
+        Some(s) => {
+            let given = at.cwd.join(s);
+            std::fs::canonicalize(&given).map_err(|e| {
+                RenderError(vec![Diagnostic::file(
+                    &given,
+                    format!("the step's source folder cannot be used: {e}"),
+                )
+                .with_hint("`--source DIR` (or `source:` in the step info) names the step's code; it must exist")])
+            })?
+        }
+        None => at.cwd.clone(),
+    };
     let mut dirs = Dirs {
         work: run.work(),
         run: run.path().to_path_buf(),
@@ -429,7 +440,7 @@ pub fn render(
         src,
         jenv: template::environment(),
         ctx: JValue::from_serialize(&context),
-        cwd: at.cwd.clone(),
+        cwd: dirs.source.clone(),
         diags: Vec::new(),
     };
 
@@ -451,7 +462,7 @@ pub fn render(
                     src,
                     jenv: template::environment(),
                     ctx: JValue::from_serialize(&ctx),
-                    cwd: at.cwd.clone(),
+                    cwd: dirs.source.clone(),
                     diags: Vec::new(),
                 };
                 let mut env = BTreeMap::new();

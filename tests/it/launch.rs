@@ -761,3 +761,26 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
         assert!(!marker.exists(), "nothing ran for {flag:?}");
     }
 }
+
+/// `-- python train.py` works with `--source DIR`: the step runs in its source folder.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn the_step_runs_in_its_source_folder() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.sh"), "pwd\n").unwrap();
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--source",
+        dir.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "train.sh",
+    ]);
+    out.expect_code(0);
+    let stdout = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    let real = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(stdout.trim_end(), real.to_str().unwrap());
+}

@@ -536,3 +536,50 @@ fn safe_opts_out_of_quoting() {
     execute(cleanup, &work);
     assert_eq!(pwned(&work), vec!["CONTROL".to_string()]);
 }
+
+/// Commands run in the step's source folder unless they say otherwise, and the folder
+/// is used by its real path: a symlink given as `--source` renders as its target.
+#[test]
+fn commands_run_in_the_real_source_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("code");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--source",
+        link.to_str().unwrap(),
+        "--format",
+        "json",
+        "--",
+        "python3",
+        "train.py",
+    ]);
+    out.expect_code(0);
+    let plan = out.json();
+    let real = std::fs::canonicalize(&real).unwrap();
+    assert_eq!(plan["dirs"]["source"], json!(real));
+    assert_eq!(plan["launch"]["command"]["cwd"], json!(real));
+}
+
+/// A source folder that does not exist is named, before anything is rendered.
+#[test]
+fn a_missing_source_folder_is_named() {
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--source",
+        "/nonexistent/code",
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert_eq!(
+        out.stderr,
+        "error: the step's source folder cannot be used: No such file or directory (os \
+         error 2)\n  --> /nonexistent/code\n  = hint: `--source DIR` (or `source:` in the \
+         step info) names the step's code; it must exist\n"
+    );
+}
