@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::Format;
@@ -289,6 +290,34 @@ impl StepArgs {
             entrypoint: self.entrypoint.clone(),
         }
     }
+}
+
+/// Tips clap cannot know to give. A word after the manifest of `launch` or `render`
+/// is the step's command with its `--` forgotten: show where it goes.
+pub fn with_tips(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidArg).cloned() else {
+        return e;
+    };
+    let sub = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'));
+    let sub = sub.as_deref();
+    if e.kind() == ErrorKind::UnknownArgument
+        && !word.starts_with('-')
+        && matches!(sub, Some("launch" | "render"))
+    {
+        let sub = sub.unwrap_or_default();
+        let tip = format!(
+            "the step's command goes after `--`: `runner {sub} MANIFEST [OPTIONS] -- {word} …`"
+        );
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    e
 }
 
 #[cfg(test)]

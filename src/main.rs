@@ -12,7 +12,9 @@ use steprunner::cli::{Cli, Cmd};
 mod commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli =
+        Cli::try_parse_from(&args).unwrap_or_else(|e| steprunner::cli::with_tips(e, &args).exit());
     if !matches!(cli.command, Cmd::Launch { .. } | Cmd::Supervise { .. }) {
         // Printing commands end quietly when their reader goes away (`runner ps | head`).
         // `launch` keeps SIGPIPE ignored: a closed stdout must not kill a supervisor.

@@ -391,6 +391,30 @@ fn rendered_key_parts(env: &BTreeMap<String, String>, commands: &[CommandPlan]) 
     parts
 }
 
+/// A launch that runs the entrypoint needs one: without it, say so before any work
+/// (a prepare that builds an image for a step that was never named).
+fn no_entrypoint(src: &Source, flavor: &Flavor) -> Result<(), RenderError> {
+    let uses = flavor.templates().into_iter().find_map(|t| {
+        let at = template::find_variable(&t.text, "entrypoint")?;
+        t.pointer.starts_with("/launch/").then_some((t, at))
+    });
+    match uses {
+        None => Ok(()),
+        Some((t, offset)) => Err(RenderError(vec![
+            Diagnostic::new(
+                &src.path,
+                Some(&src.text),
+                template_pos(src, &t.pointer, &t.text, offset),
+                "no entrypoint: give the step's command after `--`",
+            )
+            .with_hint(
+                "e.g. `runner launch MANIFEST -- python3 train.py`; the launch runs the \
+                 entrypoint here",
+            ),
+        ])),
+    }
+}
+
 /// Flavor + StepInfo → Plan. All errors are collected and located.
 pub fn render(
     src: &Source,
@@ -399,6 +423,9 @@ pub fn render(
     at: &Where<'_>,
 ) -> Result<Plan, RenderError> {
     let settings = settings::resolve(src, flavor, &info.settings).map_err(RenderError)?;
+    if info.entrypoint.is_empty() {
+        no_entrypoint(src, flavor)?;
+    }
     let run = at
         .run_dir
         .clone()

@@ -211,6 +211,30 @@ pub fn find_word(text: &str, word: &str) -> Option<usize> {
     None
 }
 
+/// First use of the variable `name` in a `{{ }}` or `{% %}` block of a template (not
+/// in its literal text or a `{# #}` comment).
+pub fn find_variable(text: &str, name: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text[from..].find('{') {
+        let open = from + i;
+        let rest = &text[open..];
+        let close = if rest.starts_with("{{") {
+            "}}"
+        } else if rest.starts_with("{%") {
+            "%}"
+        } else {
+            from = open + 1;
+            continue;
+        };
+        let end = rest.find(close).map_or(text.len(), |e| open + e);
+        if let Some(at) = find_word(&text[open + 2..end], name) {
+            return Some(open + 2 + at);
+        }
+        from = end;
+    }
+    None
+}
+
 /// Position in the file of byte `offset` inside the template string at `pointer`.
 pub fn template_pos(src: &Source, pointer: &str, text: &str, offset: usize) -> Pos {
     let Some((start, style)) = src.doc.index.scalar(pointer) else {
@@ -300,6 +324,22 @@ fn source_chars(content: &str, style: ScalarStyle, decoded: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_are_found_in_blocks_only() {
+        let t = "# the entrypoint runs\nexec {{ entrypoint }}";
+        assert_eq!(
+            find_variable(t, "entrypoint"),
+            Some(t.rfind("entrypoint").unwrap())
+        );
+        assert_eq!(find_variable("{# entrypoint #} x", "entrypoint"), None);
+        assert_eq!(find_variable("{{ step.entrypoint }}", "entrypoint"), None);
+        assert_eq!(
+            find_variable("{% for a in entrypoint %}", "entrypoint"),
+            Some(12)
+        );
+        assert_eq!(find_variable("{{ entrypoint_x }} {{ x", "entrypoint"), None);
+    }
 
     #[test]
     fn quoting_is_posix_safe() {

@@ -583,3 +583,54 @@ fn a_missing_source_folder_is_named() {
          step info) names the step's code; it must exist\n"
     );
 }
+
+/// A launch without its step's command stops before any work (the docker flavor would
+/// build an image first) and says where the command goes.
+#[test]
+fn no_entrypoint_is_named_before_any_work() {
+    let out = runner(["launch", "manifests/docker.yaml"]);
+    out.expect_code(2);
+    assert_eq!(
+        out.stderr,
+        "error: no entrypoint: give the step's command after `--`\n  --> \
+         manifests/docker.yaml:139:34\n    |\n139 |           \"$STEPRUNNER_IMAGE\" {{ \
+         entrypoint }}\n    |                                  ^\n    = hint: e.g. `runner launch MANIFEST -- python3 train.py`; the \
+         launch runs the entrypoint here\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(out.home.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing is written: {left:?}");
+}
+
+/// A step's command given without `--` gets clap's error and a tip that shows it.
+#[test]
+fn a_forgotten_double_dash_gets_a_tip() {
+    for sub in ["launch", "render"] {
+        let out = runner([
+            sub,
+            "manifests/local.yaml",
+            "--cpus",
+            "1",
+            "python3",
+            "-c",
+            "1",
+        ]);
+        out.expect_code(2);
+        assert_eq!(
+            out.stderr,
+            format!(
+                "error: unexpected argument 'python3' found\n\n  tip: the step's command \
+                 goes after `--`: `runner {sub} MANIFEST [OPTIONS] -- python3 …`\n\nUsage: \
+                 runner {sub} [OPTIONS] <MANIFEST> [-- <ENTRYPOINT>...]\n\nFor more \
+                 information, try '--help'.\n"
+            )
+        );
+    }
+    // Other commands keep clap's own words.
+    let out = runner(["status", "a", "b"]);
+    out.expect_code(2);
+    assert!(
+        !out.stderr.contains("tip: the step's command"),
+        "{}",
+        out.stderr
+    );
+}
