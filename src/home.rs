@@ -127,9 +127,10 @@ impl RunDir {
         self.0.join("work")
     }
 
-    /// The merged output of command `index` of a prepare or cleanup stage.
-    pub fn stage_log(&self, stage: &str, index: usize) -> PathBuf {
-        self.0.join(format!("{stage}.{index}.log"))
+    /// The merged output of command `number` (1-based, its place in the manifest) of a
+    /// prepare or cleanup stage.
+    pub fn stage_log(&self, stage: &str, number: usize) -> PathBuf {
+        self.0.join(format!("{stage}.{number}.log"))
     }
 }
 

@@ -1,7 +1,9 @@
 //! Progress of the prepare and cleanup stages. On a terminal: one spinner line
-//! with the stage, the command and the elapsed time, redrawn in place (the
-//! command's output goes to its log only, and its tail is shown if it fails).
-//! Elsewhere: one plain line per command, and the output streamed as it comes.
+//! with the stage, the command and the elapsed time, redrawn in place and cut to
+//! the terminal's width so it never wraps (the command's output goes to its log
+//! only, and its tail is shown if it fails). Elsewhere, under `TERM=dumb` or with
+//! `RUNNER_PROGRESS=plain`: one plain line per command, and the output streamed as
+//! it comes.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,10 +14,45 @@ use std::time::{Duration, Instant};
 
 const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
-/// Is the runner's stderr a terminal?
+/// The variable that turns the spinner off: `RUNNER_PROGRESS=plain`.
+pub const PROGRESS_VAR: &str = "RUNNER_PROGRESS";
+
+/// Whether progress is drawn in place: stderr is a terminal that can move its cursor
+/// (not `TERM=dumb`) and the user did not ask for plain lines.
 pub fn interactive() -> bool {
+    let plain = std::env::var(PROGRESS_VAR).is_ok_and(|v| v == "plain" || v == "0");
+    let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
     // SAFETY: isatty on a standard descriptor.
-    unsafe { libc::isatty(2) == 1 }
+    !plain && !dumb && unsafe { libc::isatty(2) == 1 }
+}
+
+/// The terminal's width in columns (80 when it does not say).
+fn width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize; a failure leaves it zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
+}
+
+/// `mark label · 1.2s` in at most `width - 1` columns (the last column would make
+/// some terminals wrap): the label is cut with `…`, the time always shown.
+pub fn fit(mark: char, label: &str, secs: f64, width: usize) -> String {
+    let tail = format!(" · {secs:.1}s");
+    let room = width
+        .saturating_sub(1)
+        .saturating_sub(2 + tail.chars().count());
+    let label: String = if label.chars().count() > room {
+        let mut cut: String = label.chars().take(room.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        label.to_string()
+    };
+    format!("{mark} {label}{tail}")
 }
 
 pub struct Spinner {
@@ -36,12 +73,10 @@ impl Spinner {
                 let mut i = 0;
                 while !flag.load(Ordering::Relaxed) {
                     let secs = start.elapsed().as_secs_f64();
+                    // Read each frame: the terminal may be resized while a command runs.
+                    let line = fit(FRAMES[i % FRAMES.len()], &text, secs, width());
                     let mut err = std::io::stderr().lock();
-                    let _ = write!(
-                        err,
-                        "\r\x1b[2K{} {text} · {secs:.1}s",
-                        FRAMES[i % FRAMES.len()]
-                    );
+                    let _ = write!(err, "\r\x1b[2K{line}");
                     let _ = err.flush();
                     drop(err);
                     i += 1;
@@ -63,12 +98,9 @@ impl Spinner {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let mark = if ok { "✓" } else { "✗" };
-        eprintln!(
-            "\r\x1b[2K{mark} {} · {:.1}s",
-            self.label,
-            self.start.elapsed().as_secs_f64()
-        );
+        let mark = if ok { '✓' } else { '✗' };
+        let secs = self.start.elapsed().as_secs_f64();
+        eprintln!("\r\x1b[2K{}", fit(mark, &self.label, secs, width()));
     }
 }
 
@@ -89,4 +121,25 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_fits_the_width_and_keeps_its_time() {
+        let label = format!("prepare 2/2 `docker build {}`", "x".repeat(200));
+        for width in [20, 40, 80, 132] {
+            let line = fit('⠋', &label, 12.34, width);
+            assert_eq!(line.chars().count(), width - 1, "{line}");
+            assert!(line.ends_with("… · 12.3s"), "{line}");
+        }
+        assert_eq!(
+            fit('✓', "prepare 1/1 `true`", 0.0, 80),
+            "✓ prepare 1/1 `true` · 0.0s"
+        );
+        // Narrower than the time itself: never panics, never more than asked.
+        assert!(fit('⠋', &label, 1.0, 3).chars().count() <= 10);
+    }
 }

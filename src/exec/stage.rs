@@ -54,10 +54,16 @@ impl Stage<'_> {
     ) -> (StageEnd, u32) {
         let name = self.name.as_str();
         let mut ran = 0;
-        let total = cmds.iter().filter(|c| !c.skipped).count();
+        // Commands are numbered by their place in the manifest, 1-based, alike in the
+        // progress lines, their log's name (`prepare.2.log`) and a failure's message.
+        let total = cmds.len();
         let spin = !self.opts.quiet && progress::interactive();
         for (i, c) in cmds.iter().enumerate() {
+            let number = i + 1;
             if c.skipped {
+                if !self.opts.quiet {
+                    eprintln!("runner: {name} {number}/{total} skipped (its `when` is false)");
+                }
                 continue;
             }
             if let Some(s) = *cancelled
@@ -66,8 +72,8 @@ impl Stage<'_> {
                 return (StageEnd::Stopped(Stop::Cancelled(s)), ran);
             }
             ran += 1;
-            let log = self.run_dir.stage_log(name, i);
-            let label = format!("{name} {ran}/{total} `{}`", c.display());
+            let log = self.run_dir.stage_log(name, number);
+            let label = format!("{name} {number}/{total} `{}`", c.display());
             if !self.opts.quiet && !spin {
                 eprintln!("runner: {label}");
             }
@@ -131,7 +137,7 @@ impl Stage<'_> {
                     Ended::Signaled(s) => format!("was killed by {}", signals::name(s)),
                 };
                 let message = format!(
-                    "{name} command `{}` {how}; see `{}`",
+                    "{name} command {number} `{}` {how}; see `{}`",
                     c.program(),
                     log.display()
                 );

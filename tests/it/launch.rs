@@ -545,6 +545,17 @@ fn failed_prepare_is_not_cached_and_cleanup_still_runs() {
     o.expect_code(125);
     assert_eq!(r["status"], "prepare_failed");
     assert_eq!(r["stages"]["prepare"]["exit_code"], 7);
+    // The failed command is the manifest's second: numbered 2 in the message and its log.
+    let log = PathBuf::from(r["run_dir"].as_str().unwrap()).join("prepare.2.log");
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "prepare command 2 `sh` exited 7; see `{}`",
+            log.display()
+        )),
+        "{message}"
+    );
+    assert!(log.exists(), "{message}");
     assert_eq!(
         std::fs::read_to_string(out.path().join("cleanup")).unwrap(),
         "prepare_failed 125\n"
@@ -665,7 +676,7 @@ fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
     assert!(tty.status.success(), "{shown}");
     assert!(shown.contains("\r\x1b[2K"), "redrawn in place: {shown:?}");
     assert!(
-        shown.contains("✓ prepare 1/1 `sh: sleep 0.3 …`"),
+        shown.contains("✓ prepare 1/2 `sh: sleep 0.3 …`"),
         "{shown:?}"
     );
 
@@ -677,7 +688,7 @@ fn prepare_progress_is_a_spinner_on_a_terminal_and_plain_lines_elsewhere() {
     assert!(
         plain
             .stderr
-            .contains("runner: prepare 1/1 `sh: sleep 0.3 …`\n"),
+            .contains("runner: prepare 1/2 `sh: sleep 0.3 …`\n"),
         "{}",
         plain.stderr
     );
@@ -783,4 +794,92 @@ fn the_step_runs_in_its_source_folder() {
     let stdout = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
     let real = std::fs::canonicalize(dir.path()).unwrap();
     assert_eq!(stdout.trim_end(), real.to_str().unwrap());
+}
+
+/// `runner launch ARGS…` with stderr on a terminal `cols` wide: what it drew there.
+fn on_a_terminal(cols: u16, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("runner"));
+    cmd.current_dir(root())
+        .env("RUNNER_HOME", home.path())
+        .env("TERM", "xterm")
+        .env_remove("RUNNER_PROGRESS")
+        .envs(env.iter().copied())
+        .arg("launch")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::from(pty.slave));
+    let mut child = cmd.spawn().expect("runner starts");
+    // Only the child holds the terminal now: reading ends (EIO) when it exits.
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let mut drawn = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        drawn.extend_from_slice(&buf[..n]);
+    }
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&drawn).into_owned())
+}
+
+/// On a narrow terminal every spinner frame fits in one line (a wrapped frame leaves a
+/// stale line each redraw); `TERM=dumb` and `RUNNER_PROGRESS=plain` get plain lines.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn progress_fits_the_terminal_and_can_be_plain() {
+    if !needs_root() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let set_out = format!("out={}", out.path().display());
+    let args = [
+        "tests/fixtures/launch/staged.yaml",
+        "--set",
+        &set_out,
+        "--set",
+        "prepare_sleep=0.5",
+        "--",
+        "true",
+    ];
+    let (code, drawn) = on_a_terminal(40, &[], &args);
+    assert_eq!(code, 0, "{drawn}");
+    assert!(
+        drawn.contains('⠋') && drawn.contains("✓ prepare 1/2"),
+        "{drawn:?}"
+    );
+    assert!(drawn.contains("prepare 2/2 skipped"), "{drawn:?}");
+    // A frame is what follows a `\r`, up to the next `\r` or line break.
+    let frames: Vec<&str> = drawn
+        .split(['\r', '\n'])
+        .map(|f| f.trim_start_matches("\x1b[2K"))
+        .filter(|f| f.starts_with(['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏', '✓']))
+        .collect();
+    assert!(frames.len() >= 3, "{drawn:?}");
+    for f in &frames {
+        assert!(
+            f.chars().count() < 40,
+            "a frame wider than the terminal: {f:?}"
+        );
+    }
+    for env in [("TERM", "dumb"), ("RUNNER_PROGRESS", "plain")] {
+        let (code, drawn) = on_a_terminal(40, &[env], &args);
+        assert_eq!(code, 0, "{drawn}");
+        assert!(!drawn.contains("\x1b[2K"), "{env:?}: {drawn:?}");
+        assert!(
+            drawn.contains("runner: prepare 1/2 `"),
+            "{env:?}: {drawn:?}"
+        );
+    }
 }
