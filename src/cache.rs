@@ -167,14 +167,16 @@ pub struct Entry {
     pub key: String,
     pub path: PathBuf,
     pub size_bytes: u64,
-    /// When a launch last used (or built) it, from its lock file.
+    /// When a launch last used (or built) it, from its lock file; RFC 3339 in JSON.
+    #[serde(serialize_with = "crate::util::rfc3339_opt")]
     pub last_used: Option<std::time::SystemTime>,
     pub complete: bool,
     /// A runner holds its lock now.
     pub in_use: bool,
 }
 
-fn dir_size(path: &Path) -> u64 {
+/// Bytes under `path`, symlinks not followed.
+pub fn dir_size(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 
+use crate::complete;
 use crate::diag::Format;
 use crate::units;
 
@@ -25,6 +27,10 @@ fn cpus(s: &str) -> Result<f64, units::UnitError> {
 
 fn duration(s: &str) -> Result<Duration, units::UnitError> {
     units::parse_duration(s)
+}
+
+fn age(s: &str) -> Result<Duration, units::UnitError> {
+    units::parse_age(s)
 }
 
 #[derive(Parser, Debug)]
@@ -57,6 +63,7 @@ pub enum Cmd {
     /// Print the fully rendered plan a launch would run
     Render {
         /// A manifest file, or the name of a registered flavor
+        #[arg(add = ArgValueCompleter::new(complete::manifests))]
         manifest: String,
         #[command(flatten)]
         step: StepArgs,
@@ -70,6 +77,7 @@ pub enum Cmd {
     /// Prepare the environment, run the step under limits, wait, and report
     Launch {
         /// A manifest file, or the name of a registered flavor
+        #[arg(add = ArgValueCompleter::new(complete::manifests))]
         manifest: String,
         #[command(flatten)]
         step: StepArgs,
@@ -79,6 +87,7 @@ pub enum Cmd {
     /// Show whether a run is running, finished or lost
     Status {
         /// A run id (or a unique prefix), or a run folder
+        #[arg(add = ArgValueCandidates::new(complete::run_ids))]
         run: String,
         /// Print JSON: `{run_id, run_dir, state, result}`
         #[arg(long)]
@@ -87,6 +96,7 @@ pub enum Cmd {
     /// Wait for a run to finish; exits with the step's exit code
     Wait {
         /// A run id (or a unique prefix), or a run folder
+        #[arg(add = ArgValueCandidates::new(complete::run_ids))]
         run: String,
         /// Print the result JSON on stdout
         #[arg(long)]
@@ -98,6 +108,7 @@ pub enum Cmd {
     /// Stop a running step like Ctrl-C: SIGTERM to its tree, grace, SIGKILL; cleanup runs
     Cancel {
         /// A run id (or a unique prefix), or a run folder
+        #[arg(add = ArgValueCandidates::new(complete::run_ids))]
         run: String,
         /// Return at once instead of waiting for the run to finish
         #[arg(long)]
@@ -106,6 +117,7 @@ pub enum Cmd {
     /// Print a run's step output
     Logs {
         /// A run id (or a unique prefix), or a run folder
+        #[arg(add = ArgValueCandidates::new(complete::run_ids))]
         run: String,
         /// Keep printing new output until the run finishes
         #[arg(long, short)]
@@ -123,6 +135,11 @@ pub enum Cmd {
         #[arg(long, short)]
         all: bool,
     },
+    /// Remove old run folders
+    Runs {
+        #[command(subcommand)]
+        command: RunsCmd,
+    },
     /// Inspect and prune the prepare cache
     Cache {
         #[command(subcommand)]
@@ -136,6 +153,7 @@ pub enum Cmd {
     /// Supervise a run whose folder and plan exist (used by `launch --detach`)
     #[command(hide = true)]
     Supervise {
+        /// The run folder, with its `plan.json`
         #[arg(value_name = "RUN_DIR")]
         dir: PathBuf,
         #[command(flatten)]
@@ -149,11 +167,13 @@ pub enum Cmd {
     },
     /// Print an embedded JSON Schema
     Schema {
+        /// Which schema: a flavor manifest, a step-info file, or a launch's result
         #[arg(value_enum)]
         which: SchemaKind,
     },
     /// Print shell completions
     Completions {
+        /// The shell to print them for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -225,18 +245,37 @@ pub struct LaunchArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// Remove the folders of runs that ended this long ago (finished or lost); running
+    /// runs and folders given with `--run-dir` are never touched
+    Prune {
+        /// Remove runs that ended at least this long ago, e.g. `7d`, `12h` (a unit is
+        /// required)
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        older_than: Duration,
+        /// Only say what would be removed
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the removed runs as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum CacheCmd {
     /// List cache entries: key, flavor, size, last used, whether in use
     List {
+        /// Print JSON (times in RFC 3339)
         #[arg(long)]
         json: bool,
     },
     /// Remove entries unused for a while, then the least recently used until the
     /// cache fits; unfinished entries go too. Entries in use are never removed
     Prune {
-        /// Remove entries not used for this long, e.g. `7d` (and remembered manifest
-        /// checks made this long ago)
-        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        /// Remove entries not used for this long, e.g. `7d`, `12h` (a unit is
+        /// required), and remembered manifest checks made this long ago
+        #[arg(long, value_name = "AGE", value_parser = age)]
         older_than: Option<Duration>,
         /// Then remove the least recently used until the cache is at most this big, e.g. `10GiB`
         #[arg(long, value_name = "SIZE", value_parser = bytes)]
@@ -244,6 +283,9 @@ pub enum CacheCmd {
         /// Only say what would be removed
         #[arg(long)]
         dry_run: bool,
+        /// Print the removed entries as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -251,15 +293,24 @@ pub enum CacheCmd {
 pub enum FlavorCmd {
     /// Validate a manifest and register it under its name
     Register {
+        /// The manifest file
         path: PathBuf,
         /// Replace a registered flavor of the same name with other contents
         #[arg(long)]
         force: bool,
     },
     /// List registered flavors
-    List,
+    List {
+        /// Print JSON: `[{name, description, path, invalid}]`
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a registered flavor's manifest
-    Show { name: String },
+    Show {
+        /// The flavor's name (`runner flavor list` lists them)
+        #[arg(add = ArgValueCandidates::new(complete::flavors))]
+        name: String,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,5 +378,28 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// `runner X --help` explains every command and every argument it takes.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(format!("`{here}`"));
+                }
+                for arg in sub.get_arguments() {
+                    let id = arg.get_id().as_str();
+                    if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                        missing.push(format!("`{here}` argument `{id}`"));
+                    }
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "runner", &mut missing);
+        assert!(missing.is_empty(), "no help text: {}", missing.join(", "));
     }
 }

@@ -207,12 +207,46 @@ pub enum Format {
 }
 
 /// Print all diagnostics in one format to stdout (json, github) or stderr (human).
+/// Print `text` (lines starting `error:`, `  = hint:`) on stderr, with the labels in
+/// clap's colours (bold red `error:`, bold `hint:`) when stderr is a terminal that
+/// can show them: not under `NO_COLOR`, nor `TERM=dumb`.
+pub fn eprint_styled(text: &str) {
+    // SAFETY: isatty on a standard descriptor.
+    let tty = unsafe { libc::isatty(2) == 1 };
+    let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    if !tty || plain {
+        eprint!("{text}");
+        return;
+    }
+    eprint!("{}", styled(text));
+}
+
+/// `text` with its `error:` and `hint:` labels in colour.
+fn styled(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            if let Some(rest) = line.strip_prefix("error:") {
+                format!("\x1b[1;31merror:\x1b[0m{rest}")
+            } else if let Some(at) = line.find("= hint:").filter(|&at| {
+                line[..at]
+                    .chars()
+                    .all(|c| c == ' ' || c == '|' || c.is_ascii_digit())
+            }) {
+                let (head, rest) = line.split_at(at + 2);
+                format!("{head}\x1b[1mhint:\x1b[0m{}", &rest[5..])
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn emit(diags: &[Diagnostic], format: Format) {
     match format {
         Format::Human => {
-            for d in diags {
-                eprint!("{}", d.human());
-            }
+            let text: String = diags.iter().map(Diagnostic::human).collect();
+            eprint_styled(&text);
         }
         Format::Github => {
             for d in diags {
@@ -231,6 +265,22 @@ pub fn emit(diags: &[Diagnostic], format: Format) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_coloured_and_nothing_else_changes() {
+        let text = "error: bad\n  --> m.yaml:1:1\n   = hint: quote it\nerror: again\n";
+        let shown = styled(text);
+        assert_eq!(
+            shown,
+            "\x1b[1;31merror:\x1b[0m bad\n  --> m.yaml:1:1\n   = \x1b[1mhint:\x1b[0m quote \
+             it\n\x1b[1;31merror:\x1b[0m again\n"
+        );
+        // A source line that happens to hold the words is left alone.
+        assert_eq!(
+            styled("3 | x: error: = hint: y\n"),
+            "3 | x: error: = hint: y\n"
+        );
+    }
 
     #[test]
     fn hints_pick_near_names() {

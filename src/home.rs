@@ -132,6 +132,29 @@ impl RunDir {
     pub fn stage_log(&self, stage: &str, number: usize) -> PathBuf {
         self.0.join(format!("{stage}.{number}.log"))
     }
+
+    /// The stage's command logs written so far, by number.
+    pub fn stage_logs(&self, stage: &str) -> Vec<(usize, PathBuf)> {
+        let mut logs: Vec<(usize, PathBuf)> = std::fs::read_dir(&self.0)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name();
+                        let n = name
+                            .to_str()?
+                            .strip_prefix(stage)?
+                            .strip_prefix('.')?
+                            .strip_suffix(".log")?
+                            .parse()
+                            .ok()?;
+                        Some((n, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        logs
+    }
 }
 
 impl AsRef<Path> for RunDir {

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod cgroup;
 pub mod cli;
+pub mod complete;
 pub mod contain;
 pub mod diag;
 pub mod doctor;

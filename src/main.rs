@@ -5,13 +5,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use steprunner::cli::{Cli, Cmd};
 
 mod commands;
 
 fn main() -> ExitCode {
+    // The shell asking for completions (`COMPLETE=bash runner -- runner logs 2026…`).
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(steprunner::complete::VAR)
+        .complete();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli =
         Cli::try_parse_from(&args).unwrap_or_else(|e| steprunner::cli::with_tips(e, &args).exit());

@@ -77,28 +77,44 @@ pub fn register(
     Ok((flavor.name, dest, how))
 }
 
-/// Registered flavors: name, description (or the reason it no longer validates), path.
-pub fn list(home: &Home) -> Vec<(String, String, PathBuf)> {
+/// A registered flavor, for `runner flavor list`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    /// Why it no longer validates (the schema or the runner changed since it was
+    /// registered); `null` when it does.
+    pub invalid: Option<String>,
+}
+
+/// Registered flavors, by name.
+pub fn list(home: &Home) -> Vec<Listed> {
     let Ok(rd) = std::fs::read_dir(home.flavors()) else {
         return Vec::new();
     };
-    let mut out: Vec<(String, String, PathBuf)> = rd
+    let mut out: Vec<Listed> = rd
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .map(|p| {
-            let name = p
+        .map(|path| {
+            let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let description = match validate::check_file(&p) {
-                Ok((_, f)) => f.description.unwrap_or_default(),
-                Err(d) => format!(
-                    "(invalid: {})",
-                    d.first().map(|d| d.message.as_str()).unwrap_or("?")
+            let (description, invalid) = match validate::check_file(&path) {
+                Ok((_, f)) => (f.description.unwrap_or_default(), None),
+                Err(d) => (
+                    String::new(),
+                    Some(d.first().map(|d| d.message.clone()).unwrap_or_default()),
                 ),
             };
-            (name, description, p)
+            Listed {
+                name,
+                description,
+                path,
+                invalid,
+            }
         })
         .collect();
     out.sort();
@@ -136,7 +152,7 @@ mod tests {
             register(&home, &other, true).unwrap().2,
             Registered::Replaced
         );
-        assert!(list(&home)[0].1.starts_with("Also run"));
+        assert!(list(&home)[0].description.starts_with("Also run"));
         assert_eq!(find(&home, "../etc/passwd"), None);
     }
 

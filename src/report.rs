@@ -4,7 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,9 @@ impl Ending {
 pub struct Outcome {
     pub version: u32,
     pub run_id: String,
-    /// The run's folder: plan, logs, result.
+    /// The run's folder: plan, logs, result. (Results written before this field
+    /// existed lack it; `runs::read_result` fills it in.)
+    #[serde(default)]
     pub run_dir: String,
     pub flavor: String,
     pub step: String,
@@ -237,10 +239,7 @@ pub struct Logs {
     pub truncated: bool,
 }
 
-/// `t` as RFC 3339 in UTC with milliseconds, the form of `started_at`.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::util::rfc3339;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -485,4 +484,4 @@ fn format_timeout(secs: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

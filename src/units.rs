@@ -17,6 +17,8 @@ pub enum UnitError {
         "invalid duration `{0}`: expected seconds or a duration such as `90s`, `10m`, `1h 30m`"
     )]
     Duration(String),
+    #[error("age `{0}` has no unit: write `{0}s`, `{0}m`, `{0}h` or `{0}d` (e.g. `7d`, `12h`)")]
+    AgeUnit(String),
     #[error("duration `{0}` is too long: at most 100 years")]
     TooLong(String),
     #[error("invalid cpu count `{0}`: expected a positive number of cores such as `2` or `0.5`")]
@@ -119,6 +121,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     Ok(d)
 }
 
+/// An age on the command line (`--older-than 7d`): a duration with its unit. A bare
+/// number is refused: `--older-than 1` meant a day as often as a second.
+pub fn parse_age(text: &str) -> Result<Duration, UnitError> {
+    if text.trim().parse::<f64>().is_ok() {
+        return Err(UnitError::AgeUnit(text.trim().to_string()));
+    }
+    parse_duration(text)
+}
+
 pub fn parse_cpus(text: &str) -> Result<f64, UnitError> {
     match text.trim().parse::<f64>() {
         Ok(c) if c.is_finite() && c > 0.0 => Ok(c),
@@ -130,6 +141,25 @@ pub fn parse_count(text: &str) -> Result<u64, UnitError> {
     text.trim()
         .parse::<u64>()
         .map_err(|_| UnitError::Count(text.to_string()))
+}
+
+/// A duration for people, at most 7 characters: `4.02s`, `12m 05s`, `3h 04m`, `2d 03h`.
+pub struct Elapsed(pub f64);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.max(0.0);
+        if secs < 60.0 {
+            return write!(f, "{secs:.2}s");
+        }
+        let s = secs as u64;
+        let text = match s {
+            ..3_600 => format!("{}m {:02}s", s / 60, s % 60),
+            3_600..86_400 => format!("{}h {:02}m", s / 3_600, s % 3_600 / 60),
+            _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3_600),
+        };
+        f.pad(&text)
+    }
 }
 
 /// A byte count for people: `1536` → `1.5 KiB`, `512` → `512 B`; binary units, one
@@ -239,6 +269,28 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn elapsed_times_read_at_a_glance() {
+        let e = |s| Elapsed(s).to_string();
+        assert_eq!(e(4.021), "4.02s");
+        assert_eq!(e(59.994), "59.99s");
+        assert_eq!(e(725.0), "12m 05s");
+        assert_eq!(e(11_040.0), "3h 04m");
+        assert_eq!(e(183_600.0), "2d 03h");
+    }
+
+    #[test]
+    fn ages_need_a_unit() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age(" 1 "), Err(UnitError::AgeUnit("1".into())));
+        assert_eq!(
+            parse_age("1.5").unwrap_err().to_string(),
+            "age `1.5` has no unit: write `1.5s`, `1.5m`, `1.5h` or `1.5d` (e.g. `7d`, `12h`)"
+        );
+        assert!(parse_age("soon").is_err());
     }
 
     /// Huge values are refused, never a panic in the clock arithmetic they feed.

@@ -27,6 +27,20 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// `t` as RFC 3339 (ISO 8601) in UTC with milliseconds: every time the runner prints
+/// for tools (`started_at`, `last_used`, `ended_at`).
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `#[serde(serialize_with = "util::rfc3339_opt")]` for an `Option<SystemTime>`.
+pub fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if std::fs::File::open("/dev/urandom")

@@ -64,16 +64,24 @@ pub fn run(cmd: CacheCmd) -> Result<Exit, CliError> {
             older_than,
             max_size,
             dry_run,
+            json,
         } => {
             let removed = cache::prune(&dir, older_than, max_size, dry_run);
             let verb = if dry_run { "would remove" } else { "removed" };
-            for e in &removed {
+            if json {
                 println!(
-                    "{verb} {} ({}, {})",
-                    e.name,
-                    Bytes(e.size_bytes),
-                    age(e.last_used)
+                    "{}",
+                    serde_json::to_string_pretty(&removed).expect("entries serialize")
                 );
+            } else {
+                for e in &removed {
+                    println!(
+                        "{verb} {} ({}, {})",
+                        e.name,
+                        Bytes(e.size_bytes),
+                        age(e.last_used)
+                    );
+                }
             }
             let freed: u64 = removed.iter().map(|e| e.size_bytes).sum();
             eprintln!(

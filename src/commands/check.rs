@@ -16,8 +16,13 @@ use steprunner::{util, validate};
 
 use super::{CliError, Exit, plural};
 
-/// Files named on the command line, and `*.yaml`/`*.yml` under named folders, sorted.
-fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// The extensions of manifests found in folders; a file named on the command line is
+/// read whatever its name (JSON is YAML).
+const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// Files named on the command line, and manifests under named folders, sorted. A
+/// folder with none is an error: checking nothing is not "all valid".
+fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             out.push(dir.to_path_buf());
@@ -28,7 +33,11 @@ fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| MANIFEST_EXTENSIONS.contains(&e))
+            {
                 out.push(p);
             }
         }
@@ -36,16 +45,23 @@ fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
+            let before = out.len();
             walk(p, &mut out);
+            if out.len() == before {
+                return Err(CliError::invalid(format!(
+                    "no manifests in `{}`: no *.yaml, *.yml or *.json file in it or below",
+                    p.display()
+                )));
+            }
         } else {
             out.push(p.clone());
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
-    let files = manifest_files(paths);
+    let files = manifest_files(paths)?;
     let mut all = Vec::new();
     let mut bad_files = 0;
     for f in &files {
@@ -82,10 +98,13 @@ pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
 }
 
 /// A manifest path, or the name of a registered flavor. A bare name (no `/`, no
-/// `.yaml`/`.yml`) only ever names a registered flavor: a file of that name in the
+/// `.yaml`/`.yml`/`.json`) only ever names a registered flavor: a file of that name in the
 /// working directory never silently wins (write `./NAME` for it).
 fn resolve_manifest(home: &Home, arg: &str) -> Result<PathBuf, CliError> {
-    let path_like = arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml");
+    let path_like = arg.contains('/')
+        || MANIFEST_EXTENSIONS
+            .iter()
+            .any(|e| arg.ends_with(&format!(".{e}")));
     if path_like {
         return Ok(PathBuf::from(arg));
     }
@@ -96,7 +115,7 @@ fn resolve_manifest(home: &Home, arg: &str) -> Result<PathBuf, CliError> {
     let shipped = PathBuf::from("manifests").join(format!("{arg}.yaml"));
     let names: Vec<String> = steprunner::registry::list(home)
         .into_iter()
-        .map(|(n, _, _)| n)
+        .map(|f| f.name)
         .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     if Path::new(arg).is_file() {

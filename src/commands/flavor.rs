@@ -25,10 +25,21 @@ pub fn run(cmd: FlavorCmd) -> Result<Exit, CliError> {
             }
             Err(e) => Err(CliError::runner(chain(&e))),
         },
-        FlavorCmd::List => {
+        FlavorCmd::List { json } => {
             let all = registry::list(&home);
-            for (name, description, _) in &all {
-                println!("{name:<16} {description}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all).expect("flavors serialize")
+                );
+                return Ok(Exit::Success);
+            }
+            for f in &all {
+                let about = match &f.invalid {
+                    Some(why) => format!("(invalid: {why})"),
+                    None => f.description.clone(),
+                };
+                println!("{:<16} {about}", f.name);
             }
             if all.is_empty() {
                 eprintln!("no registered flavors; `runner flavor register PATH` adds one");

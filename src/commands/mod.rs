@@ -11,9 +11,7 @@ mod runs;
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-
-use steprunner::cli::{Cli, Cmd, SchemaKind};
+use steprunner::cli::{Cmd, RunsCmd, SchemaKind};
 use steprunner::diag::{self, Diagnostic, Format};
 use steprunner::schemas;
 
@@ -103,11 +101,11 @@ impl CliError {
         match self {
             CliError::Diagnostics(d) => diag::emit(d, Format::Human),
             CliError::Invalid { message, hints } | CliError::Runner { message, hints } => {
-                let mut text = format!("error: {message}");
+                let mut text = format!("error: {message}\n");
                 for h in hints {
-                    text.push_str(&format!("\n  = hint: {h}"));
+                    text.push_str(&format!("  = hint: {h}\n"));
                 }
-                eprintln!("{text}");
+                diag::eprint_styled(&text);
             }
         }
     }
@@ -143,6 +141,14 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
             stderr,
         } => runs::logs(&run, follow, stderr),
         Cmd::Ps { json, all } => runs::ps(json, all),
+        Cmd::Runs {
+            command:
+                RunsCmd::Prune {
+                    older_than,
+                    dry_run,
+                    json,
+                },
+        } => runs::prune(older_than, dry_run, json),
         Cmd::Cache { command } => cache::run(command),
         Cmd::Doctor { json } => {
             let report = steprunner::doctor::examine();
@@ -173,7 +179,10 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
             Ok(Exit::Success)
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "runner", &mut std::io::stdout());
+            // The hook calls the binary as it was called here (`runner` on PATH).
+            let bin = std::env::args().next().unwrap_or_else(|| "runner".into());
+            steprunner::complete::write_hook(shell, &bin, &mut std::io::stdout())
+                .map_err(|e| CliError::runner(format!("cannot print the completions: {e}")))?;
             Ok(Exit::Success)
         }
     }

@@ -1,13 +1,15 @@
 //! The run-lifecycle commands: `status`, `wait`, `cancel`, `logs`, `ps`. They read a
 //! run's state from its folder alone, so they work after the launching caller exited.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use steprunner::home::{Home, RunDir};
 use steprunner::report;
 use steprunner::runs::{self, State};
+use steprunner::units;
 
 use super::{CliError, Exit};
 
@@ -17,6 +19,9 @@ fn resolve(run: &str) -> Result<RunDir, CliError> {
 }
 
 fn lost_message(s: &runs::Status) -> String {
+    if let Some(why) = &s.result_error {
+        return format!("run `{}` has a result this runner {why}", s.run_id);
+    }
     format!(
         "run `{}` is lost: its supervisor died without writing a result (see `{}`)",
         s.run_id,
@@ -42,11 +47,18 @@ pub fn status(run: &str, json: bool) -> Result<Exit, CliError> {
                     summary.trim_start_matches("runner: ")
                 )
             }
-            (State::Running, _) => println!(
-                "{}: running (supervisor pid {})",
-                s.run_id,
-                s.pid.unwrap_or(0)
-            ),
+            (State::Running, _) => {
+                let phase = s.phase.map(|p| format!(" · {p}")).unwrap_or_default();
+                let elapsed = s
+                    .elapsed_secs
+                    .map(|e| format!(" · {e:.1}s"))
+                    .unwrap_or_default();
+                println!(
+                    "{}: running{phase}{elapsed} (supervisor pid {})",
+                    s.run_id,
+                    s.pid.unwrap_or(0)
+                )
+            }
             _ => println!("{}", lost_message(&s)),
         }
     }
@@ -110,37 +122,71 @@ pub fn cancel(run: &str, no_wait: bool) -> Result<Exit, CliError> {
     }
 }
 
+/// Copy what `path` holds past `offset` to `out`. `Err` when the reader went away.
+fn copy_new(path: &Path, offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    f.seek(SeekFrom::Start(*offset))?;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                *offset += n as u64;
+            }
+        }
+    }
+}
+
+/// The step's output; before the step started (preparing, or failed in prepare), the
+/// prepare commands' logs, each announced on stderr, then the step's once it starts.
 pub fn logs(run: &str, follow: bool, stderr: bool) -> Result<Exit, CliError> {
     let dir = resolve(run)?;
-    let path = if stderr { dir.stderr() } else { dir.stdout() };
+    let step_log = if stderr { dir.stderr() } else { dir.stdout() };
     let mut out = std::io::stdout().lock();
+    let mut step_started = step_log.exists();
+    let mut prepare: BTreeMap<usize, u64> = BTreeMap::new();
     let mut offset = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
     loop {
         // Look at the state before reading, so bytes written before the end are never missed.
         let running = follow && runs::status(&dir).state == State::Running;
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if out.write_all(&buf[..n]).is_err() {
-                                return Ok(Exit::Success); // reader went away
-                            }
-                            offset += n as u64;
-                        }
+        let copied = (|| -> std::io::Result<()> {
+            if !step_started {
+                // Before reading: once the step's log exists, prepare is over.
+                let starting = step_log.exists();
+                for (n, path) in dir.stage_logs("prepare") {
+                    let at = prepare.entry(n).or_insert_with(|| {
+                        eprintln!("runner: prepare {n} (`{}`)", path.display());
+                        0
+                    });
+                    copy_new(&path, at, &mut out)?;
+                }
+                if starting {
+                    step_started = true;
+                    if !prepare.is_empty() {
+                        eprintln!("runner: the step (`{}`)", step_log.display());
                     }
                 }
             }
-        } else if !running {
-            return Err(CliError::runner(format!(
-                "`{}` has no output yet",
-                path.display()
-            )));
+            if step_started {
+                copy_new(&step_log, &mut offset, &mut out)?;
+            }
+            out.flush()
+        })();
+        if copied.is_err() {
+            return Ok(Exit::Success); // the reader went away
         }
-        let _ = out.flush();
         if !running {
+            if !step_started && prepare.is_empty() {
+                return Err(CliError::runner(format!(
+                    "run `{}` has no output: its step did not start and no prepare command \
+                     ran (`runner status {}` says how it ended)",
+                    dir.id(),
+                    dir.id()
+                )));
+            }
             return Ok(Exit::Success);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -152,6 +198,9 @@ struct Row {
     run_id: String,
     state: State,
     status: Option<String>,
+    /// A running run's stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<runs::Phase>,
     flavor: String,
     step: String,
     started_at: Option<String>,
@@ -167,10 +216,12 @@ fn row(dir: &RunDir) -> Row {
         run_id: s.run_id.clone(),
         state: s.state,
         status: r.map(|r| r.status.as_str().to_string()),
+        phase: s.phase,
         flavor: plan.as_ref().map(|p| p.flavor.clone()).unwrap_or_default(),
         step: plan.as_ref().map(|p| p.step.clone()).unwrap_or_default(),
         started_at: r.map(|r| r.started_at.clone()),
-        duration_secs: r.map(|r| r.duration_secs),
+        // A running run's: how long it has run so far.
+        duration_secs: r.map(|r| r.duration_secs).or(s.elapsed_secs),
         run_dir: dir.path().to_path_buf(),
     }
 }
@@ -195,28 +246,34 @@ pub fn ps(json: bool, all: bool) -> Result<Exit, CliError> {
         );
         return Ok(Exit::Success);
     }
+    // 80 columns for run ids of common length: the step's name is in its run id.
+    let id_width = rows
+        .iter()
+        .map(|r| r.run_id.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<40} {:<9} {:<14} {:<12} {:<16} {:>9}",
-        "RUN ID", "STATE", "STATUS", "FLAVOR", "STEP", "DURATION"
+        "{:<id_width$}  {:<19}  {:<12}  {:>8}",
+        "RUN ID", "STATUS", "FLAVOR", "DURATION"
     );
     for r in &rows {
-        let state = match r.state {
-            State::Running => "running",
-            State::Finished => "finished",
-            State::Lost => "lost",
+        let status = match r.state {
+            State::Running => match r.phase {
+                Some(p) => format!("running · {p}"),
+                None => "running".into(),
+            },
+            State::Finished => r.status.clone().unwrap_or_else(|| "finished".into()),
+            State::Lost => "lost".into(),
         };
         let duration = r
             .duration_secs
-            .map(|d| format!("{d:.2}s"))
+            .map(|d| units::Elapsed(d).to_string())
             .unwrap_or_else(|| "-".into());
+        let flavor: String = r.flavor.chars().take(12).collect();
         println!(
-            "{:<40} {:<9} {:<14} {:<12} {:<16} {:>9}",
-            r.run_id,
-            state,
-            r.status.as_deref().unwrap_or("-"),
-            r.flavor,
-            r.step.chars().take(16).collect::<String>(),
-            duration
+            "{:<id_width$}  {status:<19}  {flavor:<12}  {duration:>8}",
+            r.run_id
         );
     }
     if !all && rows.len() < total {
@@ -225,5 +282,31 @@ pub fn ps(json: bool, all: bool) -> Result<Exit, CliError> {
             total - rows.len()
         );
     }
+    Ok(Exit::Success)
+}
+
+pub fn prune(older_than: Duration, dry_run: bool, json: bool) -> Result<Exit, CliError> {
+    let home = Home::from_env();
+    let pruned = runs::prune(&home, older_than, dry_run);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pruned).expect("pruned runs serialize")
+        );
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    if !json {
+        for p in &pruned {
+            println!("{verb} {} ({})", p.run_id, units::Bytes(p.size_bytes));
+        }
+    }
+    let freed: u64 = pruned.iter().map(|p| p.size_bytes).sum();
+    eprintln!(
+        "{verb} {} run{}, {} (`{}`)",
+        pruned.len(),
+        super::plural(pruned.len()),
+        units::Bytes(freed),
+        home.runs().display()
+    );
     Ok(Exit::Success)
 }

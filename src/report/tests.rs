@@ -1,10 +1,12 @@
 //! Exit codes, the summary line, the JSON against its schema, and atomic writes.
 
+use std::time::SystemTime;
+
 use serde_json::{Value, json};
 
 use super::*;
 
-fn success() -> Outcome {
+pub(crate) fn success() -> Outcome {
     Outcome {
         version: VERSION,
         run_id: "r-20260101-abc".into(),

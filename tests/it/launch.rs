@@ -883,3 +883,23 @@ fn progress_fits_the_terminal_and_can_be_plain() {
         );
     }
 }
+
+/// On a terminal the runner's own `error:` is coloured like clap's; `NO_COLOR` and
+/// `TERM=dumb` turn it off. (Refused before anything runs: no root needed.)
+#[test]
+fn errors_are_coloured_on_a_terminal_only() {
+    let (code, drawn) = on_a_terminal(80, &[], &["nope.yaml", "--", "true"]);
+    assert_eq!(code, 2, "{drawn}");
+    assert!(
+        drawn.starts_with("\x1b[1;31merror:\x1b[0m cannot read `nope.yaml`"),
+        "{drawn:?}"
+    );
+    for env in [("NO_COLOR", "1"), ("TERM", "dumb")] {
+        let (code, drawn) = on_a_terminal(80, &[env], &["nope.yaml", "--", "true"]);
+        assert_eq!(code, 2, "{drawn}");
+        assert!(
+            drawn.starts_with("error: cannot read `nope.yaml`"),
+            "{env:?}: {drawn:?}"
+        );
+    }
+}

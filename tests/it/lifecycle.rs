@@ -246,3 +246,179 @@ fn secret_values_never_show_only_names_do() {
         missing.stderr
     );
 }
+
+/// Set every file of a run folder (and the folder) to have last changed `ago`.
+fn age_run(home: &Path, id: &str, ago: Duration) {
+    let when = std::time::SystemTime::now() - ago;
+    let dir = home.join("runs").join(id);
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().is_file() {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(e.path())
+                .unwrap();
+            f.set_modified(when).unwrap();
+        }
+    }
+}
+
+/// While a run prepares, `logs` shows the prepare command's output (announced on
+/// stderr), `status` and `ps` say which command runs and for how long; after a failed
+/// prepare `logs` still shows what it printed.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_preparing_run_shows_its_stage_logs_and_elapsed_time() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let manifest = out.path().join("chatty.yaml");
+    std::fs::write(
+        &manifest,
+        "version: 1\nname: chatty\nprepare:\n  key: [\"{{ step.name }}\"]\n  run:\n    \
+         - script: echo resolving; sleep 1.5; echo installed\n    - script: echo second; \
+         exit 3\nlaunch:\n  run: [\"{{ entrypoint }}\"]\n",
+    )
+    .unwrap();
+    let id = detach(home.path(), &[manifest.to_str().unwrap(), "--", "true"]);
+    let dir = home.path().join("runs").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("prepare.1.log").exists() {
+        assert!(Instant::now() < deadline, "prepare never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let st = runner(home.path(), &["status", &id]);
+    st.expect_code(0);
+    let shown = st.stdout.trim_end();
+    assert!(
+        shown.starts_with(&format!("{id}: running · prepare 1 · ")),
+        "{shown}"
+    );
+    let json = runner(home.path(), &["status", &id, "--json"]).json();
+    assert_eq!(
+        json["phase"],
+        serde_json::json!({"stage": "prepare", "command": 1})
+    );
+    assert!(json["elapsed_secs"].as_f64().unwrap() > 0.0, "{json}");
+    let ps = runner(home.path(), &["ps"]);
+    let row = ps.stdout.lines().nth(1).expect("a row");
+    assert!(row.contains("running · prepare 1"), "{}", ps.stdout);
+    assert!(
+        !row.trim_end().ends_with('-'),
+        "a running run has a duration: {row}"
+    );
+    for line in ps.stdout.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}"
+        );
+    }
+
+    // Following from here prints prepare's output, then ends with the run.
+    let logs = runner(home.path(), &["logs", "--follow", &id]);
+    logs.expect_code(0);
+    assert_eq!(logs.stdout, "resolving\ninstalled\nsecond\n");
+    let p1 = dir.join("prepare.1.log");
+    let p2 = dir.join("prepare.2.log");
+    assert_eq!(
+        logs.stderr,
+        format!(
+            "runner: prepare 1 (`{}`)\nrunner: prepare 2 (`{}`)\n",
+            p1.display(),
+            p2.display()
+        )
+    );
+    let st = runner(home.path(), &["status", &id, "--json"]).json();
+    assert_eq!(st["result"]["status"], "prepare_failed");
+    // The result points at logs that exist: the step never started, so none of its own.
+    for (name, path) in st["result"]["logs"].as_object().unwrap() {
+        if let Some(p) = path.as_str().filter(|p| !p.is_empty()) {
+            assert!(Path::new(p).exists(), "logs.{name}: {p} does not exist");
+        }
+    }
+    // Afterwards, without --follow: the same bytes.
+    let again = runner(home.path(), &["logs", &id]);
+    again.expect_code(0);
+    assert_eq!(again.stdout, logs.stdout);
+}
+
+/// `runs prune --older-than` removes what ended that long ago (finished or lost), and
+/// never a running run or a recent one; a bare number is refused.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn runs_prune_removes_old_runs_only() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let launch = |args: &[&str]| {
+        let mut all = vec!["launch", "--json", "-q", "manifests/local.yaml", "--"];
+        all.extend_from_slice(args);
+        let out = runner(home.path(), &all);
+        out.expect_code(0);
+        out.json()["run_id"].as_str().unwrap().to_string()
+    };
+    let old = launch(&["true"]);
+    let recent = launch(&["true"]);
+    let running = detach(
+        home.path(),
+        &["manifests/local.yaml", "--", "sleep", "1000.4242"],
+    );
+    // A lost run: a plan, no supervisor, no result.
+    let lost = "20200101T000000-lost-00000000";
+    std::fs::create_dir_all(home.path().join("runs").join(lost)).unwrap();
+    std::fs::write(home.path().join("runs").join(lost).join("plan.json"), "{}").unwrap();
+    let two_days = Duration::from_secs(2 * 86_400);
+    age_run(home.path(), &old, two_days);
+    age_run(home.path(), lost, two_days);
+    age_run(home.path(), &running, two_days);
+
+    let bare = runner(home.path(), &["runs", "prune", "--older-than", "1"]);
+    bare.expect_code(2);
+    assert!(
+        bare.stderr.contains("age `1` has no unit"),
+        "{}",
+        bare.stderr
+    );
+
+    let dry = runner(
+        home.path(),
+        &["runs", "prune", "--older-than", "1d", "--dry-run"],
+    );
+    dry.expect_code(0);
+    assert!(
+        home.path().join("runs").join(&old).exists(),
+        "a dry run removes nothing"
+    );
+
+    let out = runner(
+        home.path(),
+        &["runs", "prune", "--older-than", "1d", "--json"],
+    );
+    out.expect_code(0);
+    let mut removed: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["run_id"].as_str().unwrap().to_string())
+        .collect();
+    removed.sort();
+    let mut expected = vec![old.clone(), lost.to_string()];
+    expected.sort();
+    assert_eq!(removed, expected);
+    let left: Vec<String> = std::fs::read_dir(home.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut left_sorted = left.clone();
+    left_sorted.sort();
+    let mut want = vec![recent.clone(), running.clone()];
+    want.sort();
+    assert_eq!(left_sorted, want, "nothing half-removed is left: {left:?}");
+    runner(home.path(), &["cancel", &running]).expect_code(0);
+}

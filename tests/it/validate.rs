@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{check_first_diagnostic, fixtures, root, runner};
+use crate::common::{Runner, check_first_diagnostic, fixtures, root, runner};
 
 const INVALID: &str = "tests/fixtures/invalid";
 
@@ -169,11 +169,55 @@ fn the_flavor_schema_accepts_every_shipped_manifest() {
 }
 
 #[test]
-fn completions_mention_the_binary() {
-    let out = runner(["completions", "bash"]);
-    out.expect_code(0);
-    assert!(out.stdout.contains("runner"), "{}", out.stdout);
-    assert!(out.stdout.contains("validate"), "{}", out.stdout);
+fn completions_know_run_ids_and_flavors_and_not_hidden_commands() {
+    let hook = runner(["completions", "bash"]);
+    hook.expect_code(0);
+    assert!(hook.stdout.contains("COMPLETE=\"bash\""), "{}", hook.stdout);
+    assert!(
+        hook.stdout.contains("complete -o nospace"),
+        "{}",
+        hook.stdout
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    let id = "20261201T000000-train-0123abcd";
+    std::fs::create_dir_all(home.path().join("runs").join(id)).unwrap();
+    std::fs::write(home.path().join("runs").join(id).join("plan.json"), "{}").unwrap();
+    Runner::new()
+        .env("RUNNER_HOME", home.path())
+        .args(["flavor", "register", "manifests/local.yaml"])
+        .run()
+        .expect_code(0);
+    // What the bash hook asks: the words so far, and which one is being completed.
+    let complete = |index: &str, words: &[&str]| -> Vec<String> {
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .env("COMPLETE", "bash")
+            .env("_CLAP_IFS", "\n")
+            .env("_CLAP_COMPLETE_INDEX", index)
+            .arg("--")
+            .args(words)
+            .run();
+        out.expect_code(0);
+        out.stdout.lines().map(str::to_string).collect()
+    };
+    let commands = complete("1", &["runner", ""]);
+    assert!(commands.contains(&"launch".to_string()), "{commands:?}");
+    assert!(!commands.contains(&"supervise".to_string()), "{commands:?}");
+    assert!(complete("2", &["runner", "logs", ""]).contains(&id.to_string()));
+    assert_eq!(complete("2", &["runner", "status", "2026"]), [id]);
+    let manifests = complete("2", &["runner", "launch", "lo"]);
+    assert!(
+        manifests.iter().any(|c| c.starts_with("local")),
+        "{manifests:?}"
+    );
+    let files = complete("2", &["runner", "launch", "manifests/lo"]);
+    assert_eq!(files, ["manifests/local.yaml"]);
+    assert!(
+        complete("3", &["runner", "flavor", "show", ""])
+            .iter()
+            .any(|c| c.starts_with("local"))
+    );
 }
 
 #[test]
@@ -272,4 +316,39 @@ fn remembered_validation_checks_every_new_text() {
         assert!(out.stderr.contains("flavor.yaml:"), "{}", out.stderr);
     }
     assert_eq!(stamps(), 1, "a failing text is never remembered");
+}
+
+/// A folder with no manifest is an error, not "0 manifests: all valid"; JSON
+/// manifests in a folder are checked as they are when named.
+#[test]
+fn folders_without_manifests_say_so_and_json_manifests_count() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let out = runner(["validate", dir.path().to_str().unwrap()]);
+    out.expect_code(2);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: no manifests in `{}`: no *.yaml, *.yml or *.json file in it or below\n",
+            dir.path().display()
+        )
+    );
+    std::fs::write(
+        dir.path().join("broken.json"),
+        "{\"version\": 1, \"name\": \"j\", \"launch\": {\"run\": 3}}\n",
+    )
+    .unwrap();
+    let out = runner(["validate", dir.path().to_str().unwrap()]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("broken.json:1:"),
+        "the JSON file was checked: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .ends_with("checked 1 manifest: 1 error in 1 file\n"),
+        "{}",
+        out.stderr
+    );
 }
