@@ -262,6 +262,71 @@ def bench_launch(a, tmp, out):
     return over
 
 
+def bench_prepare(a, tmp, out):
+    """Cold prepare of the README's step on the venv flavor, with each installer, beside
+    the installer's own command making the same environment."""
+    uv = a.uv
+    python = which("python3")
+    n = [0]
+
+    def fresh():
+        n[0] += 1
+        return Path(tmp) / f"cold-{n[0]}"
+
+    def launch(installer, reqs):
+        def fn():
+            home = fresh()
+            env = dict(os.environ, RUNNER_HOME=str(home),
+                       PATH=f"{Path(uv).parent}:{os.environ.get('PATH', '')}")
+            argv = [a.runner, "launch", "-q", "manifests/venv.yaml", "--info", "examples/hello/step.yaml",
+                    "--set", f"installer={installer}", *sum((["-r", r] for r in reqs), [])]
+            t = checked(argv, env)()
+            shutil.rmtree(home, ignore_errors=True)
+            return t
+        return fn
+
+    def own(installer, reqs):
+        def fn():
+            venv = fresh()
+            vpy = str(venv / "bin/python")
+            steps = ([[uv, "venv", "--quiet", "--python", python, str(venv)]]
+                     + ([[uv, "pip", "install", "--quiet", "--python", vpy, *reqs]] if reqs else [])
+                     if installer == "uv" else
+                     [[python, "-m", "venv", str(venv)]]
+                     + ([[vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *reqs]]
+                        if reqs else []))
+            steps.append([vpy, "examples/hello/train.py"])
+            t = sum(checked(argv)() for argv in steps)
+            shutil.rmtree(venv, ignore_errors=True)
+            return t
+        return fn
+
+    reqs = ["tabulate"]
+    cases = [
+        Case("`python3 -m venv` + `train.py` (pip's own)", own("pip", [])),
+        Case("`runner launch manifests/venv.yaml`, `installer: pip`, cold", launch("pip", [])),
+        Case("`uv venv` + `train.py` (uv's own)", own("uv", [])),
+        Case("`runner launch manifests/venv.yaml`, `installer: uv`, cold", launch("uv", [])),
+        Case("`venv` + `pip install tabulate` + `train.py`", own("pip", reqs)),
+        Case("`runner launch … -r tabulate`, `installer: pip`, cold", launch("pip", reqs)),
+        Case("`uv venv` + `uv pip install tabulate` + `train.py`", own("uv", reqs)),
+        Case("`runner launch … -r tabulate`, `installer: uv`, cold", launch("uv", reqs)),
+    ]
+    alternate(cases, a.prepare_rounds, warmup=1)
+    out.append("## 7. Cold prepare: uv against pip\n")
+    out.append(
+        "The README's step (`manifests/venv.yaml --info examples/hello/step.yaml`) with an empty "
+        "cache (a fresh `RUNNER_HOME` each time), beside the installer's own commands making the "
+        "same environment and running the same script. `installer: auto`, the default, is uv "
+        "when it is on PATH. Package downloads come from PyPI through each tool's own download "
+        "cache (warm after the first round).\n")
+    out.append(table(cases, fmt_s))
+    pip, uvl = cases[1].median, cases[3].median
+    out.append(f"\n**Cold prepare of the README's step: uv {fmt_s(uvl)} against pip {fmt_s(pip)} "
+               f"({pip / uvl:.1f}× faster)**; the runner adds {fmt_s(uvl - cases[2].median)} over "
+               f"uv's own commands, {fmt_s(cases[7].median - cases[6].median)} with a requirement.\n")
+
+
 def bench_guest(a, tmp, out):
     """The cgroup v2 case, measured inside the guest by tests/guest/bench_guest.py."""
     data = json.load(open(a.guest_bench))
@@ -504,9 +569,10 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--docker-image", default="local/base")
-    p.add_argument("--only", help="comma-separated: launch,logs,validate,footprint,concurrency,guest")
+    p.add_argument("--only", help="comma-separated: launch,logs,validate,footprint,concurrency,guest,prepare")
     p.add_argument("--cglaunch", help="the minimal C launcher (bench/cglaunch.c), built")
     p.add_argument("--guest-bench", help="bench.json written by the guest (tests/guest/bench_guest.py)")
+    p.add_argument("--uv", help="a uv binary, for the cold-prepare section")
     a = p.parse_args()
     a.runner = str(Path(a.runner).resolve())
     q = a.quick
@@ -516,7 +582,8 @@ def main():
     a.validate_rounds = 3 if q else 21
     a.footprint_secs = int(os.environ.get("FOOTPRINT_SECS", "4" if q else "60"))
     a.conc_rounds = 2 if q else 15
-    only = set((a.only or "launch,logs,validate,footprint,concurrency,guest").split(","))
+    a.prepare_rounds = 2 if q else 7
+    only = set((a.only or "launch,logs,validate,footprint,concurrency,guest,prepare").split(","))
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [
@@ -537,9 +604,12 @@ def main():
     with tempfile.TemporaryDirectory(prefix="steprunner-bench-") as tmp:
         for name, fn in [("launch", bench_launch), ("logs", bench_logs), ("validate", bench_validate),
                          ("footprint", bench_footprint), ("concurrency", bench_concurrency),
-                         ("guest", bench_guest)]:
+                         ("guest", bench_guest), ("prepare", bench_prepare)]:
             if name == "guest" and not a.guest_bench:
                 out.append("## 6. cgroup v2 with systemd\n\nNot measured: `BENCH_GUEST=0`.\n")
+                continue
+            if name == "prepare" and not a.uv:
+                out.append("## 7. Cold prepare: uv against pip\n\nNot measured: no `--uv`.\n")
                 continue
             if name in only:
                 print(f"bench: {name}…", file=sys.stderr, flush=True)

@@ -11,7 +11,8 @@
 # fresh machine: minutes) and stops it by its PID at the end.
 # The cgroup v2 case runs inside the test guest (`.ci/engines/guest.sh`: a Debian 12
 # with systemd, booted under QEMU; its image is made once, minutes on a fresh machine)
-# unless `BENCH_GUEST=0`.
+# unless `BENCH_GUEST=0`. The cold-prepare section uses uv: the one on PATH, else one
+# installed from PyPI once (into the target folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -42,6 +43,19 @@ args=(--runner "$target_dir/release/runner")
 mkdir -p "$target_dir/bench"
 gcc -O2 -o "$target_dir/bench/cglaunch" bench/cglaunch.c
 args+=(--cglaunch "$target_dir/bench/cglaunch")
+# uv for the cold-prepare section (the venv flavor's `installer: auto` picks it when it
+# is on PATH): the one on PATH, else one installed from PyPI into a folder of the bench's.
+uv_bin=$(command -v uv || true)
+if [ -z "$uv_bin" ]; then
+    tools="$target_dir/bench/tools"
+    if [ ! -x "$tools/bin/uv" ]; then
+        echo "bench: installing uv from PyPI into $tools…" >&2
+        python3 -m venv "$tools"
+        "$tools/bin/python" -m pip install --quiet --disable-pip-version-check uv
+    fi
+    uv_bin="$tools/bin/uv"
+fi
+args+=(--uv "$uv_bin")
 if [ "${BENCH_GUEST:-1}" != 0 ]; then
     eval "$(bash .ci/engines/guest.sh start)"
     work=$(mktemp -d "${TMPDIR:-/tmp}/steprunner-bench-guest.XXXXXX")

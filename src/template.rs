@@ -128,11 +128,40 @@ pub fn environment() -> Environment<'static> {
             json.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
         },
     );
+    env.add_function("on_path", on_path);
     env.add_filter("hash", |v: JValue| {
         let json = serde_json::to_string(&v).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
     });
     env
+}
+
+/// `on_path('uv')`: whether a program of that name is on the runner's `PATH` (the
+/// `env.PATH` templates see), so a flavor can prefer a faster tool when it is there.
+/// It looks, never runs: only a bare program name is accepted.
+fn on_path(state: &State, name: &str) -> Result<bool, Error> {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+        && !name.starts_with('.');
+    if !bare {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("on_path takes a bare program name, not `{name}`"),
+        ));
+    }
+    let path = state
+        .lookup("env")
+        .and_then(|env| env.get_attr("PATH").ok())
+        .and_then(|p| p.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok(std::env::split_paths(&path).any(|dir| {
+        use std::os::unix::fs::PermissionsExt;
+        dir.is_absolute()
+            && std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }))
 }
 
 /// If a template is exactly one `{{ expression }}`, the expression.
@@ -175,6 +204,7 @@ pub const CONTEXT: &[(&str, Option<&[&str]>)] = &[
 
 /// minijinja's own global functions are not context variables.
 pub const GLOBALS: &[&str] = &[
+    "on_path",
     "range",
     "dict",
     "namespace",

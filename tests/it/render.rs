@@ -54,20 +54,20 @@ fn snapshot_render(name: &str, args: &[&str]) {
 
 /// [`snapshot_render`] with more `(regex, replacement)` filters, applied last.
 fn snapshot_render_filtered(name: &str, args: &[&str], extra: &[(&str, &str)]) {
-    let r = Runner::new();
+    // A PATH of no programs: what flavors find on it (`on_path('uv')`) is the same on
+    // every machine.
+    const PATH: &str = "/nonexistent/steprunner-snapshot/bin";
+    let r = Runner::new().env("PATH", PATH);
     let home = r.home().to_path_buf();
     let out = r.arg("render").args(args).run();
     out.expect_code(0);
-    let mut filters: Vec<(String, String)> = vec![
+    let filters: Vec<(String, String)> = vec![
         // Strings over 80 characters are printed folded (`>-` + newline); how many are
         // depends on the length of the paths below, so unfold them first.
         (r">-\n\s+".to_string(), String::new()),
+        (escape(PATH), "[PATH]".into()),
     ];
-    if let Ok(path) = std::env::var("PATH")
-        && !path.is_empty()
-    {
-        filters.push((escape(&path), "[PATH]".into()));
-    }
+    let mut filters = filters;
     for (dir, label) in [(home, "[RUNNER_HOME]"), (root(), "[CWD]")] {
         if let Ok(canonical) = dir.canonicalize() {
             filters.push((escape(&canonical.display().to_string()), label.into()));
@@ -633,4 +633,76 @@ fn a_forgotten_double_dash_gets_a_tip() {
         "{}",
         out.stderr
     );
+}
+
+/// The venv flavor's `installer: auto` (the default) picks uv when the runner's PATH
+/// has it, pip otherwise, and keys the environment by what it picked.
+#[test]
+fn venv_auto_picks_uv_when_it_is_on_path() {
+    let bin = tempfile::tempdir().unwrap();
+    let path = bin.path().display().to_string();
+    let plan = || {
+        let out = Runner::new()
+            .env("PATH", &path)
+            .args([
+                "render",
+                "manifests/venv.yaml",
+                "-r",
+                "tabulate",
+                "--format",
+                "json",
+            ])
+            .args(["--", "python3", "-c", "1"])
+            .run();
+        out.expect_code(0);
+        let plan = out.json();
+        let programs: Vec<String> = plan["prepare"]["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["skipped"] != json!(true))
+            .map(|c| {
+                c["argv"][0]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (plan["prepare"]["key_parts"][0].clone(), programs)
+    };
+    assert_eq!(
+        plan(),
+        (json!("pip"), vec!["python3".into(), "python".into()])
+    );
+    // Not executable: not a program on PATH.
+    let uv = bin.path().join("uv");
+    std::fs::write(&uv, "#!/bin/sh\n").unwrap();
+    assert_eq!(plan().0, json!("pip"));
+    std::fs::set_permissions(&uv, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_eq!(plan(), (json!("uv"), vec!["uv".into(), "uv".into()]));
+}
+
+/// `on_path` looks a bare name up; anything else is refused, located.
+#[test]
+fn on_path_takes_bare_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.yaml");
+    std::fs::write(
+        &m,
+        "version: 1\nname: m\nlaunch:\n  run: [\"{{ entrypoint }}\"]\n  env:\n    \
+         X: \"{{ on_path('../bin/sh') }}\"\n",
+    )
+    .unwrap();
+    let out = runner(["render", m.to_str().unwrap(), "--", "true"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("on_path takes a bare program name, not `../bin/sh`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("m.yaml:6:"), "{}", out.stderr);
 }

@@ -120,3 +120,53 @@ fn venv_inherits_the_packages_of_its_python_with_pip_and_uv() {
         }
     }
 }
+
+/// `installer: auto`, the venv flavor's default: the README's step gets an environment
+/// made by uv when uv is on PATH, and by pip's `venv` when it is not.
+#[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs uv: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
+fn venv_auto_uses_uv_when_on_path_and_pip_without() {
+    use crate::common::Runner;
+    let Some(uv) = std::env::var_os("STEPRUNNER_UV").filter(|p| !p.is_empty()) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "STEPRUNNER_UV is not set and CI=true forbids skipping: \
+             run `eval \"$(bash .ci/engines/zenml.sh start)\"` first"
+        );
+        eprintln!("skipped: STEPRUNNER_UV is not set");
+        return;
+    };
+    let uv_dir = std::path::Path::new(&uv).parent().unwrap().to_owned();
+    // The system's programs, without any uv of its own.
+    let system = "/usr/local/bin:/usr/bin:/bin";
+    assert!(
+        !std::env::split_paths(system).any(|d| d.join("uv").exists()),
+        "this test needs a system PATH without uv"
+    );
+    for (path, made_by_uv) in [
+        (format!("{}:{system}", uv_dir.display()), true),
+        (system.to_string(), false),
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .env("PATH", &path)
+            .args(["launch", "--json", "-q", "manifests/venv.yaml"])
+            .args(["--info", "examples/hello/step.yaml"])
+            .run();
+        out.expect_code(0);
+        let result = out.json();
+        assert_eq!(result["status"], "succeeded");
+        let cfg = std::fs::read_dir(home.path().join("cache"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("venv/pyvenv.cfg"))
+            .find(|p| p.exists())
+            .expect("a cached environment");
+        let cfg = std::fs::read_to_string(cfg).unwrap();
+        assert_eq!(cfg.contains("\nuv = "), made_by_uv, "PATH={path}: {cfg}");
+    }
+}
