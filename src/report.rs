@@ -428,23 +428,53 @@ pub fn summary(outcome: &Outcome) -> String {
 
 /// `parts` joined by `sep`, broken before a part that would pass `width` columns;
 /// later lines start with `indent`.
+/// `parts` joined by `sep` in lines of at most `width` columns, continued after
+/// `indent`: a part goes whole to the next line when it does not fit, and one longer
+/// than a line is broken at its spaces (a word longer than a line, such as a path,
+/// stays whole).
 fn wrap(parts: &[String], sep: &str, width: usize, indent: &str) -> String {
     let mut out = String::new();
     let mut col = 0;
+    let indent_len = indent.chars().count();
+    let newline = |out: &mut String, col: &mut usize| {
+        out.push('\n');
+        out.push_str(indent);
+        *col = indent_len;
+    };
     for (i, part) in parts.iter().enumerate() {
         let len = part.chars().count();
-        if i > 0 {
-            if col + sep.chars().count() + len > width {
-                out.push('\n');
-                out.push_str(indent);
-                col = indent.chars().count();
-            } else {
+        let sep_len = if i > 0 { sep.chars().count() } else { 0 };
+        if col + sep_len + len <= width || (i == 0 && len <= width) {
+            if i > 0 {
                 out.push_str(sep);
-                col += sep.chars().count();
             }
+            out.push_str(part);
+            col += sep_len + len;
+            continue;
         }
-        out.push_str(part);
-        col += len;
+        if i > 0 && indent_len + len <= width {
+            newline(&mut out, &mut col);
+            out.push_str(part);
+            col += len;
+            continue;
+        }
+        // Longer than a line: word by word.
+        if i > 0 {
+            out.push_str(sep.trim_end());
+            col += sep.trim_end().chars().count();
+        }
+        for (j, word) in part.split(' ').enumerate() {
+            let wlen = word.chars().count();
+            let space = usize::from(j > 0 || i > 0);
+            if col + space + wlen > width && col > indent_len {
+                newline(&mut out, &mut col);
+            } else if space == 1 {
+                out.push(' ');
+                col += 1;
+            }
+            out.push_str(word);
+            col += wlen;
+        }
     }
     out
 }

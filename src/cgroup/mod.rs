@@ -142,6 +142,14 @@ impl CgroupError {
                 "`runner doctor` shows which controllers are delegated here",
                 "or `--best-effort-limits` runs without these limits (the result says so)",
             ],
+            CgroupError::CreateDir { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                vec![
+                    "these cgroups belong to root: run as root, or as a user where systemd delegates cgroup v2 to you (`runner doctor` says whether this host does)",
+                    "or `--best-effort-limits` runs without these limits (the result says so)",
+                ]
+            }
             _ => Vec::new(),
         }
     }

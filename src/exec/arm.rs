@@ -156,7 +156,10 @@ pub fn arm(
                 contain::Report {
                     mode: "none".into(),
                     contained: false,
-                    reason: Some(format!("no cgroup for the run: {e}")),
+                    reason: Some(format!(
+                        "no cgroup for the run: {}",
+                        crate::diag::error_chain(e)
+                    )),
                 },
             ),
         };
@@ -215,12 +218,24 @@ pub fn arm(
     let req = request(l);
     let wants_cgroup = req.memory.is_some() || req.cpus.is_some() || req.pids.is_some();
     if wants_cgroup && !contained && !opts.best_effort {
-        return Err(refuse(
-            Ending::LaunchError(LaunchFailure::Other),
-            format!(
-                "cannot enforce memory/cpus/pids limits that the step cannot undo: {} (use --best-effort-limits to run anyway)",
+        // Without a cgroup, what stops it and the ways forward; else why the step could
+        // undo its limits.
+        let why = match root {
+            Err(e) if !e.hints().is_empty() => {
+                format!("no cgroup for the run: {}", with_hints(e))
+            }
+            Err(e) => format!(
+                "no cgroup for the run: {} (use --best-effort-limits to run anyway)",
+                crate::diag::error_chain(e)
+            ),
+            Ok(_) => format!(
+                "{} (use --best-effort-limits to run anyway)",
                 containment.reason.clone().unwrap_or_default()
             ),
+        };
+        return Err(refuse(
+            Ending::LaunchError(LaunchFailure::Other),
+            format!("cannot enforce memory/cpus/pids limits that the step cannot undo: {why}"),
         ));
     }
     let cg = root.map_err(with_hints).and_then(|r| {

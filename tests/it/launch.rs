@@ -903,3 +903,70 @@ fn errors_are_coloured_on_a_terminal_only() {
         );
     }
 }
+
+/// As a user who may not make cgroups (nobody, on this host's root-owned hierarchy):
+/// the refusal names the OS's reason and the ways forward before anything runs, in
+/// lines of 80 columns; with `--best-effort-limits` the step runs and the summary line
+/// itself names the limit that was not enforced.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (to become another user)")]
+fn an_unprivileged_user_is_told_why_and_what_to_do() {
+    use std::os::unix::process::CommandExt;
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let as_nobody = |extra: &[&str]| {
+        let out = Command::new(assert_cmd::cargo::cargo_bin("runner"))
+            .current_dir(root())
+            .env("RUNNER_HOME", home.path())
+            .env("NO_COLOR", "1")
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(["launch", "manifests/local.yaml", "--memory", "64MiB"])
+            .args(extra)
+            .args(["--", "true"])
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = as_nobody(&[]);
+    assert_eq!(code, Some(125), "{stderr}");
+    for want in [
+        "cannot enforce memory/cpus/pids",
+        "Permission denied (os error 13)",
+        "run as root",
+        "`runner doctor`",
+        "`--best-effort-limits`",
+    ] {
+        // The summary is wrapped: compare with its lines joined.
+        let joined = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(joined.contains(want), "no `{want}` in: {stderr}");
+    }
+    for line in stderr
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("run "))
+    {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}"
+        );
+    }
+
+    let (code, stderr) = as_nobody(&["--best-effort-limits"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("NOT enforced: memory, pids"),
+        "the summary names what was not enforced: {stderr}"
+    );
+}
