@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use jsonschema::error::ValidationErrorKind;
+use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
@@ -155,13 +155,105 @@ fn describe(err: &ValidationError<'_>, instance: &Value, root: &Value, out: &mut
         }
         ValidationErrorKind::Constant { expected_value } => {
             let found_value = instance.pointer(&ptr).unwrap_or(&Value::Null);
-            out.push(found(
-                ptr,
+            let mut f = found(
+                ptr.clone(),
                 false,
-                format!("expected `{expected_value}`, found `{found_value}`"),
+                format!(
+                    "`{}` must be `{expected_value}`, not `{found_value}`",
+                    dotted(&ptr)
+                ),
+            );
+            if ptr == "/version" {
+                f.hint = Some(format!(
+                    "`version: {expected_value}` is the manifest format this runner reads"
+                ));
+            }
+            out.push(f);
+        }
+        ValidationErrorKind::Type { kind } => {
+            let value = instance.pointer(&ptr).unwrap_or(&Value::Null);
+            let types: Vec<&str> = match kind {
+                TypeKind::Single(t) => vec![t.as_str()],
+                TypeKind::Multiple(set) => set.iter().map(|t| t.as_str()).collect(),
+            };
+            out.push(found(
+                ptr.clone(),
+                false,
+                format!(
+                    "`{}` must be {}, not {}",
+                    dotted(&ptr),
+                    one_of(&types),
+                    a_kind(value)
+                ),
             ));
         }
+        ValidationErrorKind::MinItems { limit } => {
+            let what = if *limit == 1 {
+                "at least one item".to_string()
+            } else {
+                format!("at least {limit} items")
+            };
+            let mut f = found(
+                ptr.clone(),
+                false,
+                format!("`{}` is empty: it needs {what}", dotted(&ptr)),
+            );
+            if ptr.ends_with("/run") {
+                f.hint = Some(
+                    "a command is a program and its arguments, e.g. `run: [\"{{ entrypoint }}\"]`"
+                        .to_string(),
+                );
+            }
+            out.push(f);
+        }
+        ValidationErrorKind::Pattern { pattern } if ptr == "/name" => {
+            let value = instance.pointer(&ptr).unwrap_or(&Value::Null);
+            let mut f = found(
+                ptr.clone(),
+                false,
+                format!("flavor name {value} is not a valid name"),
+            );
+            f.hint = Some(format!(
+                "a name is lowercase letters, digits, `.`, `_` and `-`, at most 63, starting \
+                 with a letter or digit (`{pattern}`); it names the cache entries and `launch NAME`"
+            ));
+            out.push(f);
+        }
         _ => out.push(found(ptr, false, err.to_string())),
+    }
+}
+
+/// `a string`, `a string or null`, `a boolean, a number or a string`.
+fn one_of(types: &[&str]) -> String {
+    // `null` last: "a string or null".
+    let mut types = types.to_vec();
+    types.sort_by_key(|t| *t == "null");
+    let named: Vec<String> = types
+        .iter()
+        .map(|t| match *t {
+            "null" => "null".to_string(),
+            "integer" => "an integer".to_string(),
+            "array" => "a list".to_string(),
+            "object" => "a mapping".to_string(),
+            t => format!("a {t}"),
+        })
+        .collect();
+    match named.as_slice() {
+        [] => "something else".to_string(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// What a value is, in the manifest's words: `a list`, `a mapping`, `the number 42`.
+fn a_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("`{b}`"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {}", Value::String(s.clone())),
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "a mapping".to_string(),
     }
 }
 

@@ -23,11 +23,25 @@ pub fn check_schema(flavor: &Flavor) -> Result<BTreeSet<String>, Vec<(String, St
     };
     let mut errs = Vec::new();
     if let Err(e) = jsonschema::draft202012::meta::validate(schema) {
-        let ptr = format!("/settings{}", e.instance_path().as_str());
-        errs.push((
-            ptr,
-            format!("the settings schema is not a valid JSON Schema: {e}"),
-        ));
+        let at = e.instance_path().as_str().to_string();
+        let ptr = format!("/settings{at}");
+        // The common slip, `type: strin`: name the types rather than the meta-schema.
+        let message = match schema.pointer(&at) {
+            Some(serde_json::Value::String(t)) if at.ends_with("/type") => {
+                const TYPES: [&str; 7] = [
+                    "string", "number", "integer", "boolean", "array", "object", "null",
+                ];
+                let mean = crate::diag::closest(t, &TYPES)
+                    .map(|b| format!(" (did you mean `{b}`?)"))
+                    .unwrap_or_default();
+                format!(
+                    "unknown type `{t}` in the settings schema{mean}; JSON Schema's types: {}",
+                    TYPES.join(", ")
+                )
+            }
+            _ => format!("the settings schema is not a valid JSON Schema: {e}"),
+        };
+        errs.push((ptr, message));
         return Err(errs);
     }
     let whole = match validator(schema) {

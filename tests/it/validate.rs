@@ -352,3 +352,19 @@ fn folders_without_manifests_say_so_and_json_manifests_count() {
         out.stderr
     );
 }
+
+/// What a reviewer reads for each invalid fixture, exactly: the message, the location,
+/// the source line with its caret, the hint, and the closing count.
+#[test]
+fn each_invalid_fixture_reads_as_its_snapshot() {
+    for f in fixtures(INVALID) {
+        let out = runner(["validate".as_ref(), f.as_os_str()]);
+        out.expect_code(2);
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_suffix(name);
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.bind(|| insta::assert_snapshot!("invalid", out.stderr));
+    }
+}
