@@ -539,6 +539,15 @@ impl Flavor {
     }
 
     /// Every template string, in document order, for static checks.
+    /// Every command of every stage, in order: prepare, launch, cleanup.
+    pub fn commands(&self) -> impl Iterator<Item = &Command> {
+        let prepare = self.prepare.iter().flat_map(|p| p.run.iter());
+        let cleanup = self.cleanup.iter().flat_map(|c| c.run.iter());
+        prepare
+            .chain(std::iter::once(&self.launch.run))
+            .chain(cleanup)
+    }
+
     pub fn templates(&self) -> Vec<TemplateRef> {
         let mut out = Vec::new();
         walk(&mut self.clone(), &mut |at, tpl, kind| {

@@ -48,6 +48,10 @@ pub struct Where<'a> {
 struct Renderer<'a> {
     src: &'a Source,
     jenv: Environment<'static>,
+    /// What the scripts being rendered interpolate.
+    holes: template::Holes,
+    /// How many values the last script rendered interpolated.
+    interpolated: usize,
     ctx: JValue,
     cwd: PathBuf,
     diags: Vec<Diagnostic>,
@@ -144,7 +148,21 @@ impl Renderer<'_> {
         } else {
             tpl.at.clone()
         };
-        match self.jenv.render_named_str(&name, text, &self.ctx) {
+        self.holes.take();
+        let rendered = self.jenv.render_named_str(&name, text, &self.ctx);
+        let values = self.holes.take();
+        self.interpolated = values.len();
+        let rendered = match rendered {
+            Ok(s) if script => match template::fill_script(&s, &values) {
+                Ok(filled) => Ok(filled),
+                Err(e) => {
+                    self.error(&tpl.at, e.to_string());
+                    return None;
+                }
+            },
+            other => other,
+        };
+        match rendered {
             Ok(s) if s.contains('\0') => {
                 self.error(
                     &tpl.at,
@@ -254,10 +272,23 @@ impl Renderer<'_> {
         self.env(&c.env, &mut env);
         let skipped = c.when.as_ref().is_some_and(|w| !self.when(w));
         let run = match &c.form {
-            Form::Script { script, shell } => Run::Script {
-                shell: shell.clone().unwrap_or_else(|| "sh".into()),
-                script: self.text(script, true).unwrap_or_default(),
-            },
+            Form::Script { script, shell } => {
+                let shell = shell.clone().unwrap_or_else(|| "sh".into());
+                let text = self.text(script, true).unwrap_or_default();
+                if self.interpolated > 0 && !template::script::quotable_shell(&shell) {
+                    self.error(
+                        &script.at,
+                        format!(
+                            "an interpolation in a `shell: {shell}` script: the runner quotes \
+                             values for sh and bash only"
+                        ),
+                    );
+                }
+                Run::Script {
+                    shell,
+                    script: text,
+                }
+            }
             Form::Argv { argv, at, .. } => {
                 let argv = self.argv(at, argv);
                 if argv.is_empty() && !skipped {
@@ -463,9 +494,12 @@ pub fn render(
         "env": at.env,
         "dirs": {"run": dirs.run, "work": dirs.work, "source": dirs.source},
     });
+    let holes = template::Holes::default();
     let mut r = Renderer {
         src,
-        jenv: template::environment(),
+        jenv: template::environment_with(holes.clone()),
+        holes: holes.clone(),
+        interpolated: 0,
         ctx: JValue::from_serialize(&context),
         cwd: dirs.source.clone(),
         diags: Vec::new(),
@@ -487,7 +521,9 @@ pub fn render(
                 ctx["dirs"]["prepare"] = serde_json::json!("<prepare>");
                 let mut probe = Renderer {
                     src,
-                    jenv: template::environment(),
+                    jenv: template::environment_with(holes.clone()),
+                    holes: holes.clone(),
+                    interpolated: 0,
                     ctx: JValue::from_serialize(&ctx),
                     cwd: dirs.source.clone(),
                     diags: Vec::new(),

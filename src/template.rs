@@ -49,6 +49,20 @@ fn quote_value(value: &JValue) -> String {
     }
 }
 
+/// What `| q` makes: prints as the shell-quoted value; a script quotes the value by
+/// its place instead.
+#[derive(Debug)]
+struct Quoted(JValue);
+
+impl minijinja::value::Object for Quoted {
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        f.write_str(&quote_value(&self.0))
+    }
+}
+
 fn size_arg(value: &JValue) -> Result<u64, Error> {
     if let Some(n) = value.as_i64() {
         return u64::try_from(n)
@@ -58,8 +72,120 @@ fn size_arg(value: &JValue) -> Result<u64, Error> {
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
 }
 
+/// The values interpolated into the script being rendered, in order. The rendered text
+/// holds a marker for each (`HOLE`, its index, `HOLE_END`) until [`fill_script`] quotes
+/// each for the place the shell will read it in — decided on the script as it will run,
+/// after `{% if %}` and `{% for %}` have made it.
+#[derive(Clone, Default)]
+pub struct Holes(std::sync::Arc<std::sync::Mutex<Vec<JValue>>>);
+
+impl Holes {
+    fn push(&self, v: &JValue) -> usize {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(v.clone());
+        all.len() - 1
+    }
+
+    /// The values collected since the last take.
+    pub fn take(&self) -> Vec<JValue> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Ends a hole marker in a rendered script.
+pub const HOLE_END: char = '\u{E001}';
+
+/// Why a rendered script cannot be filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillError {
+    /// An interpolation where the shell could run it as code.
+    Refused(script::Refusal),
+    /// A list where exactly one word goes.
+    ListInOneWord,
+    /// Marker characters from elsewhere (a `| safe` value).
+    StrayMarker,
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Refused(r) => write!(
+                f,
+                "interpolation {} in the script as rendered: the shell could run the value as code",
+                r.describe()
+            ),
+            FillError::ListInOneWord => write!(
+                f,
+                "a list interpolated where one word goes (an assignment, a redirection, `case`): \
+                 its items would become words of their own"
+            ),
+            FillError::StrayMarker => write!(
+                f,
+                "the rendered script holds the private-use characters U+E000/U+E001, which mark \
+                 interpolations (from a `| safe` value?)"
+            ),
+        }
+    }
+}
+
+/// A rendered script with its interpolations quoted for their places (see
+/// [`script::analyze`]).
+pub fn fill_script(rendered: &str, values: &[JValue]) -> Result<String, FillError> {
+    use script::{HOLE, Place};
+    // The markers, in order, each exactly once: anything else is not ours.
+    let mut shape = String::with_capacity(rendered.len());
+    let mut order = Vec::new();
+    let mut rest = rendered;
+    while let Some(at) = rest.find([HOLE, HOLE_END]) {
+        shape.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let Some(body) = tail.strip_prefix(HOLE) else {
+            return Err(FillError::StrayMarker);
+        };
+        let end = body.find(HOLE_END).ok_or(FillError::StrayMarker)?;
+        let idx: usize = body[..end].parse().map_err(|_| FillError::StrayMarker)?;
+        if idx != order.len() || idx >= values.len() {
+            return Err(FillError::StrayMarker);
+        }
+        order.push(idx);
+        shape.push(HOLE);
+        rest = &body[end + HOLE_END.len_utf8()..];
+    }
+    shape.push_str(rest);
+    if order.len() != values.len() {
+        return Err(FillError::StrayMarker);
+    }
+    let verdicts = script::analyze(&shape);
+    let mut out = String::with_capacity(shape.len());
+    let mut pieces = shape.split(HOLE);
+    out.push_str(pieces.next().unwrap_or_default());
+    for ((piece, verdict), value) in pieces.zip(verdicts).zip(values) {
+        let is_list = matches!(value.kind(), ValueKind::Seq | ValueKind::Iterable);
+        let text = match verdict.map_err(FillError::Refused)? {
+            Place::Arg | Place::Command => quote_value(value),
+            Place::OneWord if is_list => return Err(FillError::ListInOneWord),
+            Place::OneWord => shell_quote(&plain(value)),
+            Place::Quoted if is_list => script::double_quote_escape(
+                &value
+                    .try_iter()
+                    .map(|it| it.map(|v| plain(&v)).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default(),
+            ),
+            Place::Quoted => script::double_quote_escape(&plain(value)),
+        };
+        out.push_str(&text);
+        out.push_str(piece);
+    }
+    Ok(out)
+}
+
 /// The environment every manifest template is compiled in.
 pub fn environment() -> Environment<'static> {
+    environment_with(Holes::default())
+}
+
+/// [`environment`], its scripts' interpolations collected in `holes`.
+pub fn environment_with(holes: Holes) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|name| {
@@ -69,18 +195,36 @@ pub fn environment() -> Environment<'static> {
             AutoEscape::None
         }
     });
-    env.set_formatter(|out, state: &State, value| {
-        let text = if matches!(state.auto_escape(), AutoEscape::Custom("shell")) && !value.is_safe()
-        {
-            quote_value(value)
+    env.set_formatter(move |out, state: &State, value| {
+        let shell = matches!(state.auto_escape(), AutoEscape::Custom("shell"));
+        let quoted = value.downcast_object_ref::<Quoted>();
+        let text = if shell && (!value.is_safe() || quoted.is_some()) {
+            // Quoted once the script's shape says how (`fill_script`).
+            let v = quoted.map_or(value, |q| &q.0);
+            format!("{}{}{HOLE_END}", script::HOLE, holes.push(v))
         } else {
             plain(value)
         };
         out.write_str(&text).map_err(Error::from)
     });
-    let q = |v: JValue| JValue::from_safe_string(quote_value(&v));
+    // `q`: the value shell-quoted. In a script it is the value itself, quoted for the
+    // place it lands in like any interpolation (inside `"…"` a pre-quoted value would
+    // be live shell text).
+    let q = |v: JValue| JValue::from_object(Quoted(v));
     env.add_filter("q", q);
     env.add_filter("shell_quote", q);
+    // minijinja's `escape` marks its HTML-escaped output safe, which in a script would
+    // skip the quoting: here it is plain text like any other value.
+    let html = |v: JValue| -> String {
+        plain(&v)
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;")
+    };
+    env.add_filter("escape", html);
+    env.add_filter("e", html);
     env.add_filter("bytes", |v: JValue| size_arg(&v));
     env.add_filter("kib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 10)));
     env.add_filter("mib", |v: JValue| size_arg(&v).map(|b| b.div_ceil(1 << 20)));
@@ -382,18 +526,37 @@ mod tests {
         assert_eq!(shell_quote("$(id)"), "'$(id)'");
     }
 
+    /// A script rendered and filled in, as `render` does.
+    fn script(text: &str, ctx: &minijinja::Value) -> Result<String, FillError> {
+        let holes = Holes::default();
+        let env = environment_with(holes.clone());
+        let out = env.render_named_str("s.sh", text, ctx).unwrap();
+        fill_script(&out, &holes.take())
+    }
+
     #[test]
     fn scripts_quote_every_interpolation() {
         let env = environment();
         let ctx = minijinja::context! { name => "a b", pip => vec!["x;y", "z"], raw => "$HOME" };
-        let out = env
-            .render_named_str(
-                "s.sh",
-                "echo {{ name }} {{ pip }} {{ raw | safe }} {{ name | q }}",
-                &ctx,
-            )
-            .unwrap();
-        assert_eq!(out, "echo 'a b' 'x;y' z $HOME 'a b'");
+        let out = script(
+            "echo {{ name }} {{ pip }} {{ raw | safe }} {{ name | q }}",
+            &ctx,
+        );
+        assert_eq!(out.unwrap(), "echo 'a b' 'x;y' z $HOME 'a b'");
+        // Inside double quotes: escaped for them. One word: a list is refused.
+        let out = script("echo \"got {{ raw }} and {{ pip }}\"", &ctx);
+        assert_eq!(out.unwrap(), "echo \"got \\$HOME and x;y z\"");
+        assert_eq!(script("x={{ pip }}", &ctx), Err(FillError::ListInOneWord));
+        assert_eq!(
+            script("echo $(( {{ name }} ))", &ctx),
+            Err(FillError::Refused(script::Refusal::Arithmetic))
+        );
+        // A `| safe` value cannot fake a marker.
+        let forged = minijinja::context! { f => format!("{}0{HOLE_END}", script::HOLE), x => "1" };
+        assert_eq!(
+            script("echo {{ f | safe }} {{ x }}", &forged),
+            Err(FillError::StrayMarker)
+        );
         let plain = env.render_named_str("s", "{{ name }}", &ctx).unwrap();
         assert_eq!(plain, "a b");
     }
@@ -402,9 +565,7 @@ mod tests {
     fn tojson_in_a_script_is_quoted_like_any_value() {
         let env = environment();
         let ctx = minijinja::context! { v => minijinja::context! { name => "$(touch PWNED) 'x'" } };
-        let out = env
-            .render_named_str("s.sh", "printf %s {{ v | tojson }}", &ctx)
-            .unwrap();
+        let out = script("printf %s {{ v | tojson }}", &ctx).unwrap();
         assert_eq!(out, r#"printf %s '{"name":"$(touch PWNED) '\''x'\''"}'"#);
         let plain = env.render_named_str("s", "{{ v | tojson }}", &ctx).unwrap();
         assert_eq!(plain, r#"{"name":"$(touch PWNED) 'x'"}"#);

@@ -52,10 +52,103 @@ pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
     for t in flavor.templates() {
         check_template(&env, src, &t, &settings_keys, has_prepare, &mut diags);
     }
+    for c in flavor.commands() {
+        check_command(src, c, &mut diags);
+    }
     if diags.is_empty() {
         Ok(flavor)
     } else {
         Err(diags)
+    }
+}
+
+/// Where a command's interpolations may go, for the shell it runs in (see
+/// `template::script`): every refusal located at its `{{`.
+fn check_command(src: &Source, c: &crate::manifest::Command, diags: &mut Vec<Diagnostic>) {
+    use crate::manifest::Form;
+    use template::script;
+    let mut push = |pointer: &str, text: &str, offset: usize, msg: String, hint: &str| {
+        let pos = template_pos(src, pointer, text, offset);
+        diags.push(Diagnostic::new(&src.path, Some(&src.text), pos, msg).with_hint(hint));
+    };
+    match &c.form {
+        Form::Script { script: tpl, shell } => {
+            let Some(text) = tpl.text() else { return };
+            let shell = shell.as_deref().unwrap_or("sh");
+            if let Some(at) = text.find([script::HOLE, '\u{E001}']) {
+                push(
+                    &tpl.at,
+                    text,
+                    at,
+                    "a script may not hold the private-use characters U+E000 and U+E001 (the runner marks interpolations with them)".into(),
+                    "remove the character",
+                );
+                return;
+            }
+            let mut from = 0;
+            while let Some(open) = text[from..].find("{%") {
+                let open = from + open;
+                let end = text[open..].find("%}").map_or(text.len(), |e| open + e + 2);
+                let tag = &text[open..end];
+                if script::tag_refused(tag) {
+                    push(
+                        &tpl.at,
+                        text,
+                        open,
+                        format!(
+                            "template tag `{}` in a script: its output would not be quoted",
+                            tag.trim()
+                        ),
+                        "in scripts use `{% if %}`, `{% for %}` and `{% set x = … %}`; build text in the expression (`{{ a ~ b }}`) instead",
+                    );
+                }
+                from = end;
+            }
+            let (holes, offsets) = script::holes_of_template(text);
+            if offsets.is_empty() {
+                return;
+            }
+            if !script::quotable_shell(shell) {
+                push(
+                    &tpl.at,
+                    text,
+                    offsets[0],
+                    format!(
+                        "an interpolation in a `shell: {shell}` script: the runner quotes values for sh and bash only"
+                    ),
+                    "use `shell: sh` or `shell: bash`, or pass the value in an environment variable (`env:`)",
+                );
+                return;
+            }
+            for (verdict, offset) in script::analyze(&holes).into_iter().zip(offsets) {
+                if let Err(r) = verdict {
+                    push(
+                        &tpl.at,
+                        text,
+                        offset,
+                        format!(
+                            "script interpolation {}: the shell could run the value as code",
+                            r.describe()
+                        ),
+                        r.hint(),
+                    );
+                }
+            }
+        }
+        Form::Argv { argv, .. } => {
+            let texts: Vec<&str> = argv.iter().map(|t| t.text().unwrap_or("")).collect();
+            if let Some(k) = script::argv_command_string(&texts)
+                && let Some(offset) = texts[k].find("{{")
+            {
+                push(
+                    &argv[k].at,
+                    texts[k],
+                    offset,
+                    "interpolation in the command string of a shell's `-c`: it is a script, and an argv element is never quoted".into(),
+                    "write it as `script:`, which quotes what it interpolates; or pass the value after the command string, which reads it as \"$1\": `[sh, -c, 'echo \"$1\"', sh, '{{ x }}']`",
+                );
+            }
+        }
     }
 }
 
@@ -85,20 +178,6 @@ fn check_template(
             return;
         }
     };
-    if t.kind == TemplateKind::Script {
-        for (offset, context) in template::script::unsafe_interpolations(&t.text) {
-            let pos = template_pos(src, &t.pointer, &t.text, offset);
-            let msg = format!(
-                "interpolation {} in a script: its value would be quoted twice and could run as shell code",
-                context.describe()
-            );
-            diags.push(
-                Diagnostic::new(&src.path, Some(&src.text), pos, msg).with_hint(
-                    "script interpolations are shell-quoted already: write `{{ x }}` as a bare word, or `{{ x | safe }}` for trusted shell text",
-                ),
-            );
-        }
-    }
     let mut vars: Vec<String> = tmpl.undeclared_variables(true).into_iter().collect();
     vars.sort();
     for var in vars {

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use steprunner::diag::Diagnostic;
-use steprunner::manifest::{LoadError, Source};
 use steprunner::home::Home;
+use steprunner::manifest::{LoadError, Source};
 use steprunner::render::{self, Where};
 use steprunner::step_info::{InfoError, Overrides, StepInfo};
 use steprunner::yaml::Pos;
@@ -38,7 +38,12 @@ pub fn assert_diagnostics(text: &str, diags: &[Diagnostic]) {
     assert!(!diags.is_empty(), "an error without any diagnostic");
     for d in diags {
         assert_eq!(d.file, Path::new(FILE));
-        assert!(!d.message.is_empty(), "an empty message at {}:{}", d.line, d.col);
+        assert!(
+            !d.message.is_empty(),
+            "an empty message at {}:{}",
+            d.line,
+            d.col
+        );
         assert_located(
             text,
             Pos {
@@ -153,9 +158,12 @@ pub fn step_flags(text: &str) {
     let mut next = || lines.next().map(str::to_string);
     let memory = next().map(|m| steprunner::units::parse_bytes(&m));
     let cpus = next().map(|c| steprunner::units::parse_cpus(&c));
-    for e in [memory.clone().and_then(Result::err), cpus.clone().and_then(Result::err)]
-        .into_iter()
-        .flatten()
+    for e in [
+        memory.clone().and_then(Result::err),
+        cpus.clone().and_then(Result::err),
+    ]
+    .into_iter()
+    .flatten()
     {
         assert!(!e.to_string().is_empty());
     }
@@ -168,5 +176,83 @@ pub fn step_flags(text: &str) {
     };
     if let Err(e) = StepInfo::resolve(None, &flags) {
         assert!(!e.to_string().is_empty());
+    }
+}
+
+/// Hostile values a fuzzed script shape is filled with; each touches `$MARK` if it runs.
+pub const SCRIPT_VALUES: &[&str] = &[
+    "$(touch \"$MARK\")",
+    "`touch \"$MARK\"`",
+    "a\ntouch \"$MARK\" #",
+    "'; touch \"$MARK\"; '",
+    "\"; touch \"$MARK\"; \"",
+    "a[$(touch \"$MARK\")]",
+    "x\nEOF\ntouch \"$MARK\"",
+    "-v",
+];
+
+/// A script shape (`@` marks an interpolation) through the allowlist: where every hole
+/// is allowed, the script filled with each hostile value runs under `sh` in a scratch
+/// folder, and no value may touch the marker. The shape runs with a 2 s limit.
+pub fn script(shape: &str) {
+    use steprunner::template::{FillError, fill_script, script::HOLE};
+    if shape.contains([HOLE, '\u{E001}', '\0']) || shape.len() > 2000 {
+        return;
+    }
+    let holes = shape.matches('@').count();
+    if holes == 0 || holes > 8 {
+        return;
+    }
+    let marked: String = shape.replace('@', &HOLE.to_string());
+    let verdicts = steprunner::template::script::analyze(&marked);
+    assert_eq!(verdicts.len(), holes, "one verdict per hole");
+    if verdicts.iter().any(Result::is_err) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("scratch folder");
+    let mark = dir.path().join("M4RK");
+    for value in SCRIPT_VALUES {
+        // The rendered form: markers in order, then filled in by place.
+        let mut rendered = String::new();
+        let mut n = 0;
+        for c in shape.chars() {
+            if c == '@' {
+                rendered.push_str(&format!("{HOLE}{n}\u{E001}"));
+                n += 1;
+            } else {
+                rendered.push(c);
+            }
+        }
+        let values = vec![minijinja::Value::from(*value); holes];
+        let filled = match fill_script(&rendered, &values) {
+            Ok(s) => s,
+            Err(FillError::ListInOneWord) => continue,
+            Err(e) => panic!("allowed at analysis, refused at fill: {e}"),
+        };
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&filled)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("MARK", &mark)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            !mark.exists(),
+            "the value {value:?} ran as code in an allowed shape:\n{shape}\nfilled:\n{filled}"
+        );
     }
 }

@@ -9,6 +9,7 @@ mod docker;
 mod docs;
 mod faults;
 mod guest;
+mod injection;
 mod launch;
 mod lifecycle;
 mod registry;
