@@ -6,6 +6,7 @@
 //! `home`. The `runner` binary (`src/main.rs`) is a thin command line over these
 //! modules; fuzz targets and benchmarks use them directly.
 
+pub mod bounded;
 pub mod cache;
 pub mod cgroup;
 pub mod cli;

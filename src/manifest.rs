@@ -47,14 +47,33 @@ impl Source {
             path: path.to_path_buf(),
             source,
         };
+        let too_big = || {
+            read_err(std::io::Error::other(format!(
+                "it is larger than {}",
+                crate::units::Bytes(MAX_MANIFEST_BYTES)
+            )))
+        };
         let meta = std::fs::metadata(path).map_err(read_err)?;
-        if meta.len() > MAX_MANIFEST_BYTES {
-            return Err(read_err(std::io::Error::other(format!(
-                "file is larger than {} bytes",
-                MAX_MANIFEST_BYTES
-            ))));
+        if meta.is_dir() {
+            return Err(read_err(std::io::Error::other("it is a folder")));
         }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        if meta.len() > MAX_MANIFEST_BYTES {
+            return Err(too_big());
+        }
+        // Read at most one byte past the cap: a stream (`/dev/zero`, a pipe) has no size
+        // to check first.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(read_err)?,
+                MAX_MANIFEST_BYTES + 1,
+            ),
+            &mut bytes,
+        )
+        .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(too_big());
+        }
         let text = String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
             path: path.to_path_buf(),
         })?;

@@ -81,6 +81,13 @@ impl Renderer<'_> {
         if err.kind() == ErrorKind::UndefinedError {
             msg = format!("undefined value: {msg}");
         }
+        if err.kind() == ErrorKind::OutOfFuel {
+            msg = format!(
+                "this template ran more than {} instructions: a loop or recursion without \
+                 a useful end?",
+                template::FUEL
+            );
+        }
         self.diags.push(Diagnostic::new(
             &self.src.path,
             Some(&self.src.text),
@@ -138,6 +145,7 @@ impl Renderer<'_> {
 
     /// A text template (or a literal number) → string; `script` quotes interpolations.
     fn text(&mut self, tpl: &Tpl, script: bool) -> Option<String> {
+        crate::bounded::note(&tpl.at);
         let text = match &tpl.value {
             Value::String(s) => s,
             Value::Null => return Some(String::new()),
@@ -180,6 +188,7 @@ impl Renderer<'_> {
 
     /// `expr` is a slice of the template's text (see [`single_expression`]).
     fn expression(&mut self, tpl: &Tpl, expr: &str) -> Option<JValue> {
+        crate::bounded::note(&tpl.at);
         let text = tpl.text().unwrap_or_default();
         let base = (expr.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
         let result = self
@@ -443,6 +452,92 @@ fn no_entrypoint(src: &Source, flavor: &Flavor) -> Result<(), RenderError> {
                  entrypoint here",
             ),
         ])),
+    }
+}
+
+/// Whether a render error is about the template's own cost (instructions, memory,
+/// time), whatever the step: what `runner validate`'s trial render reports.
+pub fn over_budget(d: &Diagnostic) -> bool {
+    d.message.starts_with("this template ran more than")
+        || d.message
+            .starts_with("rendering this template took more than")
+}
+
+/// A diagnostic as it crosses from the bounded child (with its source line).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    file: PathBuf,
+    line: usize,
+    col: usize,
+    message: String,
+    hint: Option<String>,
+    source_line: Option<String>,
+}
+
+/// [`render`] in a child process under [`crate::bounded::RENDER`]: templates that
+/// would take all memory or time end in a located error instead. For single-threaded
+/// callers (the command line), see [`crate::bounded`].
+pub fn render_bounded(
+    src: &Source,
+    flavor: &Flavor,
+    info: &StepInfo,
+    at: &Where<'_>,
+) -> Result<Plan, RenderError> {
+    use crate::bounded::{self, Exceeded};
+    let outcome = bounded::run(bounded::RENDER, || {
+        render(src, flavor, info, at).map_err(|e| {
+            e.0.into_iter()
+                .map(|d| Wire {
+                    file: d.file,
+                    line: d.line,
+                    col: d.col,
+                    message: d.message,
+                    hint: d.hint,
+                    source_line: d.source_line,
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let located = |at: &str, message: String| {
+        RenderError(vec![
+            Diagnostic::new(&src.path, Some(&src.text), src.doc.index.nearest(at), message)
+                .with_hint("a template builds its value from the step's data; one that grows without bound (doubling in a loop, recursion) is refused"),
+        ])
+    };
+    match outcome {
+        Ok(Ok(Ok(plan))) => Ok(plan),
+        Ok(Ok(Err(wire))) => Err(RenderError(
+            wire.into_iter()
+                .map(|w| Diagnostic {
+                    file: w.file,
+                    line: w.line,
+                    col: w.col,
+                    message: w.message,
+                    hint: w.hint,
+                    source_line: w.source_line,
+                })
+                .collect(),
+        )),
+        Ok(Err(Exceeded::Memory { at })) => Err(located(
+            &at,
+            format!(
+                "rendering this template took more than {} of memory",
+                crate::units::Bytes(bounded::RENDER.memory_bytes)
+            ),
+        )),
+        Ok(Err(Exceeded::Time { at })) => Err(located(
+            &at,
+            format!(
+                "rendering this template took more than {} s",
+                bounded::RENDER.seconds
+            ),
+        )),
+        Ok(Err(Exceeded::Panicked { message })) => Err(RenderError(vec![Diagnostic::file(
+            &src.path,
+            format!("internal error while rendering (a bug; please report it): {message}"),
+        )])),
+        // The child could not be made: render here (no bound, but no worse than before).
+        Err(_) => render(src, flavor, info, at),
     }
 }
 

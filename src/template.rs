@@ -185,8 +185,13 @@ pub fn environment() -> Environment<'static> {
 }
 
 /// [`environment`], its scripts' interpolations collected in `holes`.
+/// Instructions one template may run: far above what a manifest needs (the shipped
+/// ones run well under a thousand), far below what hangs (nested `range` loops).
+pub const FUEL: u64 = 1_000_000;
+
 pub fn environment_with(holes: Holes) -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|name| {
         if name.ends_with(".sh") {

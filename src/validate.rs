@@ -14,6 +14,66 @@ use crate::manifest::{Flavor, Source, TemplateKind, TemplateRef};
 use crate::template::{self, CONTEXT, GLOBALS, find_word, line_offset, template_pos};
 use crate::{schemas, settings};
 
+/// A trial render with a made-up step (required settings given a value of their
+/// type): a template that runs away (an endless loop, a value doubling in a loop) is
+/// an error of the manifest whatever the step, found here rather than at launch.
+/// Only such errors are reported; the rest depend on the step.
+pub fn trial_render(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
+    use crate::step_info::{Overrides, StepInfo};
+    let mut set = Vec::new();
+    if let Some(Value::Object(props)) = flavor.settings.as_ref().and_then(|s| s.get("properties")) {
+        let required: Vec<&str> = flavor
+            .settings
+            .as_ref()
+            .and_then(|s| s.get("required"))
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (name, schema) in props {
+            if schema.get("default").is_some() || !required.contains(&name.as_str()) {
+                continue;
+            }
+            let sample = match schema.get("enum").and_then(Value::as_array) {
+                Some(options) if !options.is_empty() => options[0].clone(),
+                _ => match schema.get("type").and_then(Value::as_str) {
+                    Some("integer" | "number") => Value::from(1),
+                    Some("boolean") => Value::Bool(false),
+                    Some("array") => Value::Array(Vec::new()),
+                    Some("object") => Value::Object(Default::default()),
+                    _ => Value::from("x"),
+                },
+            };
+            set.push(format!("{name}={sample}"));
+        }
+    }
+    let Ok(info) = StepInfo::resolve(
+        None,
+        &Overrides {
+            step: Some("trial".into()),
+            requirements: vec!["requests".into()],
+            cpus: Some(1.0),
+            memory: Some(1 << 30),
+            entrypoint: vec!["true".into()],
+            set,
+            ..Default::default()
+        },
+    ) else {
+        return Vec::new();
+    };
+    let home = crate::home::Home::new("/nonexistent/steprunner-trial");
+    let at = crate::render::Where {
+        home: &home,
+        run_dir: None,
+        run_id: "20260101T000000-trial-00000000".into(),
+        cwd: std::path::PathBuf::from("/"),
+        env: std::collections::BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
+    };
+    match crate::render::render_bounded(src, flavor, &info, &at) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.into_iter().filter(crate::render::over_budget).collect(),
+    }
+}
+
 /// Everything `runner validate` checks about one manifest. On success, the typed flavor.
 pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
     let diags = schemas::check_flavor(src);

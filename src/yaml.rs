@@ -34,6 +34,10 @@ use serde_saphyr::granit_parser::{
 pub const MAX_DEPTH: usize = 256;
 /// Most nodes that aliases may add to a document, overall (bounds "billion laughs").
 pub const MAX_ALIAS_NODES: usize = 100_000;
+/// Most bytes of text (scalars and keys) that aliases may add to a document, overall:
+/// one large string aliased many times is bounded by what it expands to, not only by
+/// the number of aliases.
+pub const MAX_ALIAS_BYTES: usize = 16 << 20;
 
 /// 1-based line and column (column counted in characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -116,6 +120,8 @@ struct Anchored {
     value: Arc<Value>,
     /// Nodes in the value (every scalar and collection), charged on each alias.
     nodes: usize,
+    /// Bytes of text in the value, charged on each alias.
+    bytes: usize,
     /// Collection levels in the value (0 for a scalar).
     height: usize,
     /// The source text when the node is a scalar, so an alias can be a mapping key.
@@ -137,6 +143,7 @@ struct Frame {
     path_len: usize,
     anchor: usize,
     nodes: usize,
+    bytes: usize,
     height: usize,
     /// For a flow collection, its opening bracket and where it is (for "unclosed `[`").
     flow: Option<(char, Pos)>,
@@ -150,6 +157,7 @@ struct Loader<'a> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Anchored>,
     alias_nodes: usize,
+    alias_bytes: usize,
     root: Option<Value>,
 }
 
@@ -162,6 +170,7 @@ impl<'a> Loader<'a> {
             stack: Vec::new(),
             anchors: HashMap::new(),
             alias_nodes: 0,
+            alias_bytes: 0,
             root: None,
         }
     }
@@ -328,7 +337,7 @@ impl<'a> Loader<'a> {
                 if anchor != 0 {
                     self.anchor_scalar(anchor, &value, text);
                 }
-                self.attach(value, 1, 0);
+                self.attach(value, 1, text.len(), 0);
             }
             Event::SequenceStart(_, anchor, tag) | Event::MappingStart(_, anchor, tag) => {
                 check_collection_tag(tag.as_deref(), is_map, span)?;
@@ -354,12 +363,13 @@ impl<'a> Loader<'a> {
                     path_len: parent_len,
                     anchor,
                     nodes: 1,
+                    bytes: 0,
                     height: 1,
                     flow,
                 });
             }
             Event::Alias(id) => {
-                let (value, nodes, height) = self.expand(id, span)?;
+                let (value, nodes, bytes, height) = self.expand(id, span)?;
                 self.entries.insert(
                     self.path.clone(),
                     Entry {
@@ -370,7 +380,7 @@ impl<'a> Loader<'a> {
                     },
                 );
                 self.path.truncate(parent_len);
-                self.attach(Value::clone(&value), nodes, height);
+                self.attach(Value::clone(&value), nodes, bytes, height);
             }
             _ => self.path.truncate(parent_len),
         }
@@ -471,17 +481,22 @@ impl<'a> Loader<'a> {
                 Anchored {
                     value: Arc::new(value.clone()),
                     nodes: frame.nodes,
+                    bytes: frame.bytes,
                     height: frame.height,
                     key: None,
                 },
             );
         }
-        self.attach(value, frame.nodes, frame.height);
+        self.attach(value, frame.nodes, frame.bytes, frame.height);
         Ok(())
     }
 
     /// The value an alias stands for, after charging it against the limits.
-    fn expand(&mut self, id: usize, span: &Span) -> Result<(Arc<Value>, usize, usize), YamlError> {
+    fn expand(
+        &mut self,
+        id: usize,
+        span: &Span,
+    ) -> Result<(Arc<Value>, usize, usize, usize), YamlError> {
         let pos = Pos::at(&span.start);
         let Some(anchored) = self.anchors.get(&id) else {
             // The parser resolved the name, so the anchor is on a collection still open:
@@ -501,10 +516,25 @@ impl<'a> Loader<'a> {
                 pos,
             ));
         }
+        self.alias_bytes = self.alias_bytes.saturating_add(anchored.bytes);
+        if self.alias_bytes > MAX_ALIAS_BYTES {
+            return Err(YamlError::new(
+                format!(
+                    "aliases expand to more than {} MiB of text",
+                    MAX_ALIAS_BYTES >> 20
+                ),
+                pos,
+            ));
+        }
         if self.stack.len() + anchored.height > MAX_DEPTH {
             return Err(too_deep(pos));
         }
-        Ok((Arc::clone(&anchored.value), anchored.nodes, anchored.height))
+        Ok((
+            Arc::clone(&anchored.value),
+            anchored.nodes,
+            anchored.bytes,
+            anchored.height,
+        ))
     }
 
     fn anchor_scalar(&mut self, anchor: usize, value: &Value, text: &str) {
@@ -513,18 +543,26 @@ impl<'a> Loader<'a> {
             Anchored {
                 value: Arc::new(value.clone()),
                 nodes: 1,
+                bytes: text.len(),
                 height: 0,
                 key: Some(text.to_owned()),
             },
         );
     }
 
-    fn attach(&mut self, value: Value, nodes: usize, height: usize) {
+    fn attach(&mut self, value: Value, nodes: usize, bytes: usize, height: usize) {
         let Some(frame) = self.stack.last_mut() else {
             self.root = Some(value);
             return;
         };
         frame.nodes = frame.nodes.saturating_add(nodes);
+        frame.bytes = frame.bytes.saturating_add(bytes);
+        if let Container::Map {
+            key: Some((k, _)), ..
+        } = &frame.container
+        {
+            frame.bytes = frame.bytes.saturating_add(k.len());
+        }
         frame.height = frame.height.max(height + 1);
         match &mut frame.container {
             Container::Seq(items) => items.push(value),

@@ -23,7 +23,14 @@ const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 /// Files named on the command line, and manifests under named folders, sorted. A
 /// folder with none is an error: checking nothing is not "all valid".
 fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    /// Each folder once, by its device and inode: a symlink loop ends the walk there.
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<(u64, u64)>) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(dir)
+            && !seen.insert((m.dev(), m.ino()))
+        {
+            return;
+        }
         let Ok(rd) = std::fs::read_dir(dir) else {
             out.push(dir.to_path_buf());
             return;
@@ -32,7 +39,7 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(&p, out);
+                walk(&p, out, seen);
             } else if p
                 .extension()
                 .and_then(|e| e.to_str())
@@ -46,7 +53,7 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
     for p in paths {
         if p.is_dir() {
             let before = out.len();
-            walk(p, &mut out);
+            walk(p, &mut out, &mut std::collections::HashSet::new());
             if out.len() == before {
                 return Err(CliError::invalid(format!(
                     "no manifests in `{}`: no *.yaml, *.yml or *.json file in it or below",
@@ -65,7 +72,12 @@ pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
     let mut all = Vec::new();
     let mut bad_files = 0;
     for f in &files {
-        if let Err(diags) = validate::check_file(f) {
+        let diags = match validate::check_file(f) {
+            Err(diags) => diags,
+            // Valid: does a template run away whatever the step?
+            Ok((source, flavor)) => validate::trial_render(&source, &flavor),
+        };
+        if !diags.is_empty() {
             bad_files += 1;
             all.extend(diags);
         }
@@ -187,7 +199,8 @@ pub fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<Plan, CliErro
         cwd,
         env: std::env::vars().collect(),
     };
-    render::render(&l.source, &l.flavor, &l.info, &at).map_err(|e| CliError::Diagnostics(e.0))
+    render::render_bounded(&l.source, &l.flavor, &l.info, &at)
+        .map_err(|e| CliError::Diagnostics(e.0))
 }
 
 pub fn render(

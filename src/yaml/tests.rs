@@ -610,3 +610,20 @@ fn unclosed_flow_points_at_the_bracket() {
     // A flow collection continued on deeper-indented lines is fine.
     assert_eq!(value("a: [1,\n  2]\n"), json!({"a": [1, 2]}));
 }
+
+/// One large string aliased many times is bounded by the text it expands to: an error
+/// at the alias that passes the bound, not gigabytes of memory.
+#[test]
+fn aliases_are_bounded_by_the_bytes_they_expand_to() {
+    let big = "x".repeat(1 << 20);
+    let mut text = format!("a: &big \"{big}\"\nb:\n");
+    for i in 0..3000 {
+        text.push_str(&format!("  v{i}: *big\n"));
+    }
+    let err = load(&text).unwrap_err();
+    assert_eq!(err.message, "aliases expand to more than 16 MiB of text");
+    // The 17th alias passes 16 MiB: line 2 is `b:`, so the 17th is on line 19.
+    assert_eq!(err.pos.line, 19);
+    // A few aliases of a small value are fine.
+    load("a: &s hello\nb: [*s, *s, *s]\n").unwrap();
+}

@@ -368,3 +368,74 @@ fn each_invalid_fixture_reads_as_its_snapshot() {
         settings.bind(|| insta::assert_snapshot!("invalid", out.stderr));
     }
 }
+
+/// Templates that run away (an endless loop, values doubling in a loop, a macro
+/// calling itself twice per level, chained doubling sets) end in a located error at
+/// `validate` and at `render`, instead of taking the machine's memory or time.
+#[test]
+fn runaway_templates_end_in_located_errors() {
+    let bombs = fixtures("tests/fixtures/bombs");
+    assert_eq!(bombs.len(), 4);
+    let mut failures = Vec::new();
+    for f in &bombs {
+        for cmd in ["validate", "render"] {
+            let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref(), f.as_os_str()];
+            if cmd == "render" {
+                args.extend([std::ffi::OsStr::new("--"), std::ffi::OsStr::new("true")]);
+            }
+            let out = runner(args);
+            if let Err(e) = check_first_diagnostic(f, &out) {
+                failures.push(format!("{cmd}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Input caps hold for streams, alias expansion is bounded by bytes, and a folder walk
+/// survives a symlink loop.
+#[test]
+fn streams_aliases_and_symlink_loops_are_bounded() {
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--info",
+        "/dev/zero",
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("it is larger than 4.0 MiB"),
+        "{}",
+        out.stderr
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "version: 1\nname: a\nlaunch:\n  run: [\"{{{{ entrypoint }}}}\"]\n  env:\n    \
+         BIG: &big \"{}\"\n",
+        "x".repeat(1 << 20)
+    );
+    for i in 0..3000 {
+        text.push_str(&format!("    V{i}: *big\n"));
+    }
+    let bomb = dir.path().join("alias.yaml");
+    std::fs::write(&bomb, text).unwrap();
+    let out = runner(["validate".as_ref(), bomb.as_os_str()]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("aliases expand to more than 16 MiB of text"),
+        "{}",
+        out.stderr
+    );
+
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("a")).unwrap();
+    std::os::unix::fs::symlink(&tree, tree.join("a/up")).unwrap();
+    std::fs::copy("manifests/local.yaml", tree.join("local.yaml")).unwrap();
+    let out = runner(["validate".as_ref(), tree.as_os_str()]);
+    out.expect_code(0);
+    assert_eq!(out.stderr, "checked 1 manifest: all valid\n");
+}
