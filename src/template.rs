@@ -313,6 +313,193 @@ fn on_path(state: &State, name: &str) -> Result<bool, Error> {
     }))
 }
 
+/// Filters a template may name: minijinja's and the project's (checked against the
+/// environment, so the list never claims one that is not there).
+const FILTER_NAMES: &[&str] = &[
+    "abs",
+    "attr",
+    "batch",
+    "bool",
+    "capitalize",
+    "chain",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "format",
+    "groupby",
+    "indent",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "pprint",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "tojson",
+    "trim",
+    "unique",
+    "upper",
+    "urlencode",
+    "zip",
+    "q",
+    "shell_quote",
+    "bytes",
+    "kib",
+    "mib",
+    "gib",
+    "seconds",
+    "flags",
+    "hash",
+];
+
+const TEST_NAMES: &[&str] = &[
+    "boolean",
+    "defined",
+    "divisibleby",
+    "endingwith",
+    "eq",
+    "equalto",
+    "even",
+    "false",
+    "filter",
+    "float",
+    "ge",
+    "gt",
+    "in",
+    "integer",
+    "iterable",
+    "le",
+    "lower",
+    "lt",
+    "mapping",
+    "ne",
+    "none",
+    "number",
+    "odd",
+    "safe",
+    "escaped",
+    "sameas",
+    "sequence",
+    "startingwith",
+    "string",
+    "test",
+    "true",
+    "undefined",
+    "upper",
+    "containing",
+];
+
+/// Filters (`x | name`) and tests (`x is name`) a template names, with their byte
+/// offsets: read off its `{{ }}` and `{% %}` blocks, string literals skipped.
+pub fn filters_and_tests(text: &str) -> Vec<(usize, String, bool)> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let ident = |i: usize| -> Option<(usize, String)> {
+        let mut j = i;
+        while j < bytes.len() && (bytes[j] == b' ' || bytes[j] == b'\t' || bytes[j] == b'\n') {
+            j += 1;
+        }
+        let start = j;
+        while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
+            j += 1;
+        }
+        (j > start).then(|| (start, text[start..j].to_string()))
+    };
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        let open = &text[i..];
+        let close = if open.starts_with("{{") {
+            "}}"
+        } else if open.starts_with("{%") {
+            "%}"
+        } else {
+            i += 1;
+            continue;
+        };
+        let end = text[i + 2..].find(close).map_or(text.len(), |e| i + 2 + e);
+        let mut k = i + 2;
+        while k < end {
+            match bytes[k] {
+                q @ (b'\'' | b'"') => {
+                    k += 1;
+                    while k < end && bytes[k] != q {
+                        k += if bytes[k] == b'\\' { 2 } else { 1 };
+                    }
+                    k += 1;
+                }
+                b'|' => {
+                    if let Some((at, name)) = ident(k + 1) {
+                        out.push((at, name, true));
+                    }
+                    k += 1;
+                }
+                b'i' if text[k..end].starts_with("is")
+                    && (k == 0
+                        || !(bytes[k - 1].is_ascii_alphanumeric() || bytes[k - 1] == b'_'))
+                    && bytes.get(k + 2).is_some_and(|c| c.is_ascii_whitespace()) =>
+                {
+                    if let Some((at, name)) = ident(k + 2) {
+                        let (at, name) = if name == "not" {
+                            ident(at + 3).unwrap_or((at, name))
+                        } else {
+                            (at, name)
+                        };
+                        out.push((at, name, false));
+                    }
+                    k += 2;
+                }
+                _ => k += 1,
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+/// Whether `env` has a filter (or test) of this name; if not, the names it has.
+pub fn known(env: &Environment<'_>, name: &str, filter: bool) -> (bool, Vec<&'static str>) {
+    let exists = |n: &str| {
+        let expr = if filter {
+            format!("none | {n}")
+        } else {
+            format!("none is {n}")
+        };
+        match env.compile_expression(&expr).and_then(|e| e.eval(())) {
+            Err(e) => !matches!(e.kind(), ErrorKind::UnknownFilter | ErrorKind::UnknownTest),
+            Ok(_) => true,
+        }
+    };
+    if exists(name) {
+        return (true, Vec::new());
+    }
+    let names = if filter { FILTER_NAMES } else { TEST_NAMES };
+    (false, names.iter().copied().filter(|n| exists(n)).collect())
+}
+
 /// If a template is exactly one `{{ expression }}`, the expression.
 pub fn single_expression(text: &str) -> Option<&str> {
     let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;

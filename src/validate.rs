@@ -115,6 +115,17 @@ pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
     for c in flavor.commands() {
         check_command(src, c, &mut diags);
     }
+    if let Some(when) = &flavor.launch.run.when {
+        diags.push(
+            Diagnostic::new(
+                &src.path,
+                Some(&src.text),
+                src.doc.index.nearest(&when.at),
+                "`when:` on the launch command: the step's command always runs",
+            )
+            .with_hint("`when:` chooses among prepare and cleanup commands; a launch that depends on a setting is written in the command (a script's `if`)"),
+        );
+    }
     if diags.is_empty() {
         Ok(flavor)
     } else {
@@ -238,6 +249,27 @@ fn check_template(
             return;
         }
     };
+    for (offset, name, filter) in template::filters_and_tests(&t.text) {
+        let (exists, names) = template::known(env, &name, filter);
+        if exists {
+            continue;
+        }
+        let what = if filter { "filter" } else { "test" };
+        let hint = match closest(&name, &names) {
+            Some(best) => format!("did you mean `{best}`?"),
+            None => format!("the {what}s: {}", names.join(", ")),
+        };
+        let pos = template_pos(src, &t.pointer, &t.text, offset);
+        diags.push(
+            Diagnostic::new(
+                &src.path,
+                Some(&src.text),
+                pos,
+                format!("unknown {what} `{name}`"),
+            )
+            .with_hint(hint),
+        );
+    }
     let mut vars: Vec<String> = tmpl.undeclared_variables(true).into_iter().collect();
     vars.sort();
     for var in vars {

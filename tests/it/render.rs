@@ -706,3 +706,147 @@ fn on_path_takes_bare_names_only() {
     );
     assert!(out.stderr.contains("m.yaml:6:"), "{}", out.stderr);
 }
+
+/// Huge durations anywhere are refused before anything runs, never a panic: in the
+/// manifest, through a setting, and on the command line.
+#[test]
+fn huge_durations_are_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("t.yaml");
+    std::fs::write(
+        &m,
+        "version: 1\nname: t\nlaunch:\n  run: [\"{{ entrypoint }}\"]\n  timeout: 1e300\n  \
+         kill_grace: 1e30\n",
+    )
+    .unwrap();
+    let out = runner([
+        "launch".as_ref(),
+        m.as_os_str(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .starts_with("error: duration `1e+300` is too long: at most 100 years\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("t.yaml:5:12"), "{}", out.stderr);
+    let runs: Vec<_> = std::fs::read_dir(out.home.path()).unwrap().collect();
+    assert!(runs.is_empty(), "no run folder: {runs:?}");
+
+    let out = runner([
+        "render",
+        "tests/fixtures/launch/staged.yaml",
+        "--set",
+        "out=/tmp",
+        "--set",
+        "kill_grace=1e300",
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("is too long: at most 100 years"),
+        "{}",
+        out.stderr
+    );
+    for args in [
+        &["wait", "x", "--timeout", "1e300"][..],
+        &["wait", "x", "--timeout", "1e19"],
+        &["cache", "prune", "--older-than", "1e19"],
+        &["runs", "prune", "--older-than", "1e300d"],
+    ] {
+        let out = runner(args);
+        out.expect_code(2);
+        assert!(
+            out.stderr.starts_with("error: invalid value"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// The property behind "errors come before work": a manifest that validates, given
+/// step info that is valid for it (its required settings set, any requirements,
+/// resources and names, hostile ones included), always renders. Whatever render could
+/// still refuse would be found only at launch, after validation said yes.
+#[test]
+fn every_valid_manifest_renders_with_every_valid_step() {
+    let mut manifests: Vec<PathBuf> = ["manifests", "tests/fixtures/launch"]
+        .iter()
+        .flat_map(|d| crate::common::fixtures(d))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 10, "{manifests:?}");
+    let steps = [
+        json!({}),
+        json!({"step": {"name": "x'; touch /tmp/PWNED; '"}, "requirements": {"pip": ["$(id)", "a b"]}}),
+        json!({"requirements": {"pip": ["requests==2.32.3"], "apt": ["curl"], "parent_image": "python:3.11",
+               "environment": {"A": "1"}}, "resources": {"cpu_count": 0.5, "memory": 268435456}}),
+        json!({"resources": {"cpu_count": 3, "gpu_count": 1, "memory": "2GiB"}}),
+        json!({"resources": {"gpu_count": 0}, "step": {"name": "Train Model", "pipeline": "p",
+               "parameters": {"lr": 0.1, "layers": [1, 2]}}}),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for m in &manifests {
+        let src = steprunner::manifest::Source::read(m).unwrap();
+        // Values of the right type for the settings the manifest requires.
+        let mut settings = serde_json::Map::new();
+        if let Some(props) = src
+            .doc
+            .value
+            .pointer("/settings/properties")
+            .and_then(Value::as_object)
+        {
+            let required: Vec<&str> = src
+                .doc
+                .value
+                .pointer("/settings/required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for (name, schema) in props {
+                if !required.contains(&name.as_str()) {
+                    continue;
+                }
+                let v = match schema.get("enum").and_then(Value::as_array) {
+                    Some(e) => e[0].clone(),
+                    None => match schema.get("type").and_then(Value::as_str) {
+                        Some("integer" | "number") => json!(1),
+                        Some("boolean") => json!(false),
+                        Some("array") => json!([]),
+                        _ if name.ends_with("_path") => json!("s3://bucket/out"),
+                        _ if name.ends_with("_arn") => json!("arn:aws:iam::1:role/r"),
+                        _ => json!("x"),
+                    },
+                };
+                settings.insert(name.clone(), v);
+            }
+        }
+        if m.ends_with("staged.yaml") || m.ends_with("slow-prepare.yaml") {
+            settings.insert("out".into(), json!(dir.path()));
+        }
+        for (k, step) in steps.iter().enumerate() {
+            let mut info = step.clone();
+            info["settings"] = Value::Object(settings.clone());
+            let path = dir.path().join(format!("info-{k}.json"));
+            std::fs::write(&path, info.to_string()).unwrap();
+            let out = Runner::new()
+                .args([
+                    "render".as_ref(),
+                    m.as_os_str(),
+                    "--info".as_ref(),
+                    path.as_os_str(),
+                ])
+                .args(["--", "python3", "train.py"])
+                .run();
+            if out.code != 0 {
+                failures.push(format!("{} with {info}:\n{}", m.display(), out.stderr));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
