@@ -618,6 +618,40 @@ fn concurrent_launches_with_one_key_prepare_once() {
     assert_eq!(hits, 7);
 }
 
+/// Steps that use a warm cache entry run together: each waits until all three have
+/// started, which only happens if none waits for another's step to end (they were
+/// serialized behind an exclusive lock, printing "waiting for another runner").
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn steps_sharing_a_warm_entry_run_together() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let set = format!("out={}", out.path().display());
+    let base = ["tests/fixtures/launch/staged.yaml", "--set", &set, "--"];
+    let warm = spawn_runner(home.path(), &[&base[..], &["true"]].concat());
+    assert!(warm.wait_with_output().unwrap().status.success());
+    let meet = format!(
+        "touch {dir}/started-$RUNNER_RUN_ID; i=0; \
+         while [ \"$(ls {dir} | grep -c '^started-')\" -lt 3 ]; do \
+           i=$((i + 1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done",
+        dir = out.path().display()
+    );
+    let children: Vec<_> = (0..3)
+        .map(|_| spawn_runner(home.path(), &[&base[..], &["sh", "-c", &meet]].concat()))
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("waiting for another runner"), "{stderr}");
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["cache"]["hit"], true);
+    }
+}
+
 #[test]
 #[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
