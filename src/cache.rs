@@ -391,8 +391,8 @@ mod tests {
         first.begin().unwrap();
         first.commit("x").unwrap();
         first.share();
-        let second = Lease::acquire(&dir, || panic!("a shared entry made it wait"), || false)
-            .unwrap();
+        let second =
+            Lease::acquire(&dir, || panic!("a shared entry made it wait"), || false).unwrap();
         assert!(second.is_complete());
         // An unfinished entry is still built by one runner at a time.
         let other = tmp.path().join("f");

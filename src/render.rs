@@ -431,6 +431,42 @@ fn rendered_key_parts(env: &BTreeMap<String, String>, commands: &[CommandPlan]) 
     parts
 }
 
+/// The step's secrets (`--env NAME`, `environment:`) reach its command's environment
+/// only: a template that prints one (`{{ env.NAME }}`) would put its value in
+/// `plan.json`, an argument list and `render`'s output. Refused, located.
+fn secrets_unprinted(src: &Source, flavor: &Flavor, info: &StepInfo) -> Result<(), RenderError> {
+    let mut diags = Vec::new();
+    for t in flavor.templates() {
+        for name in info.environment.keys() {
+            let found = template::find_word(&t.text, &format!("env.{name}")).or_else(|| {
+                [format!("env['{name}']"), format!("env[\"{name}\"]")]
+                    .iter()
+                    .find_map(|w| t.text.find(w.as_str()))
+            });
+            if let Some(offset) = found {
+                diags.push(
+                    Diagnostic::new(
+                        &src.path,
+                        Some(&src.text),
+                        template_pos(src, &t.pointer, &t.text, offset),
+                        format!(
+                            "`env.{name}` is one of the step's secrets: a template may not print it"
+                        ),
+                    )
+                    .with_hint(format!(
+                        "the step gets `{name}` in its environment; a script reads it as \"${name}\""
+                    )),
+                );
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(RenderError(diags))
+    }
+}
+
 /// A launch that runs the entrypoint needs one: without it, say so before any work
 /// (a prepare that builds an image for a step that was never named).
 fn no_entrypoint(src: &Source, flavor: &Flavor) -> Result<(), RenderError> {
@@ -552,6 +588,7 @@ pub fn render(
     if info.entrypoint.is_empty() {
         no_entrypoint(src, flavor)?;
     }
+    secrets_unprinted(src, flavor, info)?;
     let run = at
         .run_dir
         .clone()
@@ -586,7 +623,8 @@ pub fn render(
         "entrypoint": info.entrypoint,
         "run_id": at.run_id,
         "environment": info.environment.keys().collect::<Vec<_>>(),
-        "env": at.env,
+        // Without the step's secrets: their values never reach a template.
+        "env": at.env.iter().filter(|(k, _)| !info.environment.contains_key(*k)).collect::<BTreeMap<_, _>>(),
         "dirs": {"run": dirs.run, "work": dirs.work, "source": dirs.source},
     });
     let holes = template::Holes::default();

@@ -29,6 +29,8 @@ pub struct Job<'a> {
     pub argv: Vec<String>,
     /// Variables set on top of the runner's own environment.
     pub env: &'a BTreeMap<String, String>,
+    /// Variables of the runner's environment it does not get.
+    pub withhold: &'a [String],
     pub cwd: &'a Path,
     /// Give it the runner's stdin (else /dev/null).
     pub stdin: bool,
@@ -86,6 +88,7 @@ pub fn run(
     let spawned = child::spawn(Spec {
         argv: job.argv,
         env: job.env,
+        withhold: job.withhold,
         cwd: job.cwd,
         stdin: job.stdin,
         stdout,

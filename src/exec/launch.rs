@@ -72,6 +72,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     let job = Job {
         argv: c.argv(),
         env: &env,
+        withhold: &[],
         cwd: &c.cwd,
         stdin: opts.stdin,
         output: Output::Split {

@@ -139,6 +139,7 @@ fn start_true(root: &RunRoot, req: &cgroup::Request, contain: &Contain) -> Resul
     let spawned = spawn::spawn(Spec {
         argv: vec!["true".into()],
         env: &env,
+        withhold: &[],
         cwd: Path::new("/"),
         stdin: false,
         stdout: w1,

@@ -28,6 +28,9 @@ pub struct Spec<'a> {
     pub argv: Vec<String>,
     /// Variables set on top of the runner's own environment.
     pub env: &'a BTreeMap<String, String>,
+    /// Variables of the runner's own environment the command does not get (the
+    /// step's secrets, in prepare and cleanup).
+    pub withhold: &'a [String],
     pub cwd: &'a Path,
     /// The runner's stdin, else /dev/null.
     pub stdin: bool,
@@ -192,6 +195,9 @@ pub fn spawn(spec: Spec<'_>) -> Result<Spawned, SpawnError> {
     let prepare = |e: io::Error| fail(Step::Prepare, e);
     // The child's environment: the runner's, with the command's variables over it.
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for k in spec.withhold {
+        env.remove(&OsString::from(k));
+    }
     for (k, v) in spec.env {
         env.insert(k.into(), v.into());
     }

@@ -24,6 +24,8 @@ pub struct Stage<'a> {
     pub name: StageName,
     pub run_dir: &'a RunDir,
     pub env: &'a BTreeMap<String, String>,
+    /// The step's secrets: in the runner's environment, not for this stage.
+    pub withhold: &'a [String],
     pub opts: &'a Options,
     /// Where the stage's commands run (see [`super::arm::stage`]).
     pub cgroup: Option<&'a RunCgroup>,
@@ -89,6 +91,7 @@ impl Stage<'_> {
             let job = Job {
                 argv: c.argv(),
                 env: &env,
+                withhold: self.withhold,
                 cwd: &c.cwd,
                 stdin: false,
                 output: Output::Merged(LogSpec {

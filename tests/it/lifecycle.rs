@@ -422,3 +422,91 @@ fn runs_prune_removes_old_runs_only() {
     assert_eq!(left_sorted, want, "nothing half-removed is left: {left:?}");
     runner(home.path(), &["cancel", &running]).expect_code(0);
 }
+
+/// A secret (`--env NAME`, `environment:` in the step info) reaches the step's command
+/// and nothing else: not prepare, not cleanup, in the foreground and detached alike;
+/// and a template may not print one.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn secrets_reach_the_step_only() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        "version: 1\nname: secrets\nprepare:\n  run:\n    - script: env > \"$RUNNER_WORK_DIR/../prepare.env\"\n\
+         launch:\n  run: [\"{{ entrypoint }}\"]\ncleanup:\n  run:\n    - script: env > \"$RUNNER_RUN_DIR/cleanup.env\"\n",
+    )
+    .unwrap();
+    let info = dir.path().join("info.json");
+    std::fs::write(&info, r#"{"environment": {"FILE_SECRET": "f1le-s3cret"}}"#).unwrap();
+    let step = ["sh", "-c", "env > \"$RUNNER_RUN_DIR/step.env\""];
+    for detached in [false, true] {
+        let home = tempfile::tempdir().unwrap();
+        let mut args = vec!["launch", "--json", "-q"];
+        if detached {
+            args.push("--detach");
+        }
+        args.extend([manifest.to_str().unwrap(), "--info", info.to_str().unwrap()]);
+        args.extend(["--env", "CLI_SECRET", "--"]);
+        args.extend(step);
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .env("CLI_SECRET", "cl1-s3cret")
+            .args(&args)
+            .run();
+        out.expect_code(0);
+        let id = out.json()["run_id"].as_str().unwrap().to_string();
+        runner(home.path(), &["wait", &id]).expect_code(0);
+        let run = home.path().join("runs").join(&id);
+        let read =
+            |f: &str| std::fs::read_to_string(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let step_env = read("step.env");
+        assert!(
+            step_env.contains("CLI_SECRET=cl1-s3cret"),
+            "detached={detached}"
+        );
+        assert!(
+            step_env.contains("FILE_SECRET=f1le-s3cret"),
+            "detached={detached}"
+        );
+        for stage in ["prepare.env", "cleanup.env"] {
+            let env = read(stage);
+            assert!(
+                !env.contains("s3cret"),
+                "detached={detached}: {stage} got a secret:\n{env}"
+            );
+        }
+    }
+    // Printing one in a template is refused before anything runs.
+    let printing = dir.path().join("p.yaml");
+    std::fs::write(
+        &printing,
+        "version: 1\nname: printing\nlaunch:\n  run: [echo, \"{{ env.CLI_SECRET }}\"]\n",
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = Runner::new()
+        .env("RUNNER_HOME", home.path())
+        .env("CLI_SECRET", "cl1-s3cret")
+        .args([
+            "render",
+            printing.to_str().unwrap(),
+            "--env",
+            "CLI_SECRET",
+            "--",
+            "x",
+        ])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.starts_with(
+            "error: `env.CLI_SECRET` is one of the step's secrets: a template may not print it\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("cl1-s3cret") && !out.stdout.contains("cl1-s3cret"));
+}
