@@ -400,7 +400,7 @@ mod tests {
         let o2 = other.clone();
         let t = std::thread::spawn(move || {
             let waited = std::cell::Cell::new(false);
-            let l = Lease::acquire(&o2, || waited.set(true), || false).unwrap();
+            let _lease = Lease::acquire(&o2, || waited.set(true), || false).unwrap();
             waited.get()
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
