@@ -84,6 +84,12 @@ impl Supervisor {
         now: Instant,
     ) -> Option<Action> {
         let first = cancelled.is_none();
+        // `runner cancel` sends SIGTERM; several at once (or again) are one cancel, and
+        // neither cut a grace period nor a cleanup short. Insisting is another signal
+        // (a second Ctrl-C) or SIGKILL.
+        if !first && sig == libc::SIGTERM && *cancelled == Some(libc::SIGTERM) {
+            return None;
+        }
         if first {
             *cancelled = Some(sig);
         }
@@ -202,6 +208,33 @@ mod tests {
             Some(Action::Kill)
         );
         assert_eq!(s.stopped(), Some(Stop::Cancelled(libc::SIGINT)));
+    }
+
+    /// Concurrent `runner cancel`s: one cancel. The step keeps its grace period and
+    /// cleanup runs to its end.
+    #[test]
+    fn repeated_sigterms_are_one_cancel() {
+        let t0 = Instant::now();
+        let mut cancelled = None;
+        let mut s = supervisor(None, false, t0);
+        assert_eq!(
+            s.signal(libc::SIGTERM, &mut cancelled, t0),
+            Some(Action::Terminate)
+        );
+        for _ in 0..5 {
+            assert_eq!(s.signal(libc::SIGTERM, &mut cancelled, t0), None);
+        }
+        assert_eq!(s.tick(t0 + GRACE), Some(Action::Kill));
+        let mut cleanup = supervisor(None, true, t0);
+        for _ in 0..5 {
+            assert_eq!(cleanup.signal(libc::SIGTERM, &mut cancelled, t0), None);
+        }
+        assert_eq!(cleanup.stopped(), None);
+        // Insisting is another signal.
+        assert_eq!(
+            cleanup.signal(libc::SIGINT, &mut cancelled, t0),
+            Some(Action::Kill)
+        );
     }
 
     #[test]

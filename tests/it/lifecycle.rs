@@ -510,3 +510,48 @@ fn secrets_reach_the_step_only() {
     );
     assert!(!out.stderr.contains("cl1-s3cret") && !out.stdout.contains("cl1-s3cret"));
 }
+
+/// Six `runner cancel`s at once are one cancel: each returns 0, the step gets its
+/// grace, and cleanup runs to its end (a second SIGTERM used to cut it short).
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn concurrent_cancels_never_cut_cleanup_short() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        "version: 1\nname: slowclean\nlaunch:\n  run: [\"{{ entrypoint }}\"]\n  kill_grace: 5s\n\
+         cleanup:\n  run:\n    - script: sleep 1; echo cleaned > \"$RUNNER_RUN_DIR/cleaned\"\n",
+    )
+    .unwrap();
+    for round in 0..3 {
+        let home = tempfile::tempdir().unwrap();
+        let id = detach(
+            home.path(),
+            &[manifest.to_str().unwrap(), "--", "sh", "-c", "trap 'sleep 0.5; exit 0' TERM; sleep 1000.5151 & wait"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !alive("sleep 1000.5151") {
+            assert!(Instant::now() < deadline, "the step never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cancels: Vec<_> = (0..6)
+            .map(|_| {
+                let (h, id) = (home.path().to_path_buf(), id.clone());
+                std::thread::spawn(move || runner(&h, &["cancel", &id]).code)
+            })
+            .collect();
+        for c in cancels {
+            assert_eq!(c.join().unwrap(), 0, "round {round}");
+        }
+        let st = runner(home.path(), &["status", &id, "--json"]).json();
+        assert_eq!(st["result"]["status"], "cancelled", "round {round}: {st}");
+        assert_eq!(st["result"]["stages"]["cleanup"]["status"], "ok", "round {round}: {st}");
+        assert_eq!(st["result"]["cleanup_error"], Value::Null, "round {round}");
+        let cleaned = home.path().join("runs").join(&id).join("cleaned");
+        assert_eq!(std::fs::read_to_string(cleaned).unwrap(), "cleaned\n");
+    }
+}
