@@ -120,11 +120,14 @@ pub struct Contain {
     drop_caps: Vec<u32>,
     /// `/proc/self/{setgroups,uid_map,gid_map}` contents (user namespace).
     maps: Option<[CString; 3]>,
+    /// The runner's own files in the run folder (the plan, the supervisor's pid): each
+    /// bound read-only onto itself, so the step can neither change nor remove them.
+    protect: Vec<CString>,
     no_new_privs: bool,
 }
 
 /// Which step of containment failed in the child, for the parent's message.
-pub const STEP_NAMES: [&str; 7] = [
+pub const STEP_NAMES: [&str; 8] = [
     "unshare",
     "make mounts private",
     "remount cgroup filesystems read-only",
@@ -132,6 +135,7 @@ pub const STEP_NAMES: [&str; 7] = [
     "drop capabilities",
     "map the user's ids",
     "set no_new_privs",
+    "protect the runner's files in the run folder",
 ];
 
 impl Contain {
@@ -140,9 +144,25 @@ impl Contain {
         Contain::default()
     }
 
-    /// Containment for a step under `fs`, keeping the extra capabilities `keep`.
-    /// `None` with the reason when this host and user offer none.
-    pub fn prepare(fs: &CgroupFs, keep: &[String]) -> Result<(Contain, Report), String> {
+    /// Containment for a step under `fs`, keeping the extra capabilities `keep`, with
+    /// the files `protect` read-only (those that exist). `Err` with the reason when
+    /// this host and user offer none.
+    pub fn prepare(
+        fs: &CgroupFs,
+        keep: &[String],
+        protect: &[PathBuf],
+    ) -> Result<(Contain, Report), String> {
+        let (mut c, report) = Self::namespaces(fs, keep)?;
+        c.unshare |= libc::CLONE_NEWNS;
+        c.protect = protect
+            .iter()
+            .filter(|p| p.is_file())
+            .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .collect();
+        Ok((c, report))
+    }
+
+    fn namespaces(fs: &CgroupFs, keep: &[String]) -> Result<(Contain, Report), String> {
         let v2 = fs.version() == crate::cgroup::Version::V2;
         let nsdelegate = fs.unified_tree().is_some_and(|u| u.nsdelegate);
         let root = nix::unistd::geteuid().is_root() && has_cap(bit("SYS_ADMIN").unwrap_or(21));
@@ -260,6 +280,19 @@ impl Contain {
                 for mp in &self.read_only {
                     if remount_read_only(mp).is_err() {
                         return Err((2, errno()));
+                    }
+                }
+                for file in &self.protect {
+                    if libc::mount(
+                        file.as_ptr(),
+                        file.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                        || remount_read_only(file).is_err()
+                    {
+                        return Err((7, errno()));
                     }
                 }
                 if let Some(mp) = &self.fresh_cgroup2 {

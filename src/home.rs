@@ -109,6 +109,12 @@ impl RunDir {
         self.0.join("result.json")
     }
 
+    /// Space set aside when the run starts, so the result can be written on a disk the
+    /// step filled (see `report::write_atomic`).
+    pub fn result_reserve(&self) -> PathBuf {
+        self.0.join(".result.reserve")
+    }
+
     pub fn stdout(&self) -> PathBuf {
         self.0.join("stdout.log")
     }

@@ -263,21 +263,49 @@ pub enum ReportError {
 pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
     let mut json = serde_json::to_vec_pretty(outcome).map_err(ReportError::Serialize)?;
     json.push(b'\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let write = |p: &Path| -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(p)?;
-        file.write_all(&json)
-    };
-    if let Err(source) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ReportError::Write { path: tmp, source });
+    let reserve = path.with_file_name(".result.reserve");
+    // A new file of a name no one could plant first: never written through a symlink
+    // or into a file the step made.
+    let mut made = None;
+    let mut last = io::Error::other("no temporary name");
+    for n in 0..16u32 {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp.{}.{n}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => {
+                made = Some((tmp, f));
+                break;
+            }
+            Err(e) => last = e,
+        }
     }
+    let written = match made {
+        Some((tmp, mut f)) => match f.write_all(&json).and_then(|()| f.sync_all()) {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        },
+        None => Err(last),
+    };
+    // A full disk (the step filled it): the space set aside when the run started.
+    let tmp = match written {
+        Ok(tmp) => {
+            let _ = std::fs::remove_file(&reserve);
+            tmp
+        }
+        Err(e) => match write_into_reserve(&reserve, &json) {
+            Ok(()) => reserve.clone(),
+            Err(_) => {
+                return Err(ReportError::Write {
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
+        },
+    };
     if let Err(source) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ReportError::Write {
@@ -286,6 +314,48 @@ pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
         });
     }
     Ok(())
+}
+
+/// Bytes set aside for the result when a run starts: far more than a result takes.
+pub const RESERVE_BYTES: u64 = 256 << 10;
+
+/// Set aside [`RESERVE_BYTES`] at `path` (allocated, not a sparse file).
+pub fn reserve(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    // SAFETY: fallocate on a file we own.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) } != 0 {
+        // A filesystem without fallocate: written zeros reserve the space too.
+        f.set_len(0)?;
+        std::io::Write::write_all(&mut &f, &vec![0u8; RESERVE_BYTES as usize])?;
+    }
+    Ok(())
+}
+
+/// The result written into the reserved file's allocated blocks (no new space needed),
+/// then cut to its length.
+fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if json.len() as u64 > RESERVE_BYTES {
+        return Err(io::Error::other(
+            "the result is larger than the reserved space",
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(reserve)?;
+    // The file set aside, not one put in its place (a link to another file).
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let ours = m.uid() == unsafe { libc::geteuid() };
+    if !m.is_file() || m.nlink() != 1 || m.len() != RESERVE_BYTES || !ours {
+        return Err(io::Error::other("the reserved space was replaced"));
+    }
+    f.write_all(json)?;
+    f.set_len(json.len() as u64)?;
+    f.sync_all()
 }
 
 /// The summary for stderr, wrapped at 80 columns: how the run ended and what it used,

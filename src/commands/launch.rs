@@ -46,6 +46,9 @@ pub fn supervise(dir: &Path, args: &LaunchArgs) -> Result<Exit, CliError> {
     opts.quiet = true;
     opts.json = false;
     let plan = runs::read_plan(&RunDir::new(dir)).map_err(|e| CliError::runner(chain(&e)))?;
+    // Recorded here too (the launching caller records it as well, maybe a moment later):
+    // the file must be there before the step starts, to be protected from it.
+    let _ = runs::write_pid(&RunDir::new(dir), std::process::id() as i32);
     // The step's own variables reach this process through its environment only.
     let secrets = plan
         .secret_env

@@ -64,6 +64,11 @@ pub fn with_hints(e: &CgroupError) -> String {
     msg
 }
 
+/// The runner's files a step may not touch: what `status` and `cancel` trust.
+fn protected(run: &crate::home::RunDir) -> Vec<std::path::PathBuf> {
+    vec![run.plan(), run.pid()]
+}
+
 fn request(l: &Limits) -> cgroup::Request {
     cgroup::Request {
         memory: l.memory_bytes,
@@ -82,6 +87,7 @@ fn request(l: &Limits) -> cgroup::Request {
 /// keeps writing into a cache entry being rebuilt.
 pub fn stage(
     root: Option<&RunRoot>,
+    run: &crate::home::RunDir,
     stage: StageName,
     limits: &Limits,
     capabilities: &[String],
@@ -110,7 +116,7 @@ pub fn stage(
         }
         None => None,
     };
-    let contain = match root.map(|r| Contain::prepare(r.fs(), capabilities)) {
+    let contain = match root.map(|r| Contain::prepare(r.fs(), capabilities, &protected(run))) {
         Some(Ok((c, report))) => {
             if let Some(why) = report.reason {
                 warnings.push(format!("the {name} stage is not contained: {why}"));
@@ -140,29 +146,31 @@ pub fn arm(
         .map_err(|e| refuse(Ending::LaunchError(LaunchFailure::Other), e.to_string()))?;
 
     // Containment first: whether the step could undo a limit decides how it is recorded.
-    let (contain, containment) =
-        match root.map(|r| Contain::prepare(r.fs(), &plan.launch.capabilities)) {
-            Ok(Ok((c, report))) => (c, report),
-            Ok(Err(why)) => (
-                Contain::none(),
-                contain::Report {
-                    mode: "none".into(),
-                    contained: false,
-                    reason: Some(why),
-                },
-            ),
-            Err(e) => (
-                Contain::none(),
-                contain::Report {
-                    mode: "none".into(),
-                    contained: false,
-                    reason: Some(format!(
-                        "no cgroup for the run: {}",
-                        crate::diag::error_chain(e)
-                    )),
-                },
-            ),
-        };
+    let (contain, containment) = match root.map(|r| {
+        let run = crate::home::RunDir::new(&plan.dirs.run);
+        Contain::prepare(r.fs(), &plan.launch.capabilities, &protected(&run))
+    }) {
+        Ok(Ok((c, report))) => (c, report),
+        Ok(Err(why)) => (
+            Contain::none(),
+            contain::Report {
+                mode: "none".into(),
+                contained: false,
+                reason: Some(why),
+            },
+        ),
+        Err(e) => (
+            Contain::none(),
+            contain::Report {
+                mode: "none".into(),
+                contained: false,
+                reason: Some(format!(
+                    "no cgroup for the run: {}",
+                    crate::diag::error_chain(e)
+                )),
+            },
+        ),
+    };
     let contained = containment.contained;
 
     if let Some(n) = l.gpus {

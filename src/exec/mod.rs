@@ -124,7 +124,8 @@ pub fn make_run_dir(plan: &Plan) -> Result<(), ExecError> {
     }
     let plan_json = serde_json::to_vec_pretty(plan).expect("plan serializes");
     let write = std::fs::create_dir_all(&plan.dirs.work)
-        .and_then(|()| std::fs::write(run.plan(), plan_json));
+        .and_then(|()| std::fs::write(run.plan(), plan_json))
+        .and_then(|()| crate::report::reserve(&run.result_reserve()));
     if let Err(e) = write {
         // Leave nothing half-made behind.
         let _ = std::fs::remove_dir_all(run.path());
@@ -227,6 +228,7 @@ impl Run<'_> {
         }
         let (cgroup, contain) = match arm::stage(
             self.root.as_ref().ok(),
+            &self.dir,
             StageName::Prepare,
             &p.limits,
             &p.capabilities,
@@ -317,6 +319,7 @@ impl Run<'_> {
         };
         let (cgroup, contain) = arm::stage(
             self.root.as_ref().ok(),
+            &self.dir,
             StageName::Cleanup,
             &plan.cleanup.limits,
             &plan.cleanup.capabilities,

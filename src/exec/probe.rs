@@ -82,7 +82,7 @@ pub fn probe() -> Probe {
             });
         limits.push((kind, got));
     }
-    let (contain, containment) = match Contain::prepare(root.fs(), &[]) {
+    let (contain, containment) = match Contain::prepare(root.fs(), &[], &[]) {
         Ok(c) => c,
         Err(why) => (
             Contain::none(),

@@ -458,8 +458,10 @@ fn write_error_names_the_path_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir/result.json");
     let err = write_atomic(&missing, &success()).unwrap_err();
-    let tmp = format!("{}.tmp.{}", missing.display(), std::process::id());
-    assert_eq!(err.to_string(), format!("cannot write result file `{tmp}`"));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot write result file `{}`", missing.display())
+    );
     // The target is a directory: the rename fails, the temporary is removed.
     let target = dir.path().join("result.json");
     std::fs::create_dir(&target).unwrap();
@@ -535,4 +537,41 @@ fn long_parts_wrap_at_spaces() {
         words(&text),
         words(&format!("launch_error in 0.00s · {long}"))
     );
+}
+
+/// A file planted where the temporary goes (a symlink to somewhere else) is never
+/// written through; a disk with no room left takes the result into the space set aside
+/// when the run started.
+#[test]
+fn planted_temporaries_and_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("result.json");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    for n in 0..3 {
+        let planted = format!("{}.tmp.{}.{n}", path.display(), std::process::id());
+        std::os::unix::fs::symlink(&victim, planted).unwrap();
+    }
+    write_atomic(&path, &success()).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let back: Outcome = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(back, success());
+
+    // The reserve, used when nothing new can be written (here: no write permission on
+    // the folder stands in for no space; root ignores permissions, so a full tmpfs is
+    // tested end to end in `tests/it`).
+    let reserve = dir.path().join(".result.reserve");
+    reserve_file(&reserve);
+    write_into_reserve(&reserve, b"{}\n").unwrap();
+    assert_eq!(std::fs::read(&reserve).unwrap(), b"{}\n");
+    // A reserve replaced by a link to another file is not written.
+    let linked = dir.path().join(".linked.reserve");
+    std::fs::hard_link(&victim, &linked).unwrap();
+    assert!(write_into_reserve(&linked, b"x").is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+fn reserve_file(p: &Path) {
+    reserve(p).unwrap();
+    assert_eq!(std::fs::metadata(p).unwrap().len(), RESERVE_BYTES);
 }

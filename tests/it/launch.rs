@@ -1004,3 +1004,54 @@ fn an_unprivileged_user_is_told_why_and_what_to_do() {
         "the summary names what was not enforced: {stderr}"
     );
 }
+
+/// A step that fills the disk its run folder is on still gets its result written
+/// (into the space set aside when the run started), not a run that reads `lost`; and
+/// a symlink it plants where a temporary could go is never written through.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_full_disk_or_planted_links_do_not_lose_the_result() {
+    if !needs_root() {
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount a small tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "untouched").unwrap();
+    let run = mnt.path().join("run");
+    let script = format!(
+        "for i in $(seq 0 64); do ln -s {v} \"$RUNNER_RUN_DIR/result.json.tmp.$PPID.$i\"; done; \
+         dd if=/dev/zero of=\"$RUNNER_WORK_DIR/fill\" bs=64k 2>/dev/null; echo full",
+        v = victim.path().display()
+    );
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    out.expect_code(0);
+    assert_eq!(r["status"], "succeeded");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["status"], "succeeded");
+    assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "untouched");
+    let st = crate::common::runner(["status", run.to_str().unwrap(), "--json"]);
+    assert_eq!(st.json()["state"], "finished");
+}

@@ -531,7 +531,13 @@ fn concurrent_cancels_never_cut_cleanup_short() {
         let home = tempfile::tempdir().unwrap();
         let id = detach(
             home.path(),
-            &[manifest.to_str().unwrap(), "--", "sh", "-c", "trap 'sleep 0.5; exit 0' TERM; sleep 1000.5151 & wait"],
+            &[
+                manifest.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                "trap 'sleep 0.5; exit 0' TERM; sleep 1000.5151 & wait",
+            ],
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !alive("sleep 1000.5151") {
@@ -549,9 +555,47 @@ fn concurrent_cancels_never_cut_cleanup_short() {
         }
         let st = runner(home.path(), &["status", &id, "--json"]).json();
         assert_eq!(st["result"]["status"], "cancelled", "round {round}: {st}");
-        assert_eq!(st["result"]["stages"]["cleanup"]["status"], "ok", "round {round}: {st}");
+        assert_eq!(
+            st["result"]["stages"]["cleanup"]["status"], "ok",
+            "round {round}: {st}"
+        );
         assert_eq!(st["result"]["cleanup_error"], Value::Null, "round {round}");
         let cleaned = home.path().join("runs").join(&id).join("cleaned");
         assert_eq!(std::fs::read_to_string(cleaned).unwrap(), "cleaned\n");
     }
+}
+
+/// The run folder's files the runner trusts are not the step's to change: a step that
+/// points `supervisor.pid` elsewhere (at pid 1) and deletes `plan.json` neither
+/// redirects `cancel` nor hides the run.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn the_step_cannot_redirect_cancel_or_hide_its_run() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let attack = "d=\"$RUNNER_RUN_DIR\"; \
+        (echo '1 1' > \"$d/supervisor.pid\") 2>/dev/null && echo wrote-pid >> \"$RUNNER_WORK_DIR/got\"; \
+        rm -f \"$d/plan.json\" 2>/dev/null && echo removed-plan >> \"$RUNNER_WORK_DIR/got\"; \
+        (echo x > \"$d/p\" && mv -f \"$d/p\" \"$d/supervisor.pid\") 2>/dev/null && echo replaced-pid >> \"$RUNNER_WORK_DIR/got\"; \
+        touch \"$RUNNER_WORK_DIR/ready\"; sleep 1000.6262";
+    let id = detach(
+        home.path(),
+        &["manifests/local.yaml", "--", "sh", "-c", attack],
+    );
+    let run = home.path().join("runs").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.join("work/ready").exists() {
+        assert!(Instant::now() < deadline, "the step never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = std::fs::read_to_string(run.join("work/got")).unwrap_or_default();
+    assert_eq!(got, "", "the step changed the runner's files");
+    let ps = runner(home.path(), &["ps", "--json"]).json();
+    assert_eq!(ps[0]["run_id"], id.as_str(), "the run is listed");
+    runner(home.path(), &["cancel", &id]).expect_code(0);
+    let st = runner(home.path(), &["status", &id, "--json"]).json();
+    assert_eq!(st["result"]["status"], "cancelled", "{st}");
+    assert!(!alive("sleep 1000.6262"));
 }
