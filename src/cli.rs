@@ -101,7 +101,7 @@ pub enum Cmd {
         /// Print the result JSON on stdout
         #[arg(long)]
         json: bool,
-        /// Give up after this long (exit 124; the run goes on), e.g. `30s`
+        /// Give up after this long (exit 75; the run goes on), e.g. `30s`
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         timeout: Option<Duration>,
     },

@@ -136,6 +136,10 @@ pub struct CommandPlan {
     /// `when:` rendered false: the command does not run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// What `| safe` put into the script unquoted, in order: shell code the manifest
+    /// vouches for, listed so that a reviewer sees every piece of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unquoted: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +169,8 @@ impl CommandPlan {
                 format!("{shell}: {first}{more}")
             }
         };
+        // A step's name or requirement may hold escape sequences: shown, never obeyed.
+        let text = crate::util::printable(&text).into_owned();
         if text.chars().count() > 120 {
             format!("{}…", text.chars().take(119).collect::<String>())
         } else {

@@ -52,6 +52,8 @@ struct Renderer<'a> {
     holes: template::Holes,
     /// How many values the last script rendered interpolated.
     interpolated: usize,
+    /// The text `| safe` put unquoted into the last script rendered.
+    unquoted: Vec<String>,
     ctx: JValue,
     cwd: PathBuf,
     diags: Vec<Diagnostic>,
@@ -158,8 +160,10 @@ impl Renderer<'_> {
         };
         self.holes.take();
         let rendered = self.jenv.render_named_str(&name, text, &self.ctx);
-        let values = self.holes.take();
+        let collected = self.holes.take();
+        let values = collected.values;
         self.interpolated = values.len();
+        self.unquoted = collected.unquoted;
         let rendered = match rendered {
             Ok(s) if script => match template::fill_script(&s, &values) {
                 Ok(filled) => Ok(filled),
@@ -280,10 +284,12 @@ impl Renderer<'_> {
         let mut env = BTreeMap::new();
         self.env(&c.env, &mut env);
         let skipped = c.when.as_ref().is_some_and(|w| !self.when(w));
+        let mut unquoted = Vec::new();
         let run = match &c.form {
             Form::Script { script, shell } => {
                 let shell = shell.clone().unwrap_or_else(|| "sh".into());
                 let text = self.text(script, true).unwrap_or_default();
+                unquoted = std::mem::take(&mut self.unquoted);
                 if self.interpolated > 0 && !template::script::quotable_shell(&shell) {
                     self.error(
                         &script.at,
@@ -324,6 +330,7 @@ impl Renderer<'_> {
             cwd,
             timeout,
             skipped,
+            unquoted,
         }
     }
 
@@ -633,6 +640,7 @@ pub fn render(
         jenv: template::environment_with(holes.clone()),
         holes: holes.clone(),
         interpolated: 0,
+        unquoted: Vec::new(),
         ctx: JValue::from_serialize(&context),
         cwd: dirs.source.clone(),
         diags: Vec::new(),
@@ -657,6 +665,7 @@ pub fn render(
                     jenv: template::environment_with(holes.clone()),
                     holes: holes.clone(),
                     interpolated: 0,
+                    unquoted: Vec::new(),
                     ctx: JValue::from_serialize(&ctx),
                     cwd: dirs.source.clone(),
                     diags: Vec::new(),

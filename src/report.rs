@@ -414,7 +414,7 @@ pub fn summary(outcome: &Outcome) -> String {
     if let Some(message) = &outcome.message
         && Some(message) != killed_by.as_ref()
     {
-        parts.push(message.clone());
+        parts.push(crate::util::printable(message).into_owned());
     }
     if outcome.cache.as_ref().is_some_and(|c| c.hit) {
         parts.push("prepare cached".to_owned());

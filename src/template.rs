@@ -77,18 +77,30 @@ fn size_arg(value: &JValue) -> Result<u64, Error> {
 /// each for the place the shell will read it in — decided on the script as it will run,
 /// after `{% if %}` and `{% for %}` have made it.
 #[derive(Clone, Default)]
-pub struct Holes(std::sync::Arc<std::sync::Mutex<Vec<JValue>>>);
+pub struct Holes(std::sync::Arc<std::sync::Mutex<Collected>>);
+
+/// What a script's rendering interpolated: the values to quote, and the text a `| safe`
+/// value put in as it is.
+#[derive(Default)]
+pub struct Collected {
+    pub values: Vec<JValue>,
+    pub unquoted: Vec<String>,
+}
 
 impl Holes {
-    fn push(&self, v: &JValue) -> usize {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        all.push(v.clone());
-        all.len() - 1
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The values collected since the last take.
-    pub fn take(&self) -> Vec<JValue> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    fn push(&self, v: &JValue) -> usize {
+        let mut all = self.lock();
+        all.values.push(v.clone());
+        all.values.len() - 1
+    }
+
+    /// What was collected since the last take.
+    pub fn take(&self) -> Collected {
+        std::mem::take(&mut *self.lock())
     }
 }
 
@@ -207,6 +219,11 @@ pub fn environment_with(holes: Holes) -> Environment<'static> {
             // Quoted once the script's shape says how (`fill_script`).
             let v = quoted.map_or(value, |q| &q.0);
             format!("{}{}{HOLE_END}", script::HOLE, holes.push(v))
+        } else if shell {
+            // `| safe`: the author's own shell text. Recorded so that `render` shows it.
+            let text = plain(value);
+            holes.lock().unquoted.push(text.clone());
+            text
         } else {
             plain(value)
         };
@@ -723,7 +740,7 @@ mod tests {
         let holes = Holes::default();
         let env = environment_with(holes.clone());
         let out = env.render_named_str("s.sh", text, ctx).unwrap();
-        fill_script(&out, &holes.take())
+        fill_script(&out, &holes.take().values)
     }
 
     #[test]

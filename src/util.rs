@@ -41,6 +41,34 @@ pub fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result
     }
 }
 
+/// `text` safe to print on a terminal: printable characters as they are, everything
+/// else escaped (`\x1b`, `\n`, `\u{202e}`). An allowlist: control characters (C0, DEL,
+/// C1), bidirectional and zero-width format characters and the byte-order mark can
+/// neither move the cursor, recolour, retitle the terminal nor reorder what is shown.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn shown(c: char) -> bool {
+        !c.is_control()
+            && !matches!(c,
+                '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+    }
+    if text.chars().all(shown) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if shown(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if std::fs::File::open("/dev/urandom")
@@ -103,6 +131,18 @@ mod tests {
         assert_eq!(parse_start_time(stat), Some(27617));
         assert!(start_time(std::process::id() as i32).unwrap() > 0);
         assert_eq!(start_time(-1), None);
+    }
+
+    #[test]
+    fn printable_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("train · ünïcode"), "train · ünïcode");
+        assert_eq!(
+            printable("a\x1b]0;owned\x07b\x1b[2Jc\n\u{202e}d\u{9b}"),
+            "a\\x1b]0;owned\\x07b\\x1b[2Jc\\n\\u{202e}d\\u{9b}"
+        );
+        for c in (0..0x20u32).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            assert!(!printable(&c.to_string()).contains(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub enum Exit {
 
 impl Exit {
     pub const INVALID: u8 = 2;
-    pub const STILL_RUNNING: u8 = 124;
+    /// `EX_TEMPFAIL`: not a timed-out step (124); asking again later may succeed.
+    pub const STILL_RUNNING: u8 = 75;
     pub const RUNNER: u8 = 125;
 
     /// The exit of a step whose result says `code`.

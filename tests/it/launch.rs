@@ -1055,3 +1055,36 @@ fn a_full_disk_or_planted_links_do_not_lose_the_result() {
     let st = crate::common::runner(["status", run.to_str().unwrap(), "--json"]);
     assert_eq!(st.json()["state"], "finished");
 }
+
+/// A step name is data on the terminal too: its escape sequences (a window title, a
+/// screen clear, a right-to-left override) are shown escaped in the progress line, on a
+/// terminal and in plain lines alike, never obeyed.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn escape_sequences_in_a_step_name_are_shown_not_obeyed() {
+    if !needs_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("named.yaml");
+    std::fs::write(
+        &manifest,
+        "version: 1\nname: named\nprepare:\n  run:\n    - [echo, \"{{ step.name }}\"]\n\
+         launch:\n  run: [\"{{ entrypoint }}\"]\n",
+    )
+    .unwrap();
+    let hostile = "t\x1b]0;owned\x07\x1b[2J\u{202e}x";
+    let args = [manifest.to_str().unwrap(), "--step", hostile, "--", "true"];
+    let escaped = "echo t\\x1b]0;owned\\x07\\x1b[2J\\u{202e}x";
+    let (code, drawn) = on_a_terminal(200, &[], &args);
+    assert_eq!(code, 0, "{drawn:?}");
+    assert!(drawn.contains(escaped), "{drawn:?}");
+    assert!(
+        !drawn.contains("\x1b]0;") && !drawn.contains('\u{202e}'),
+        "{drawn:?}"
+    );
+    let plain = Runner::new().arg("launch").args(args).run();
+    plain.expect_code(0);
+    let line = format!("runner: prepare 1/1 `{escaped}`\n");
+    assert!(plain.stderr.contains(&line), "{:?}", plain.stderr);
+}

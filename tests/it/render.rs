@@ -533,6 +533,8 @@ fn safe_opts_out_of_quoting() {
     let plan = render_in(dir.path(), UNSAFE, "$(touch CONTROL)");
     let cleanup = &plan["cleanup"]["commands"][0];
     assert_eq!(cleanup["script"], "printf '%s\\n' $(touch CONTROL)");
+    // The plan says which text went in unquoted: a reviewer sees it as code.
+    assert_eq!(cleanup["unquoted"], serde_json::json!(["$(touch CONTROL)"]));
     execute(cleanup, &work);
     assert_eq!(pwned(&work), vec!["CONTROL".to_string()]);
 }
