@@ -11,7 +11,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const MARKER: &str = ".steprunner-complete";
@@ -62,15 +61,6 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn same_file(f: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (f.metadata(), std::fs::metadata(path)) {
@@ -94,7 +84,7 @@ impl Lease {
         let lp = lock_path(dir);
         if dir.join(MARKER).is_file()
             && let Ok(lock) = OpenOptions::new().write(true).open(&lp)
-            && flock(&lock, libc::LOCK_SH | libc::LOCK_NB).is_ok()
+            && lock.try_lock_shared().is_ok()
             // Still the entry at the path, still complete: a shared lock keeps prune out.
             && same_file(&lock, &lp)
             && dir.join(MARKER).is_file()
@@ -113,12 +103,13 @@ impl Lease {
                 .write(true)
                 .open(&lp)
                 .map_err(io_err(&lp))?;
-            if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            if lock.try_lock().is_err() {
                 if let Some(w) = waiting.take() {
                     w();
                 }
                 loop {
-                    match flock(&lock, libc::LOCK_EX) {
+                    // flock(2): a signal ends the wait with `Interrupted`.
+                    match lock.lock() {
                         Ok(()) => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                             if cancelled() {
@@ -169,7 +160,7 @@ impl Lease {
 
     /// Keep the entry from being pruned while the step uses it, and let other runners in.
     pub fn share(&self) {
-        let _ = flock(&self.lock, libc::LOCK_SH);
+        let _ = self.lock.lock_shared();
     }
 }
 
@@ -205,7 +196,7 @@ pub fn dir_size(path: &Path) -> u64 {
 
 fn try_lock(path: &Path) -> Option<File> {
     let f = OpenOptions::new().write(true).open(path).ok()?;
-    flock(&f, libc::LOCK_EX | libc::LOCK_NB).ok()?;
+    f.try_lock().ok()?;
     same_file(&f, path).then_some(f)
 }
 

@@ -211,8 +211,7 @@ pub enum Format {
 /// clap's colours (bold red `error:`, bold `hint:`) when stderr is a terminal that
 /// can show them: not under `NO_COLOR`, nor `TERM=dumb`.
 pub fn eprint_styled(text: &str) {
-    // SAFETY: isatty on a standard descriptor.
-    let tty = unsafe { libc::isatty(2) == 1 };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
         || std::env::var("TERM").is_ok_and(|t| t == "dumb");
     if !tty || plain {

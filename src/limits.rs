@@ -318,13 +318,7 @@ pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), Limi
     // Two system calls (sysinfo(2), sysconf): a system-information library read
     // /proc/stat and more here, for two numbers.
     if let Some(requested) = memory {
-        // SAFETY: sysinfo only writes the struct it is given.
-        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-        let total = if unsafe { libc::sysinfo(&mut si) } == 0 {
-            (si.totalram as u64).saturating_mul(u64::from(si.mem_unit.max(1)))
-        } else {
-            0
-        };
+        let total = nix::sys::sysinfo::sysinfo().map_or(0, |si| si.ram_total());
         if total > 0 && requested > total {
             return Err(LimitError::MemoryAboveTotal { requested, total });
         }

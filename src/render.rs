@@ -112,8 +112,10 @@ impl Renderer<'_> {
     /// (with its NUL) is over 32 pages (`MAX_ARG_STRLEN`, 128 KiB with 4 KiB pages):
     /// say so here, at the command, rather than fail at exec after preparing.
     fn exec_sizes(&mut self, stage: &str, env: &BTreeMap<String, String>, cmds: &[CommandPlan]) {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p.max(4096) as usize);
         let max = 32 * page;
         let too_long = |what: String, len: usize| {
             format!(

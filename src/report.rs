@@ -321,10 +321,9 @@ pub const RESERVE_BYTES: u64 = 256 << 10;
 
 /// Set aside [`RESERVE_BYTES`] at `path` (allocated, not a sparse file).
 pub fn reserve(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use nix::fcntl::{FallocateFlags, fallocate};
     let f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    // SAFETY: fallocate on a file we own.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES as libc::off_t) } != 0 {
+    if fallocate(&f, FallocateFlags::empty(), 0, RESERVE_BYTES as libc::off_t).is_err() {
         // A filesystem without fallocate: written zeros reserve the space too.
         f.set_len(0)?;
         std::io::Write::write_all(&mut &f, &vec![0u8; RESERVE_BYTES as usize])?;
@@ -348,8 +347,7 @@ fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
         .open(reserve)?;
     // The file set aside, not one put in its place (a link to another file).
     let m = f.metadata()?;
-    // SAFETY: geteuid has no preconditions.
-    let ours = m.uid() == unsafe { libc::geteuid() };
+    let ours = m.uid() == nix::unistd::geteuid().as_raw();
     if !m.is_file() || m.nlink() != 1 || m.len() != RESERVE_BYTES || !ours {
         return Err(io::Error::other("the reserved space was replaced"));
     }

@@ -150,13 +150,10 @@ fn start_true(root: &RunRoot, req: &cgroup::Request, contain: &Contain) -> Resul
     });
     let result = match spawned {
         Ok(s) => {
-            let mut status = 0;
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(s.pid, &mut status, 0) };
-            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                Ok(())
-            } else {
-                Err(format!("`true` ended with status {status}"))
+            use nix::sys::wait::{WaitStatus, waitpid};
+            match waitpid(nix::unistd::Pid::from_raw(s.pid), None) {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                other => Err(format!("`true` ended with {other:?}")),
             }
         }
         Err(e) => Err(crate::diag::error_chain(&e)),

@@ -22,8 +22,7 @@ pub const PROGRESS_VAR: &str = "RUNNER_PROGRESS";
 pub fn interactive() -> bool {
     let plain = std::env::var(PROGRESS_VAR).is_ok_and(|v| v == "plain" || v == "0");
     let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-    // SAFETY: isatty on a standard descriptor.
-    !plain && !dumb && unsafe { libc::isatty(2) == 1 }
+    !plain && !dumb && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 /// The terminal's width in columns (80 when it does not say).
