@@ -13,9 +13,10 @@
 # The base image's root filesystem is cached as a tarball in
 # `$STEPRUNNER_ENGINES_DIR/cache`, so a second start never runs debootstrap again.
 set -euo pipefail
+ENGINE=docker
+. "$(dirname "$0")/lib.sh"
 
-ENGINES="${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}"
-D="$ENGINES/docker"
+D="$ENGINES_DIR/docker"
 DATA="$D/data"
 EXEC="$D/exec"
 SOCK="$D/docker.sock"
@@ -23,29 +24,12 @@ PIDFILE="$D/dockerd.pid"
 LOG="$D/dockerd.log"
 CGROUP_PARENT=steprunner-docker
 BASE_IMAGE=steprunner/base:bookworm
-ROOTFS_TAR="$ENGINES/cache/docker-rootfs-bookworm.tar"
+ROOTFS_TAR="$ENGINES_DIR/cache/docker-rootfs-bookworm.tar"
 MIRROR="${STEPRUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-
-say() { echo "docker.sh: $*" >&2; }
 
 docker_() { docker -H "unix://$SOCK" "$@"; }
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-
 recorded_pid() { cat "$PIDFILE" 2>/dev/null || true; }
-
-apt_get() {
-    # Wait for a busy dpkg lock, and try once more if apt still fails.
-    local try
-    for try in 1 2; do
-        if DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 "$@" >&2; then
-            return 0
-        fi
-        say "apt-get $1 failed (try $try)"
-        sleep 5
-    done
-    return 1
-}
 
 install_missing() {
     local pkgs=()
@@ -62,7 +46,7 @@ install_missing() {
         made_policy=1
     fi
     local rc=0
-    apt_get update -qq && apt_get install -y -qq --no-install-recommends "${pkgs[@]}" || rc=$?
+    apt_install "${pkgs[@]}" || rc=$?
     [ -z "$made_policy" ] || rm -f "$policy"
     return "$rc"
 }
@@ -153,17 +137,8 @@ stop() {
     pid=$(recorded_pid)
     if alive "$pid"; then
         say "stopping dockerd (pid $pid)"
-        kill -TERM "$pid"
-        local i
         # dockerd stops its containers (up to 15 s each by default) before exiting.
-        for i in $(seq 1 600); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            say "dockerd did not exit within 60s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        stop_pid "$pid" 60 || say "dockerd (pid $pid) is still there"
     fi
     # A containerd or shim dockerd started and did not take along: ours by their
     # command line, which names our exec root.
@@ -188,11 +163,4 @@ stop() {
     rm -f "$SOCK" "$PIDFILE"
 }
 
-case "${1:-}" in
-start) start ;;
-stop) stop ;;
-*)
-    echo "usage: $0 start|stop" >&2
-    exit 2
-    ;;
-esac
+engine_main "$@"

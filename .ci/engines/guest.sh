@@ -23,17 +23,17 @@
 #
 # Only `export` lines go to stdout; everything else goes to stderr.
 set -euo pipefail
+ENGINE=guest
+ENGINE_COMMANDS=boot
+. "$(dirname "$0")/lib.sh"
 
-base=${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}
-dir=$base/guest
+dir=$ENGINES_DIR/guest
 mirror=${STEPRUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Bumped whenever what goes into the image changes: an older image is rebuilt.
 image_version=5
 packages=systemd-sysv,linux-image-amd64,udev,kmod,python3,procps,iproute2,dbus,dbus-user-session,libpam-systemd,util-linux,attr,python3-venv
 
-say() { echo "guest: $*" >&2; }
-
-apt_install() {
+install() {
     local opts=(-y -q -o DPkg::Lock::Timeout=120)
     for attempt in 1 2; do
         if apt-get "${opts[@]}" update >&2 &&
@@ -217,12 +217,4 @@ stop() {
     say "stopped"
 }
 
-case ${1:-} in
-start) start ;;
-stop) stop ;;
-boot) shift; boot "$@" ;;
-*)
-    echo "usage: $0 start|boot PAYLOAD_DIR WORK_DIR|stop" >&2
-    exit 2
-    ;;
-esac
+engine_main "$@"

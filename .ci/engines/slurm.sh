@@ -12,16 +12,13 @@
 #
 # Only `export` lines go to stdout; everything else goes to stderr.
 set -euo pipefail
+ENGINE=slurm
+. "$(dirname "$0")/lib.sh"
 
-base=${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}
-dir=$base/slurm
+dir=$ENGINES_DIR/slurm
 conf=$dir/slurm.conf
 # The node's name in slurm.conf; slurmd runs with `-N` so the host name does not matter.
 node=localhost
-
-say() { echo "slurm: $*" >&2; }
-
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 pid_of() { cat "$dir/$1.pid" 2>/dev/null || true; }
 
@@ -32,20 +29,6 @@ tails() {
         echo "--- last lines of $f" >&2
         tail -n 15 "$f" >&2
     done
-}
-
-apt_install() {
-    # Another apt may hold the lock: wait for it a while, and try once more.
-    local opts=(-y -q -o DPkg::Lock::Timeout=120)
-    for attempt in 1 2; do
-        if apt-get "${opts[@]}" update >&2 &&
-            DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install --no-install-recommends "$@" >&2; then
-            return 0
-        fi
-        say "apt-get failed (attempt $attempt)"
-        sleep 5
-    done
-    return 1
 }
 
 install() {
@@ -183,21 +166,6 @@ exports() {
     echo "export STEPRUNNER_SLURM=1"
 }
 
-# Wait (bounded) for PID to exit; SIGKILL it if it does not.
-reap() {
-    local pid=$1 i
-    for i in $(seq 100); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    say "PID $pid ignored SIGTERM: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-}
-
 # SIGTERM to the Slurm daemons together (each takes 1-2 s to exit), then to munged,
 # which they authenticate through until they are gone.
 stop_daemons() {
@@ -261,11 +229,4 @@ stop() {
     say "stopped"
 }
 
-case ${1:-} in
-start) start ;;
-stop) stop ;;
-*)
-    echo "usage: $0 start|stop" >&2
-    exit 2
-    ;;
-esac
+engine_main "$@"

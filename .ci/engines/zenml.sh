@@ -5,14 +5,15 @@
 #
 #   eval "$(bash .ci/engines/zenml.sh start)"   # prints export STEPRUNNER_ZENML_PYTHON=… STEPRUNNER_UV=…
 set -euo pipefail
+ENGINE=zenml
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 repo=$PWD
-state="${STEPRUNNER_ENGINES_DIR:-/tmp/steprunner-engines}/zenml"
+state="$ENGINES_DIR/zenml"
 venv="$state/venv"
 zenml_version=0.98.0
 python="${STEPRUNNER_ZENML_BASE_PYTHON:-python3}"
 
-log() { echo "zenml: $*" >&2; }
 
 ready() {
     [ -x "$venv/bin/python" ] && "$venv/bin/python" - "$zenml_version" "$repo" <<'PY' 2>/dev/null
@@ -36,34 +37,29 @@ uv() {
     fi
 }
 
-case "${1:-}" in
-start)
+start() {
     mkdir -p "$state"
     if ready; then
-        log "reusing $venv"
+        say "reusing $venv"
     else
         if type -P uv >/dev/null || "$python" -m uv --version >/dev/null 2>&1; then
-            [ -x "$venv/bin/python" ] || { log "creating $venv"; uv venv --quiet --python "$python" "$venv" >&2; }
+            [ -x "$venv/bin/python" ] || { say "creating $venv"; uv venv --quiet --python "$python" "$venv" >&2; }
         elif [ ! -x "$venv/bin/uv" ]; then
-            log "creating $venv (no uv here: installing it into the virtualenv)"
+            say "creating $venv (no uv here: installing it into the virtualenv)"
             "$python" -m venv "$venv" >&2
             "$venv/bin/python" -m pip install --quiet uv >&2
         fi
-        log "installing zenml[local]==$zenml_version, pytest and integrations/zenml"
+        say "installing zenml[local]==$zenml_version, pytest and integrations/zenml"
         uv pip install --quiet --python "$venv/bin/python" \
             "zenml[local]==$zenml_version" pytest -e "$repo/integrations/zenml" >&2
-        ready || { log "the virtualenv at $venv does not import zenml $zenml_version"; exit 1; }
+        ready || { say "the virtualenv at $venv does not import zenml $zenml_version"; exit 1; }
     fi
     # A uv binary of its own, for the venv flavor's `installer: uv` tests.
     [ -x "$venv/bin/uv" ] || uv pip install --quiet --python "$venv/bin/python" uv >&2
     echo "export STEPRUNNER_ZENML_PYTHON=$venv/bin/python"
     echo "export STEPRUNNER_UV=$venv/bin/uv"
-    ;;
-stop)
-    log "nothing to stop"
-    ;;
-*)
-    echo "usage: $0 start|stop" >&2
-    exit 2
-    ;;
-esac
+}
+
+stop() { say "nothing to stop"; }
+
+engine_main "$@"
