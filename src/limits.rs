@@ -86,6 +86,10 @@ pub enum Enforcement {
     /// The runner itself, for timeouts.
     #[serde(rename = "supervisor")]
     Supervisor,
+    /// The engine that ran the step (a container's or a cluster job's limit), as it
+    /// reported in `$RUNNER_ENGINE_OUTCOME`.
+    #[serde(rename = "engine")]
+    Engine,
     /// Asked for but not enforced (`--best-effort-limits`).
     #[serde(rename = "none")]
     None,

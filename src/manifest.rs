@@ -198,6 +198,8 @@ pub struct Launch {
     pub kill_grace: Option<Tpl>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub measured_by: crate::plan::MeasuredBy,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

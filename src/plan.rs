@@ -104,6 +104,28 @@ pub struct LaunchPlan {
     /// Capabilities kept beyond the contained default (as root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// Who measures the step: the runner (it runs here), or the engine the launch
+    /// command is a client of.
+    #[serde(default, skip_serializing_if = "MeasuredBy::is_runner")]
+    pub measured_by: MeasuredBy,
+}
+
+/// Who measured a step's peak memory, CPU time and OOM kills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasuredBy {
+    /// The step ran here, in the runner's cgroup.
+    #[default]
+    Runner,
+    /// The launch command is a client of the engine that ran the step (a container, a
+    /// cluster job): the step's numbers are the engine's report, or unknown.
+    Engine,
+}
+
+impl MeasuredBy {
+    pub fn is_runner(&self) -> bool {
+        *self == MeasuredBy::Runner
+    }
 }
 
 impl LaunchPlan {

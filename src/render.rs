@@ -756,6 +756,7 @@ pub fn render(
         command,
         limits,
         capabilities: l.capabilities.clone(),
+        measured_by: l.measured_by,
     };
 
     let cleanup = match &flavor.cleanup {

@@ -141,6 +141,13 @@ pub struct Outcome {
     pub cpu_user_secs: Option<f64>,
     pub cpu_system_secs: Option<f64>,
     pub oom_kills: u64,
+    /// Who measured `peak_memory_bytes`, the CPU times and `oom_kills`.
+    #[serde(default)]
+    pub measured_by: crate::plan::MeasuredBy,
+    /// The launch command's own use on this machine, when it was an engine's client
+    /// (`measured_by: engine`): never presented as the step's.
+    #[serde(default)]
+    pub client: Option<Usage>,
     pub leftover_processes_killed: u64,
     pub limits: Vec<LimitRecord>,
     /// How the step was kept from undoing its limits; null when it never started.
@@ -227,6 +234,15 @@ pub struct LimitRecord {
     pub enforced_by: Enforcement,
     /// The step could not undo it (raise it, leave its cgroup, reset its environment).
     pub contained: bool,
+}
+
+/// What a process tree used, as the runner measured it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_user_secs: Option<f64>,
+    pub cpu_system_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,16 +433,26 @@ pub fn summary(outcome: &Outcome) -> String {
     if outcome.cache.as_ref().is_some_and(|c| c.hit) {
         parts.push("prepare cached".to_owned());
     }
+    // Whose numbers they are, when not the runner's own measurement of the step.
+    let by = if outcome.measured_by.is_runner() {
+        ""
+    } else {
+        " (by the engine)"
+    };
     if let Some(peak) = outcome.peak_memory_bytes {
-        parts.push(format!("peak memory {}", Bytes(peak)));
+        parts.push(format!("peak memory {}{by}", Bytes(peak)));
     }
     match (outcome.cpu_user_secs, outcome.cpu_system_secs) {
         (None, None) => {}
         (user, system) => parts.push(format!(
-            "cpu {} user {} system",
+            "cpu {} user {} system{by}",
             format_secs(user.unwrap_or(0.0)),
             format_secs(system.unwrap_or(0.0))
         )),
+    }
+    let unmeasured = outcome.peak_memory_bytes.is_none() && outcome.cpu_user_secs.is_none();
+    if !outcome.measured_by.is_runner() && unmeasured && outcome.stages.launch.is_some() {
+        parts.push("the engine reported no memory or CPU use".to_owned());
     }
     if outcome.leftover_processes_killed > 0 {
         parts.push(format!(

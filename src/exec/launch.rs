@@ -11,45 +11,111 @@ use super::arm::Armed;
 use super::child::{self, Ended, Step};
 use super::command::{self, Job, Output, StartError};
 use super::supervise::{Policy, Stop};
+use crate::limits::{Enforcement, LimitKind};
 use crate::logs::{Live, LogSpec};
-use crate::report::{Ending, LaunchFailure};
+use crate::plan::MeasuredBy;
+use crate::report::{Ending, LaunchFailure, LimitRecord, Usage};
 use crate::signals;
 
-#[derive(Debug, serde::Deserialize)]
+/// What a launch command whose engine knows more than its client writes to
+/// `$RUNNER_ENGINE_OUTCOME` (every field optional): how the step ended, what it used,
+/// and the limits the engine applied to it.
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EngineOutcome {
-    status: String,
+    #[serde(default)]
+    status: Option<String>,
     #[serde(default)]
     exit_code: Option<i32>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    peak_memory_bytes: Option<u64>,
+    #[serde(default)]
+    cpu_user_secs: Option<f64>,
+    #[serde(default)]
+    cpu_system_secs: Option<f64>,
+    #[serde(default)]
+    oom_kills: Option<u64>,
+    #[serde(default)]
+    limits: Vec<EngineLimit>,
 }
 
-/// The engine's own report (`$RUNNER_ENGINE_OUTCOME`), if the launch command wrote one:
-/// what only the engine knows, a container's OOM kill or a cluster job's TIMEOUT.
-fn engine_outcome(path: &Path, warnings: &mut Vec<String>) -> Option<(Ending, Option<String>)> {
-    let text = std::fs::read(path).ok()?;
-    let parsed: EngineOutcome = match serde_json::from_slice(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            warnings.push(format!("ignored `{}`: {e}", path.display()));
-            return None;
-        }
-    };
-    let ending = match parsed.status.as_str() {
-        "oom_killed" => Ending::OomKilled { signal: None },
-        "timed_out" => Ending::TimedOut { signal: None },
-        "succeeded" => Ending::Exited(0),
-        "failed" => Ending::Exited(parsed.exit_code.filter(|c| *c != 0).unwrap_or(1)),
-        other => {
-            warnings.push(format!(
-                "ignored `{}`: unknown status `{other}`",
-                path.display()
-            ));
-            return None;
-        }
-    };
-    Some((ending, parsed.message))
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineLimit {
+    name: LimitKind,
+    value: serde_json::Value,
+    /// The step could not undo it (no privilege over its container's cgroup).
+    #[serde(default)]
+    contained: bool,
+}
+
+impl EngineOutcome {
+    /// The engine's own report, if the launch command wrote one; what is wrong in it
+    /// is a warning and left out, never taken.
+    fn read(path: &Path, warnings: &mut Vec<String>) -> Option<EngineOutcome> {
+        let text = std::fs::read(path).ok()?;
+        let mut parsed: EngineOutcome = match serde_json::from_slice(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                warnings.push(format!("ignored `{}`: {e}", path.display()));
+                return None;
+            }
+        };
+        let finite = |x: &mut Option<f64>, name: &str, warnings: &mut Vec<String>| {
+            if x.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                warnings.push(format!("ignored the engine's `{name}`: not a time"));
+                *x = None;
+            }
+        };
+        finite(&mut parsed.cpu_user_secs, "cpu_user_secs", warnings);
+        finite(&mut parsed.cpu_system_secs, "cpu_system_secs", warnings);
+        parsed.limits.retain(|l| {
+            let ok = match (&l.value, l.name) {
+                (serde_json::Value::Array(ids), LimitKind::Gpus) => {
+                    ids.iter().all(|i| i.is_string() || i.is_u64())
+                }
+                (serde_json::Value::Number(n), _) => n.as_f64().is_some_and(|v| v >= 0.0),
+                _ => false,
+            };
+            if !ok {
+                warnings.push(format!(
+                    "ignored the engine's `{}` limit: its value is not a size or count",
+                    l.name.as_str()
+                ));
+            }
+            ok
+        });
+        Some(parsed)
+    }
+
+    /// How the step ended, by the engine's word: what only it knows, a container's OOM
+    /// kill or a cluster job's TIMEOUT.
+    fn ending(&self, path: &Path, warnings: &mut Vec<String>) -> Option<(Ending, Option<String>)> {
+        let ending = match self.status.as_deref()? {
+            "oom_killed" => Ending::OomKilled { signal: None },
+            "timed_out" => Ending::TimedOut { signal: None },
+            "succeeded" => Ending::Exited(0),
+            "failed" => Ending::Exited(self.exit_code.filter(|c| *c != 0).unwrap_or(1)),
+            other => {
+                warnings.push(format!(
+                    "ignored `{}`: unknown status `{other}`",
+                    path.display()
+                ));
+                return None;
+            }
+        };
+        Some((ending, self.message.clone()))
+    }
+
+    fn measured(&self) -> bool {
+        self.peak_memory_bytes.is_some()
+            || self.cpu_user_secs.is_some()
+            || self.cpu_system_secs.is_some()
+            || self.oom_kills.is_some()
+            || !self.limits.is_empty()
+    }
 }
 
 /// Run the step and record how it ended in `run.out`.
@@ -134,18 +200,61 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     }
     let w = finished.waited;
     out.leftover_processes_killed = w.leftovers_killed as u64;
+    // What the runner measured: the launch command's tree, in its cgroup.
+    let mut here = Usage::default();
+    let mut oom_kills_here = 0;
     match cgroup.map(|cg| cg.stats()) {
         Some(s) => {
-            out.oom_kills = s.oom_kills;
-            out.peak_memory_bytes = s.peak_memory;
-            out.cpu_user_secs = s.cpu_user_ns.map(|n| n as f64 / 1e9);
-            out.cpu_system_secs = s.cpu_system_ns.map(|n| n as f64 / 1e9);
+            oom_kills_here = s.oom_kills;
+            here.peak_memory_bytes = s.peak_memory;
+            here.cpu_user_secs = s.cpu_user_ns.map(|n| n as f64 / 1e9);
+            here.cpu_system_secs = s.cpu_system_ns.map(|n| n as f64 / 1e9);
         }
-        None => out.peak_memory_bytes = Some(w.rusage.ru_maxrss as u64 * 1024),
+        None => here.peak_memory_bytes = Some(w.rusage.ru_maxrss as u64 * 1024),
     }
-    if out.cpu_user_secs.is_none() {
-        out.cpu_user_secs = Some(child::rusage_secs(w.rusage.ru_utime));
-        out.cpu_system_secs = Some(child::rusage_secs(w.rusage.ru_stime));
+    if here.cpu_user_secs.is_none() {
+        here.cpu_user_secs = Some(child::rusage_secs(w.rusage.ru_utime));
+        here.cpu_system_secs = Some(child::rusage_secs(w.rusage.ru_stime));
+    }
+    let engine_path = run.dir.engine_outcome();
+    let engine = EngineOutcome::read(&engine_path, &mut out.warnings);
+    match (plan.launch.measured_by, &engine) {
+        (MeasuredBy::Runner, e) => {
+            if e.as_ref().is_some_and(EngineOutcome::measured) {
+                out.warnings.push(
+                    "ignored what the engine measured: the flavor's launch is measured by the \
+                     runner (`measured_by: engine` takes it)"
+                        .into(),
+                );
+            }
+            out.oom_kills = oom_kills_here;
+            out.peak_memory_bytes = here.peak_memory_bytes;
+            out.cpu_user_secs = here.cpu_user_secs;
+            out.cpu_system_secs = here.cpu_system_secs;
+        }
+        // The step ran elsewhere: its numbers are the engine's or unknown, and what the
+        // runner measured is its client's.
+        (MeasuredBy::Engine, e) => {
+            let e = e.as_ref();
+            out.peak_memory_bytes = e.and_then(|e| e.peak_memory_bytes);
+            out.cpu_user_secs = e.and_then(|e| e.cpu_user_secs);
+            out.cpu_system_secs = e.and_then(|e| e.cpu_system_secs);
+            // An engine that says the step was OOM-killed saw at least one kill.
+            let said_oom = e.is_some_and(|e| e.status.as_deref() == Some("oom_killed"));
+            out.oom_kills = e
+                .and_then(|e| e.oom_kills)
+                .unwrap_or(u64::from(said_oom))
+                .max(u64::from(said_oom));
+            for l in e.map(|e| e.limits.as_slice()).unwrap_or_default() {
+                out.limits.push(LimitRecord {
+                    name: l.name,
+                    value: l.value.clone(),
+                    enforced_by: Enforcement::Engine,
+                    contained: l.contained,
+                });
+            }
+            out.client = Some(here);
+        }
     }
     let killer = match w.ended {
         Ended::Signaled(s) => Some(s),
@@ -164,7 +273,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
             Some(format!("cancelled by {}", signals::name(s))),
         ),
         // The kernel's counter, not the exit code, says whether memory ran out.
-        (None, ended) if out.oom_kills > 0 && ended != Ended::Exited(0) => {
+        (None, ended) if oom_kills_here > 0 && ended != Ended::Exited(0) => {
             let limit = plan
                 .launch
                 .limits
@@ -184,10 +293,10 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     };
     // What the engine reported wins over what its client process exited with,
     // unless the runner itself stopped the step.
-    let (ending, message) = match (
-        w.stopped,
-        engine_outcome(&run.dir.engine_outcome(), &mut out.warnings),
-    ) {
+    let engine_ending = engine
+        .as_ref()
+        .and_then(|e| e.ending(&engine_path, &mut out.warnings));
+    let (ending, message) = match (w.stopped, engine_ending) {
         (None, Some((e, m))) => (e, m.or(message)),
         _ => (ending, message),
     };

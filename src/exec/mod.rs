@@ -390,6 +390,8 @@ pub fn execute(
         cpu_user_secs: None,
         cpu_system_secs: None,
         oom_kills: 0,
+        measured_by: plan.launch.measured_by,
+        client: None,
         leftover_processes_killed: 0,
         limits: Vec::new(),
         logs: Logs {

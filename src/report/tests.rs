@@ -48,6 +48,8 @@ pub(crate) fn success() -> Outcome {
         cpu_user_secs: Some(0.451),
         cpu_system_secs: Some(0.02),
         oom_kills: 0,
+        measured_by: crate::plan::MeasuredBy::Runner,
+        client: None,
         leftover_processes_killed: 0,
         containment: Some(crate::contain::Report {
             mode: "root".into(),

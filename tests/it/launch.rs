@@ -1088,3 +1088,83 @@ fn escape_sequences_in_a_step_name_are_shown_not_obeyed() {
     let line = format!("runner: prepare 1/1 `{escaped}`\n");
     assert!(plain.stderr.contains(&line), "{:?}", plain.stderr);
 }
+
+/// With `measured_by: engine` the result's numbers are the step's as the engine
+/// reported them, or null: never the client's, which are reported apart. What the
+/// engine gets wrong is a warning and left out.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn an_engines_client_is_never_reported_as_its_step() {
+    if !needs_root() {
+        return;
+    }
+    let m = "tests/fixtures/launch/engine.yaml";
+    let report = r#"{"status": "oom_killed", "peak_memory_bytes": 167772160,
+        "cpu_user_secs": 1.5, "cpu_system_secs": 0.25,
+        "limits": [{"name": "memory", "value": 134217728, "contained": true},
+                   {"name": "cpus", "value": 1.5}]}"#;
+    let step = format!("echo '{report}' > \"$RUNNER_ENGINE_OUTCOME\"; exit 137");
+    let (out, r) = launch(&[m, "--", "sh", "-c", &step]);
+    out.expect_code(137);
+    assert_eq!(r["status"], "oom_killed", "{r}");
+    assert_eq!(r["measured_by"], "engine");
+    assert_eq!(r["peak_memory_bytes"], 167772160);
+    assert_eq!(r["cpu_user_secs"], 1.5);
+    assert_eq!(r["oom_kills"], 1, "the engine saw the step OOM-killed: {r}");
+    let client = &r["client"];
+    assert!(client["peak_memory_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert_ne!(client["peak_memory_bytes"], r["peak_memory_bytes"]);
+    let limits = r["limits"].as_array().unwrap();
+    let memory = limits.iter().find(|l| l["name"] == "memory").expect("{r}");
+    assert_eq!(memory["enforced_by"], "engine");
+    assert_eq!(memory["value"], 134217728);
+    assert_eq!(memory["contained"], true);
+    let cpus = limits.iter().find(|l| l["name"] == "cpus").expect("{r}");
+    assert_eq!(
+        cpus["contained"], false,
+        "not contained unless the engine says so"
+    );
+    assert!(
+        out.stderr.contains("peak memory 160.0 MiB (by the engine)"),
+        "{}",
+        out.stderr
+    );
+
+    // No report: unknown, and said so; the client's use is still not the step's.
+    let (out, r) = launch(&[m, "--", "true"]);
+    out.expect_code(0);
+    assert_eq!(r["peak_memory_bytes"], Value::Null, "{r}");
+    assert_eq!(r["cpu_user_secs"], Value::Null, "{r}");
+    assert!(r["client"]["cpu_user_secs"].is_number(), "{r}");
+    assert!(
+        out.stderr
+            .contains("the engine reported no memory or CPU use"),
+        "{}",
+        out.stderr
+    );
+
+    // A wrong report: what is wrong is left out, with a warning.
+    let report = r#"{"cpu_user_secs": -1, "limits": [{"name": "memory", "value": "lots"}]}"#;
+    let step = format!("echo '{report}' > \"$RUNNER_ENGINE_OUTCOME\"");
+    let (out, r) = launch(&[m, "--", "sh", "-c", &step]);
+    out.expect_code(0);
+    assert_eq!(r["cpu_user_secs"], Value::Null, "{r}");
+    assert!(!r["limits"].to_string().contains("lots"), "{r}");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("`cpu_user_secs`: not a time"), "{r}");
+    assert!(warnings.contains("`memory` limit"), "{r}");
+
+    // The runner measures a step that runs here: an engine's numbers are not taken.
+    let step = r#"echo '{"peak_memory_bytes": 1}' > "$RUNNER_ENGINE_OUTCOME""#;
+    let (out, r) = launch(&["manifests/local.yaml", "--", "sh", "-c", step]);
+    out.expect_code(0);
+    assert_eq!(r["measured_by"], "runner");
+    assert_ne!(r["peak_memory_bytes"], 1, "{r}");
+    assert_eq!(r["client"], Value::Null);
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("ignored what the engine measured"),
+        "{r}"
+    );
+}
