@@ -457,7 +457,7 @@ pub fn filters_and_tests(text: &str) -> Vec<(usize, String, bool)> {
             i += 1;
             continue;
         };
-        let end = text[i + 2..].find(close).map_or(text.len(), |e| i + 2 + e);
+        let end = tag_close(&text[i..], close).map_or(text.len(), |e| i + e);
         let mut k = i + 2;
         while k < end {
             match bytes[k] {
@@ -594,6 +594,28 @@ pub fn find_word(text: &str, word: &str) -> Option<usize> {
     None
 }
 
+/// Where the tag that opens `rest` (`{{`, `{%` or `{#`) is closed by `close`: the offset
+/// of `close` in `rest`, or `None` when it never closes. A `}}` inside one of the tag's
+/// string literals (`{{ '{{.State.Pid}}' }}`) does not close it, as in minijinja's lexer.
+pub fn tag_close(rest: &str, close: &str) -> Option<usize> {
+    let bytes = rest.as_bytes();
+    let mut i = 2;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        match (quote, bytes[i]) {
+            (Some(_), b'\\') => i += 1,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            // Comments have no string literals.
+            (None, c @ (b'\'' | b'"')) if close != "#}" => quote = Some(c),
+            (None, _) if rest[i..].starts_with(close) => return Some(i),
+            (None, _) => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// First use of the variable `name` in a `{{ }}` or `{% %}` block of a template (not
 /// in its literal text or a `{# #}` comment).
 pub fn find_variable(text: &str, name: &str) -> Option<usize> {
@@ -609,7 +631,7 @@ pub fn find_variable(text: &str, name: &str) -> Option<usize> {
             from = open + 1;
             continue;
         };
-        let end = rest.find(close).map_or(text.len(), |e| open + e);
+        let end = tag_close(rest, close).map_or(text.len(), |e| open + e);
         if let Some(at) = find_word(&text[open + 2..end], name) {
             return Some(open + 2 + at);
         }

@@ -1275,9 +1275,7 @@ pub fn holes_of_template(text: &str) -> (String, Vec<usize>) {
         };
         match close {
             Some(close) => {
-                let end = rest[2..]
-                    .find(close)
-                    .map_or(rest.len(), |e| e + 2 + close.len());
+                let end = super::tag_close(rest, close).map_or(rest.len(), |c| c + close.len());
                 if close == "}}" {
                     let expr = rest[2..end.saturating_sub(2).max(2)]
                         .trim_matches(['-', '+', ' ', '\n', '\t']);

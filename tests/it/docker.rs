@@ -171,6 +171,55 @@ fn docker_step_output_and_exit_codes_pass_through() {
     assert_no_container(&host, &r);
 }
 
+/// The result's numbers are the container's, not its `docker run` client's: a step
+/// that holds 160 MiB reports a peak within 20 % of it, and its CPU limit as Docker
+/// applied it; the client's own use is reported apart, and is far smaller.
+#[test]
+#[cfg_attr(
+    skip_engine_docker,
+    ignore = "needs a Docker engine: eval \"$(bash .ci/engines/docker.sh start)\""
+)]
+fn docker_reports_the_containers_use_not_its_clients() {
+    let Some(host) = docker_host() else { return };
+    let step = Step::new(&host, "docker-it-usage");
+    let hold = "import time; b = bytearray(160 << 20); time.sleep(0.3)";
+    let args = [
+        "--memory", "512MiB", "--cpus", "1.5", "--", "python3", "-c", hold,
+    ];
+    let (out, r) = launch(&step, step.runner(), &args);
+    out.expect_code(0);
+    assert_eq!(r["measured_by"], "engine");
+    let peak = r["peak_memory_bytes"]
+        .as_u64()
+        .expect("the engine measured a peak") as f64;
+    let held = (160u64 << 20) as f64;
+    assert!(peak >= held && peak <= held * 1.2, "peak {peak}: {r}");
+    assert!(r["cpu_system_secs"].as_f64().unwrap() > 0.0, "{r}");
+    let client = r["client"]["peak_memory_bytes"]
+        .as_u64()
+        .expect("client measured");
+    assert!(
+        (client as f64) < held / 2.0,
+        "the client is not the step: {r}"
+    );
+    let limits = r["limits"].as_array().unwrap();
+    let cpus = limits
+        .iter()
+        .find(|l| l["name"] == "cpus")
+        .expect("cpus listed");
+    assert_eq!(cpus["value"], 1.5);
+    assert_eq!(cpus["enforced_by"], "engine");
+    assert_no_container(&host, &r);
+
+    // `measure: false`: nothing from inside the container, and the result says so.
+    let args = ["--set", "measure=false", "--", "true"];
+    let (out, r) = launch(&step, step.runner(), &args);
+    out.expect_code(0);
+    assert_eq!(r["peak_memory_bytes"], Value::Null, "{r}");
+    assert!(r["client"]["peak_memory_bytes"].is_u64(), "{r}");
+    assert_no_container(&host, &r);
+}
+
 #[test]
 #[cfg_attr(
     skip_engine_docker,
@@ -192,6 +241,24 @@ fn docker_oom_killed_container_is_reported() {
         "{r}"
     );
     assert_eq!(log(&r, "stdout"), "", "the allocation never finished");
+    // The container's own numbers: its kill counted, its peak at its limit, and the
+    // memory limit as Docker enforced it.
+    assert_eq!(r["measured_by"], "engine");
+    assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
+    let peak = r["peak_memory_bytes"]
+        .as_u64()
+        .expect("the engine measured a peak");
+    assert!(peak > 60 << 20 && peak <= 64 << 20, "peak {peak}: {r}");
+    let memory = r["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "memory")
+        .cloned()
+        .unwrap_or_else(|| panic!("no memory limit listed: {r}"));
+    assert_eq!(memory["value"], 64 << 20);
+    assert_eq!(memory["enforced_by"], "engine");
+    assert_eq!(memory["contained"], true);
     assert_no_container(&host, &r);
 
     // Positive control: the same step fits in 512 MiB.
@@ -495,10 +562,17 @@ fn docker_hostile_values_stay_data() {
     let env_at = run.iter().position(|a| a == "-e").expect("-e");
     assert_eq!(run[env_at + 1], "MODE=v'; touch PWNED8; echo '");
     let image_at = run.iter().position(|a| a == tag).expect("the image");
+    // The measuring wrapper, then the entrypoint as its arguments, untouched.
+    let wrapper = &run[image_at + 1..image_at + 5];
+    assert_eq!([&wrapper[0], &wrapper[1], &wrapper[3]], ["sh", "-c", "sh"]);
+    assert!(
+        wrapper[2].starts_with("rm -f /tmp/.steprunner-usage\n"),
+        "{wrapper:?}"
+    );
     assert_eq!(
-        json!(run[image_at + 1..]),
+        json!(run[image_at + 5..]),
         given["entrypoint"],
-        "the entrypoint follows the image untouched"
+        "the entrypoint follows the wrapper untouched"
     );
     assert_eq!(recorded(&calls, "rm")[..2], ["rm", "--force"]);
 

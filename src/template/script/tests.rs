@@ -177,6 +177,19 @@ fn template_holes_and_tags() {
     assert_eq!(double_quote_escape("a\"$`\\b"), "a\\\"\\$\\`\\\\b");
 }
 
+/// A `}}` inside a string literal does not end the interpolation (as in minijinja's
+/// lexer): `docker inspect --format {{ '{{.State.Pid}} {{.Id}}' }}` is one hole, and
+/// what follows it is read as the shell reads it.
+#[test]
+fn braces_inside_a_template_string_stay_in_their_hole() {
+    let t = r#"f {{ '{{.A}} {{.B}}' }} 'x' {{ "}}\"}}" }} {# '}} #}{{ y }}"#;
+    let (text, offsets) = holes_of_template(t);
+    assert_eq!(text, format!("f {HOLE} 'x' {HOLE} {HOLE}"));
+    assert_eq!(offsets.len(), 3);
+    let verdicts = analyze(&text);
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+}
+
 #[test]
 fn printf_and_test_options_from_values() {
     refused("printf § x", Refusal::Evaluates);
