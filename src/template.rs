@@ -448,10 +448,11 @@ pub fn filters_and_tests(text: &str) -> Vec<(usize, String, bool)> {
     };
     let mut i = 0;
     while i + 1 < bytes.len() {
-        let open = &text[i..];
-        let close = if open.starts_with("{{") {
+        // Bytes, not `&text[i..]`: `i` steps through multi-byte characters too.
+        let open = &bytes[i..];
+        let close = if open.starts_with(b"{{") {
             "}}"
-        } else if open.starts_with("{%") {
+        } else if open.starts_with(b"{%") {
             "%}"
         } else {
             i += 1;
@@ -608,7 +609,7 @@ pub fn tag_close(rest: &str, close: &str) -> Option<usize> {
             (Some(_), _) => {}
             // Comments have no string literals.
             (None, c @ (b'\'' | b'"')) if close != "#}" => quote = Some(c),
-            (None, _) if rest[i..].starts_with(close) => return Some(i),
+            (None, _) if bytes[i..].starts_with(close.as_bytes()) => return Some(i),
             (None, _) => {}
         }
         i += 1;
@@ -829,6 +830,18 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "1024 1 536870912 3600");
+    }
+
+    /// Templates are scanned by bytes: a multi-byte character before, inside or after a
+    /// tag neither panics nor hides what the tag names.
+    #[test]
+    fn scanning_templates_survives_multi_byte_characters() {
+        let t = "… é {{ x | q }} ü {% if y is defined %}{{ '…}}…' | upper }}{% endif %}";
+        let names: Vec<String> = filters_and_tests(t).into_iter().map(|f| f.1).collect();
+        assert_eq!(names, ["q", "defined", "upper"]);
+        let at = t.find("{{ '").unwrap();
+        assert_eq!(tag_close(&t[at..], "}}"), Some("{{ '…}}…' | upper ".len()));
+        assert_eq!(tag_close("{{ 'é", "}}"), None);
     }
 
     #[test]

@@ -159,8 +159,11 @@ fn check_command(src: &Source, c: &crate::manifest::Command, diags: &mut Vec<Dia
             let mut from = 0;
             while let Some(open) = text[from..].find("{%") {
                 let open = from + open;
-                let end = crate::template::tag_close(&text[open..], "%}")
-                    .map_or(text.len(), |e| open + e + 2);
+                // An unclosed tag is the template's own error, reported where it compiles.
+                let Some(end) = crate::template::tag_close(&text[open..], "%}") else {
+                    break;
+                };
+                let end = open + end + 2;
                 let tag = &text[open..end];
                 if script::tag_refused(tag) {
                     push(

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster for the `slurm` flavor's tests.
+# A real two-node Slurm cluster for the `slurm` flavor's tests, on this one machine.
 #
 #   eval "$(bash .ci/engines/slurm.sh start)"   # prints SLURM_CONF and STEPRUNNER_SLURM
 #   bash .ci/engines/slurm.sh stop
 #
 # Installs Debian's slurm-wlm and munge if missing, writes slurm.conf and
 # cgroup.conf under $STEPRUNNER_ENGINES_DIR/slurm, starts munged, slurmctld and
-# slurmd in the foreground (as background jobs of this script, PIDs recorded),
-# and waits until the node is idle. `stop` cancels the cluster's jobs, stops the
+# one slurmd per node (`n1`, `n2`: their own ports, spool folders, logs and job
+# cgroups `slurm_n1`, `slurm_n2`) in the foreground (as background jobs of this
+# script, PIDs recorded), and waits until both nodes are idle. `stop` cancels the cluster's jobs, stops the
 # daemons by PID, then removes the job cgroups Slurm left behind.
 #
 # Only `export` lines go to stdout; everything else goes to stderr.
@@ -17,14 +18,16 @@ ENGINE=slurm
 
 dir=$ENGINES_DIR/slurm
 conf=$dir/slurm.conf
-# The node's name in slurm.conf; slurmd runs with `-N` so the host name does not matter.
-node=localhost
+# The nodes' names in slurm.conf; each slurmd runs with `-N NAME`, so the host name
+# does not matter. Both are this machine (`NodeHostname=localhost`).
+nodes="n1 n2"
+daemons="munged slurmctld slurmd-n1 slurmd-n2"
 
 pid_of() { cat "$dir/$1.pid" 2>/dev/null || true; }
 
 tails() {
     local f
-    for f in "$dir/munged.log" "$dir/munge/munged.log" "$dir/slurmctld.log" "$dir/slurmd.log"; do
+    for f in "$dir/munged.log" "$dir/munge/munged.log" "$dir/slurmctld.log" "$dir"/slurmd.n*.log; do
         [ -s "$f" ] || continue
         echo "--- last lines of $f" >&2
         tail -n 15 "$f" >&2
@@ -43,15 +46,15 @@ install() {
 write_config() {
     local cpus mem_mib
     cpus=$(nproc)
-    # Leave room for the machine itself: the node offers 80% of its memory.
-    mem_mib=$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.8 }' /proc/meminfo)
-    mkdir -p "$dir/spool" "$dir/state" "$dir/munge"
+    # Leave room for the machine itself: the nodes offer 80% of its memory, each half.
+    mem_mib=$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.4 }' /proc/meminfo)
+    mkdir -p "$dir/spool/n1" "$dir/spool/n2" "$dir/state" "$dir/munge"
     chown munge:munge "$dir/munge"
     chmod 0755 "$dir/munge"
     cat >"$conf" <<EOF
-# Written by .ci/engines/slurm.sh: a one-node cluster for tests.
+# Written by .ci/engines/slurm.sh: a two-node cluster for tests, on one machine.
 ClusterName=steprunner
-SlurmctldHost=$node
+SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -67,18 +70,18 @@ DefMemPerCPU=512
 SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 SlurmctldPidFile=$dir/slurmctld.pidfile
-SlurmdPidFile=$dir/slurmd.pidfile
-SlurmdSpoolDir=$dir/spool
+SlurmdPidFile=$dir/slurmd.%n.pidfile
+SlurmdSpoolDir=$dir/spool/%n
 StateSaveLocation=$dir/state
 SlurmctldLogFile=$dir/slurmctld.log
-SlurmdLogFile=$dir/slurmd.log
+SlurmdLogFile=$dir/slurmd.%n.log
 SlurmctldPort=6817
-SlurmdPort=6818
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 KillWait=5
-NodeName=$node CPUs=$cpus RealMemory=$mem_mib State=UNKNOWN
+NodeName=n1 NodeHostname=localhost Port=6918 CPUs=$cpus RealMemory=$mem_mib State=UNKNOWN
+NodeName=n2 NodeHostname=localhost Port=6919 CPUs=$cpus RealMemory=$mem_mib State=UNKNOWN
 # Jobs may share cores (up to 4 a core): a test's long job does not hold up the others.
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
@@ -100,10 +103,25 @@ spawn() {
     echo $! >"$dir/$name.pid"
 }
 
+# The nodes' states, one word per node in `nodes` order (`idle idle` when ready).
+node_states() {
+    local n out=()
+    for n in $nodes; do
+        out+=("$(sinfo -h -n "$n" -o %T 2>/dev/null || true)")
+    done
+    echo "${out[*]}"
+}
+
+all_alive() {
+    local d
+    for d in $daemons; do
+        alive "$(pid_of "$d")" || return 1
+    done
+}
+
 start() {
     # Already running (a previous `start` without `stop`): reuse it.
-    if alive "$(pid_of slurmctld)" && alive "$(pid_of slurmd)" && alive "$(pid_of munged)" &&
-        [[ "$(SLURM_CONF=$conf sinfo -h -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]; then
+    if all_alive && [[ "$(SLURM_CONF=$conf node_states)" =~ ^((idle|mixed|allocated|completing) ?)+$ ]]; then
         say "already running"
         exports
         return 0
@@ -134,14 +152,18 @@ start() {
     fi
     export SLURM_CONF=$conf
     spawn slurmctld slurmctld -D -f "$conf"
-    spawn slurmd slurmd -D -f "$conf" -N "$node"
+    local n
+    for n in $nodes; do
+        spawn "slurmd-$n" slurmd -D -f "$conf" -N "$n"
+    done
 
-    # Bounded wait for the node to be idle (≈ 1 s when all is well).
-    local state=
+    # Bounded wait for both nodes to be idle (≈ 1.3 s when all is well).
+    local state= ready
+    ready=$(for n in $nodes; do printf 'idle '; done)
     for i in $(seq 300); do
-        state=$(sinfo -h -o %T 2>/dev/null || true)
-        [ "$state" = idle ] && break
-        for d in munged slurmctld slurmd; do
+        state=$(node_states)
+        [ "$state " = "$ready" ] && break
+        for d in $daemons; do
             if ! alive "$(pid_of "$d")"; then
                 say "$d exited during start"
                 tails
@@ -151,13 +173,13 @@ start() {
         done
         sleep 0.1
     done
-    if [ "$state" != idle ]; then
-        say "the node is not idle after 30 s (state: ${state:-no answer})"
+    if [ "$state " != "$ready" ]; then
+        say "the nodes are not idle after 30 s (states: ${state:-no answer})"
         tails
         stop_daemons
         exit 1
     fi
-    say "ready in $((SECONDS - t0)) s (slurmctld $(pid_of slurmctld), slurmd $(pid_of slurmd), munged $(pid_of munged))"
+    say "ready in $((SECONDS - t0)) s (slurmctld $(pid_of slurmctld), slurmd n1 $(pid_of slurmd-n1), n2 $(pid_of slurmd-n2), munged $(pid_of munged))"
     exports
 }
 
@@ -170,7 +192,7 @@ exports() {
 # which they authenticate through until they are gone.
 stop_daemons() {
     local group d pid pids
-    for group in "slurmd slurmctld" munged; do
+    for group in "slurmd-n1 slurmd-n2 slurmctld" munged; do
         pids=()
         for d in $group; do
             pid=$(pid_of "$d")
@@ -191,24 +213,26 @@ stop_daemons() {
 # Job cgroups Slurm made (`slurm_<node>` under each v1 controller), deepest
 # first; processes still in them are jobs of this cluster and are killed first.
 remove_cgroups() {
-    local top cg pid
-    for top in /sys/fs/cgroup/*/slurm_"$node" /sys/fs/cgroup/slurm_"$node"; do
-        [ -d "$top" ] || continue
-        while IFS= read -r cg; do
-            if [ -f "$cg/cgroup.procs" ]; then
-                while read -r pid; do
-                    kill -KILL "$pid" 2>/dev/null || true
-                done <"$cg/cgroup.procs"
-            fi
-        done < <(find "$top" -depth -type d)
-        while IFS= read -r cg; do
-            for i in 1 2 3 4 5 6 7 8 9 10; do
-                rmdir "$cg" 2>/dev/null && break
-                [ -d "$cg" ] || break
-                sleep 0.1
-            done
-            [ -d "$cg" ] && say "could not remove $cg"
-        done < <(find "$top" -depth -type d)
+    local top cg pid node
+    for node in $nodes; do
+        for top in /sys/fs/cgroup/*/slurm_"$node" /sys/fs/cgroup/slurm_"$node"; do
+            [ -d "$top" ] || continue
+            while IFS= read -r cg; do
+                if [ -f "$cg/cgroup.procs" ]; then
+                    while read -r pid; do
+                        kill -KILL "$pid" 2>/dev/null || true
+                    done <"$cg/cgroup.procs"
+                fi
+            done < <(find "$top" -depth -type d)
+            while IFS= read -r cg; do
+                for i in 1 2 3 4 5 6 7 8 9 10; do
+                    rmdir "$cg" 2>/dev/null && break
+                    [ -d "$cg" ] || break
+                    sleep 0.1
+                done
+                [ -d "$cg" ] && say "could not remove $cg"
+            done < <(find "$top" -depth -type d)
+        done
     done
     return 0
 }

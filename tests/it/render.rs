@@ -595,8 +595,8 @@ fn no_entrypoint_is_named_before_any_work() {
     assert_eq!(
         out.stderr,
         "error: no entrypoint: give the step's command after `--`\n  --> \
-         manifests/docker.yaml:139:34\n    |\n139 |           \"$STEPRUNNER_IMAGE\" {{ \
-         entrypoint }}\n    |                                  ^\n    = hint: e.g. `runner launch MANIFEST -- python3 train.py`; the \
+         manifests/docker.yaml:192:39\n    |\n192 |           \"$STEPRUNNER_IMAGE\" \"$@\" {{ \
+         entrypoint }}\n    |                                       ^\n    = hint: e.g. `runner launch MANIFEST -- python3 train.py`; the \
          launch runs the entrypoint here\n"
     );
     let left: Vec<_> = std::fs::read_dir(out.home.path()).unwrap().collect();

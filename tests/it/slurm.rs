@@ -188,6 +188,140 @@ fn slurm_job_over_its_memory_is_oom_killed() {
         read(run.join("stderr.log")).contains("oom-kill event"),
         "Slurm's own note reaches stderr.log"
     );
+    // The job's own counter and limit, not the poller's.
+    assert_eq!(r["measured_by"], "engine");
+    assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(limit(&r, "memory")["value"], 64 << 20, "{r}");
+}
+
+/// The result's `name` limit.
+#[track_caller]
+fn limit(result: &Value, name: &str) -> Value {
+    result["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no `{name}` limit in {result}"))
+}
+
+/// The job's numbers, not its poller's: a step holding 160 MiB reports a peak within
+/// 20 % of it, and the job's memory and CPU limits as Slurm's cgroups held them.
+#[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
+fn slurm_reports_the_jobs_use_not_its_pollers() {
+    if !needs_slurm() {
+        return;
+    }
+    let hold = "import time; b = bytearray(160 << 20); time.sleep(0.3)";
+    let (out, r) = launch(&[
+        "--memory", "512MiB", "--cpus", "1", "--", "python3", "-c", hold,
+    ]);
+    out.expect_code(0);
+    assert_eq!(r["measured_by"], "engine");
+    let peak = r["peak_memory_bytes"]
+        .as_u64()
+        .expect("the job measured a peak") as f64;
+    let held = (160u64 << 20) as f64;
+    assert!(peak >= held && peak <= held * 1.2, "peak {peak}: {r}");
+    let client = r["client"]["peak_memory_bytes"]
+        .as_u64()
+        .expect("client measured");
+    assert!(
+        (client as f64) < held / 2.0,
+        "the poller is not the step: {r}"
+    );
+    let memory = limit(&r, "memory");
+    assert_eq!(memory["value"], 512 << 20);
+    assert_eq!(memory["enforced_by"], "engine");
+    // As root the job could rewrite its cgroup's limits: not contained, and said so.
+    assert_eq!(memory["contained"], nix::unistd::geteuid().as_raw() != 0);
+    assert_eq!(limit(&r, "cpus")["value"], 1);
+}
+
+/// pip requirements are installed into an environment the job runs in (cached per
+/// requirement set), `requirements.environment` reaches the job as data, and a
+/// secret reaches it through the environment only.
+#[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
+fn slurm_requirements_and_environment_reach_the_job() {
+    if !needs_slurm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("PWNED");
+    let info = dir.path().join("info.json");
+    let hostile = format!("a b'c $(touch {})", marker.display());
+    let show = "import six, os; print(six.__version__, os.environ['MODE'], os.environ['SECRET'])";
+    std::fs::write(
+        &info,
+        serde_json::json!({
+            "step": {"name": "req"},
+            "requirements": {"pip": ["six==1.16.0"], "environment": {"MODE": hostile}},
+            "entrypoint": ["python3", "-c", show],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let run = |expect_hit: bool| {
+        let out = Runner::new()
+            .env("RUNNER_HOME", home.path())
+            .env("SECRET", "s3cret-value")
+            .args(["launch", "--json", "-q", MANIFEST, "--info"])
+            .arg(&info)
+            .args(["--env", "SECRET"])
+            .run();
+        out.expect_code(0);
+        let r = out.json();
+        assert_eq!(r["cache"]["hit"], expect_hit, "{r}");
+        let dir = run_dir(&r);
+        assert_eq!(
+            read(dir.join("stdout.log")),
+            format!("1.16.0 {hostile} s3cret-value\n"),
+            "the required version, not the host's"
+        );
+        for file in ["slurm-job-state", "plan.json", "slurm-batch.sh"] {
+            assert!(
+                !read(dir.join(file)).contains("s3cret"),
+                "the secret is in {file}"
+            );
+        }
+    };
+    run(false);
+    run(true);
+    assert!(!marker.exists(), "a requirement's value ran as code");
+}
+
+/// Two nodes: one task on each; a step pinned to a node runs there.
+#[test]
+#[cfg_attr(
+    skip_engine_slurm,
+    ignore = "needs a Slurm cluster: eval \"$(bash .ci/engines/slurm.sh start)\""
+)]
+fn slurm_two_node_jobs_and_pinned_steps() {
+    if !needs_slurm() {
+        return;
+    }
+    let where_ = r#"echo "task $SLURM_PROCID on $SLURMD_NODENAME""#;
+    let (out, r) = launch(&["--set", "nodes=2", "--", "sh", "-c", where_]);
+    out.expect_code(0);
+    let mut lines: Vec<String> = read(run_dir(&r).join("stdout.log"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["task 0 on n1", "task 1 on n2"], "{r}");
+    assert_eq!(job_field(&run_dir(&r), "NumNodes"), "2");
+
+    let (out, r) = launch(&["--set", "nodelist=n2", "--", "sh", "-c", where_]);
+    out.expect_code(0);
+    assert_eq!(read(run_dir(&r).join("stdout.log")), "task 0 on n2\n");
+    assert_eq!(job_field(&run_dir(&r), "BatchHost"), "n2");
 }
 
 /// Slurm checks time limits about every 30 s and counts them in minutes, so this
