@@ -235,6 +235,10 @@ pub struct LaunchArgs {
     /// Run even when a limit cannot be enforced; the result records what was
     #[arg(long)]
     pub best_effort_limits: bool,
+    /// Refuse a step that asks for what the flavor ignores (its `ignores:`), instead
+    /// of warning
+    #[arg(long)]
+    pub strict: bool,
     /// Give the step the runner's stdin (default: /dev/null)
     #[arg(long, conflicts_with = "detach")]
     pub stdin: bool,

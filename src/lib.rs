@@ -16,6 +16,7 @@ pub mod diag;
 pub mod doctor;
 pub mod exec;
 pub mod home;
+pub mod ignores;
 pub mod limits;
 pub mod logs;
 pub mod manifest;

@@ -140,6 +140,10 @@ pub struct Flavor {
     pub launch: Launch,
     #[serde(default)]
     pub cleanup: Option<Cleanup>,
+    /// Step-info fields the flavor does not use, each with the reason (see
+    /// [`crate::ignores`]).
+    #[serde(default)]
+    pub ignores: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,6 +25,9 @@ pub struct Plan {
     pub launch: LaunchPlan,
     #[serde(default, skip_serializing_if = "StagePlan::is_empty")]
     pub cleanup: StagePlan,
+    /// What the step asked for that the flavor ignores, with the flavor's reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -800,5 +800,6 @@ pub fn render(
         prepare,
         launch,
         cleanup,
+        ignored: crate::ignores::set_but_ignored(&crate::ignores::effective(flavor), info),
     })
 }

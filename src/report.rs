@@ -526,6 +526,15 @@ pub fn summary(outcome: &Outcome) -> String {
 /// `indent`: a part goes whole to the next line when it does not fit, and one longer
 /// than a line is broken at its spaces (a word longer than a line, such as a path,
 /// stays whole).
+/// `runner: warning: TEXT`, wrapped at spaces to 80 columns.
+pub fn warning_line(text: &str) -> String {
+    let words: Vec<String> = format!("runner: warning: {text}")
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    wrap(&words, " ", 80, "        ")
+}
+
 fn wrap(parts: &[String], sep: &str, width: usize, indent: &str) -> String {
     let mut out = String::new();
     let mut col = 0;

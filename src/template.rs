@@ -620,6 +620,16 @@ pub fn tag_close(rest: &str, close: &str) -> Option<usize> {
 /// First use of the variable `name` in a `{{ }}` or `{% %}` block of a template (not
 /// in its literal text or a `{# #}` comment).
 pub fn find_variable(text: &str, name: &str) -> Option<usize> {
+    variable_uses(text, name)
+        .into_iter()
+        .next()
+        .map(|(at, _)| at)
+}
+
+/// Every use of the variable `name` in the `{{ }}` and `{% %}` blocks of a template,
+/// with the character that follows it (`.` when a part of it is taken).
+pub fn variable_uses(text: &str, name: &str) -> Vec<(usize, Option<char>)> {
+    let mut out = Vec::new();
     let mut from = 0;
     while let Some(i) = text[from..].find('{') {
         let open = from + i;
@@ -633,12 +643,16 @@ pub fn find_variable(text: &str, name: &str) -> Option<usize> {
             continue;
         };
         let end = tag_close(rest, close).map_or(text.len(), |e| open + e);
-        if let Some(at) = find_word(&text[open + 2..end], name) {
-            return Some(open + 2 + at);
+        let block = &text[open + 2..end];
+        let mut k = 0;
+        while let Some(at) = find_word(&block[k..], name) {
+            let at = k + at;
+            out.push((open + 2 + at, block[at + name.len()..].chars().next()));
+            k = at + name.len();
         }
         from = end;
     }
-    None
+    out
 }
 
 /// Position in the file of byte `offset` inside the template string at `pointer`.

@@ -74,6 +74,67 @@ pub fn trial_render(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
     }
 }
 
+/// What review needs beyond what a launch needs: every step-info field is used by a
+/// template or declared ignored, and never both. (A launch takes an undeclared unused
+/// field as ignored, and tells a step that sets it.)
+pub fn check_review(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    check_ignores(src, flavor, &mut diags);
+    diags
+}
+
+fn check_ignores(src: &Source, flavor: &Flavor, diags: &mut Vec<Diagnostic>) {
+    let templates = flavor.templates();
+    let mut undeclared = Vec::new();
+    for field in crate::ignores::FIELDS {
+        let used = crate::ignores::first_use(&templates, field);
+        let ignored = flavor.ignores.contains_key(*field);
+        let d = match (used, ignored) {
+            (None, false) => {
+                undeclared.push(format!("`{field}`"));
+                continue;
+            }
+            (Some((t, offset)), true) => {
+                let pos = template_pos(src, &t.pointer, &t.text, offset);
+                Diagnostic::new(
+                    &src.path,
+                    Some(&src.text),
+                    pos,
+                    format!("`{field}` is declared ignored, but this template uses it"),
+                )
+                .with_hint(format!(
+                    "remove `{field}` from `ignores:`, or stop using it"
+                ))
+            }
+            _ => continue,
+        };
+        diags.push(d);
+    }
+    if let Some(first) = undeclared.first() {
+        let what = match undeclared.len() {
+            1 => format!("the step-info field {first}"),
+            n => format!("{n} step-info fields"),
+        };
+        diags.insert(
+            0,
+            Diagnostic::new(
+                &src.path,
+                Some(&src.text),
+                src.doc.index.nearest("/launch"),
+                format!(
+                    "the flavor neither uses nor ignores {what}: what a step sets there would \
+                     be dropped without a word ({})",
+                    undeclared.join(", ")
+                ),
+            )
+            .with_hint(format!(
+                "use each in a template, or declare why not: `ignores: {{{}: REASON}}`",
+                undeclared[0].trim_matches('`')
+            )),
+        );
+    }
+}
+
 /// Everything `runner validate` checks about one manifest. On success, the typed flavor.
 pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
     let diags = schemas::check_flavor(src);

@@ -74,8 +74,13 @@ pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
     for f in &files {
         let diags = match validate::check_file(f) {
             Err(diags) => diags,
-            // Valid: does a template run away whatever the step?
-            Ok((source, flavor)) => validate::trial_render(&source, &flavor),
+            // Valid to launch: is it complete for review, and does a template run away
+            // whatever the step?
+            Ok((source, flavor)) => {
+                let mut diags = validate::trial_render(&source, &flavor);
+                diags.extend(validate::check_review(&source, &flavor));
+                diags
+            }
         };
         if !diags.is_empty() {
             bad_files += 1;

@@ -29,6 +29,20 @@ fn not_started(e: &dyn std::error::Error) -> CliError {
 pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit, CliError> {
     let loaded = load(manifest, step)?;
     let plan = render_plan(&loaded, args.run_dir.clone())?;
+    // Before any work: what the step asks for and will not get.
+    if args.strict && !plan.ignored.is_empty() {
+        let mut e = CliError::invalid(format!(
+            "the step asks for what the flavor `{}` ignores (`--strict`)",
+            plan.flavor
+        ));
+        for i in &plan.ignored {
+            e = e.hint(i.clone());
+        }
+        return Err(e);
+    }
+    for i in &plan.ignored {
+        eprintln!("{}", steprunner::report::warning_line(i));
+    }
     exec::make_run_dir(&plan).map_err(|e| not_started(&e))?;
     if let Some(stamp) = loaded.stamp {
         stamp.write();

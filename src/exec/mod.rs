@@ -402,7 +402,8 @@ pub fn execute(
             truncated: false,
         },
         cleanup_error: None,
-        warnings: Vec::new(),
+        // What the step asked for that the flavor ignores.
+        warnings: plan.ignored.clone(),
         containment: None,
     };
     // What runners that died left is removed beside this run, not before it.

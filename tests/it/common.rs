@@ -206,6 +206,13 @@ pub fn check_first_diagnostic(fixture: &Path, out: &Output) -> Result<(), String
 }
 
 /// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
+/// `ignores:` for every step-info field: what a test manifest that uses none of them
+/// declares, so that `runner validate` checks what the test is about.
+pub const IGNORES_ALL: &str = "ignores:\n  resources.cpu_count: unused\n  \
+    resources.gpu_count: unused\n  resources.memory: unused\n  requirements.pip: unused\n  \
+    requirements.apt: unused\n  requirements.parent_image: unused\n  \
+    requirements.environment: unused\n";
+
 pub fn needs_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

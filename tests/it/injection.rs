@@ -188,7 +188,8 @@ fn manifest(shape: &str, n: usize) -> String {
     }
     format!(
         "version: 1\nname: inj\nsettings:\n  type: object\n  properties:\n{props}\
-         prepare:\n  run:\n{run}launch:\n  run: [\"{{{{ entrypoint }}}}\"]\n"
+         prepare:\n  run:\n{run}launch:\n  run: [\"{{{{ entrypoint }}}}\"]\n{}",
+        crate::common::IGNORES_ALL
     )
 }
 

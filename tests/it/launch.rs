@@ -1168,3 +1168,102 @@ fn an_engines_client_is_never_reported_as_its_step() {
         "{r}"
     );
 }
+
+/// What a step asks for and the flavor ignores is said: a warning on stderr and in the
+/// result, with the flavor's reason, also for a field the flavor declares nothing
+/// for. A field the step leaves unset is not mentioned.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn what_the_flavor_ignores_is_said_at_launch() {
+    if !needs_root() {
+        return;
+    }
+    let (out, r) = launch(&["manifests/local.yaml", "-r", "six==1.16.0", "--", "true"]);
+    out.expect_code(0);
+    let said = "the flavor ignores `requirements.pip` (six==1.16.0): the step runs with the \
+                packages of this machine";
+    let warnings = r["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(warnings[0].as_str().unwrap().starts_with(said), "{r}");
+    assert!(
+        out.stderr
+            .starts_with("runner: warning: the flavor ignores `requirements.pip`")
+    );
+    assert!(out.stderr.contains("1 warning"), "{}", out.stderr);
+    // Declared nothing, used nowhere: still said.
+    let (out, r) = launch(&[
+        "tests/fixtures/launch/engine.yaml",
+        "--gpus",
+        "0",
+        "--memory",
+        "64MiB",
+        "--",
+        "true",
+    ]);
+    out.expect_code(0);
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("ignores `resources.memory` (64.0 MiB): no template"),
+        "{r}"
+    );
+    assert!(
+        !r["warnings"].to_string().contains("gpu"),
+        "0 GPUs is not asking: {r}"
+    );
+}
+
+/// `--strict` refuses such a step before any work: exit 2, no run folder.
+#[test]
+fn strict_refuses_what_the_flavor_ignores_before_any_work() {
+    let r = Runner::new();
+    let home = r.home().to_path_buf();
+    let out = r
+        .args([
+            "launch",
+            "--strict",
+            "manifests/local.yaml",
+            "-r",
+            "six",
+            "--",
+            "true",
+        ])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .starts_with("error: the step asks for what the flavor `local` ignores"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: the flavor ignores `requirements.pip` (six)")
+    );
+    let runs = std::fs::read_dir(home.join("runs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "a run folder was made");
+    // A reviewer sees it in the plan.
+    let out = Runner::new()
+        .args([
+            "render",
+            "--format",
+            "json",
+            "manifests/local.yaml",
+            "-r",
+            "six",
+            "--",
+            "true",
+        ])
+        .run();
+    out.expect_code(0);
+    let ignored = &out.json()["ignored"];
+    assert!(
+        ignored[0]
+            .as_str()
+            .unwrap()
+            .contains("`requirements.pip` (six)"),
+        "{ignored}"
+    );
+}
