@@ -53,10 +53,23 @@ pub struct Cli {
 pub enum Cmd {
     /// Check manifests: YAML syntax, the flavor schema, the settings schema, templates and variables
     Validate {
-        /// Manifest files, or folders searched for `*.yaml` / `*.yml`
+        /// Manifest files, or folders searched for `*.yaml` / `*.yml` (not flavor test
+        /// files: `*.case.yaml`, `*.plan.yaml`)
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// `human` (with source lines), `github` (pull-request annotations) or `json`
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Run flavor test cases: render each case's step info and check the plan
+    Test {
+        /// Case files, or folders searched for `*.case.yaml`
+        #[arg(default_value = "manifests/tests")]
+        paths: Vec<PathBuf>,
+        /// Write each case's golden plan as rendered now, instead of comparing
+        #[arg(long)]
+        update: bool,
+        /// `human` (with plan diffs), `github` (pull-request annotations) or `json`
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },

@@ -8,6 +8,7 @@
 
 pub mod bounded;
 pub mod cache;
+pub mod cases;
 pub mod cgroup;
 pub mod cli;
 pub mod complete;

@@ -67,13 +67,7 @@ pub fn register(
         source,
     };
     std::fs::create_dir_all(home.flavors()).map_err(write_err)?;
-    let tmp = dest.with_extension(format!("yaml.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &src.text)
-        .and_then(|()| std::fs::rename(&tmp, &dest))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            write_err(e)
-        })?;
+    crate::util::write_file_atomic(&dest, src.text.as_bytes()).map_err(write_err)?;
     Ok((flavor.name, dest, how))
 }
 

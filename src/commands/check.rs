@@ -44,6 +44,7 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| MANIFEST_EXTENSIONS.contains(&e))
+                && !steprunner::cases::is_test_file(&p)
             {
                 out.push(p);
             }
@@ -65,6 +66,84 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
         }
     }
     Ok(out)
+}
+
+/// `runner test`: every case, a line each (and the diff of a mismatching plan); exit 1
+/// when one fails, 2 when a case file is itself wrong.
+pub fn test(paths: &[PathBuf], update: bool, format: Format) -> Result<Exit, CliError> {
+    use steprunner::cases::{self, Verdict};
+    let files = cases::find(paths).map_err(|e| {
+        CliError::invalid(format!("cannot list the test cases: {e}"))
+            .hint("`runner test [PATH…]` takes case files or folders (default `manifests/tests`)")
+    })?;
+    if files.is_empty() {
+        return Err(CliError::invalid(format!(
+            "no test cases in {}",
+            paths.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
+        ))
+        .hint("a case is a `*.case.yaml` file with `manifest:`, `info:` and `golden:`, `expect:` or `refused:`"));
+    }
+    let results: Vec<cases::CaseResult> = files.iter().map(|f| cases::run(f, update)).collect();
+    let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
+    let (passed, failed, invalid) = (
+        count(Verdict::Passed),
+        count(Verdict::Failed),
+        count(Verdict::Invalid),
+    );
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("results serialize")
+        ),
+        Format::Github => {
+            for r in results.iter().filter(|r| r.verdict != Verdict::Passed) {
+                for f in &r.failures {
+                    println!(
+                        "::error file={},line=1,title=runner test {}::{}",
+                        r.file.display(),
+                        r.case,
+                        f.replace('%', "%25").replace('\n', "%0A")
+                    );
+                }
+            }
+        }
+        Format::Human => {
+            for r in &results {
+                let mark = match (&r.verdict, r.updated) {
+                    (Verdict::Passed, true) => "UPDATED",
+                    (Verdict::Passed, false) => "PASS",
+                    (Verdict::Failed, _) => "FAIL",
+                    (Verdict::Invalid, _) => "INVALID",
+                };
+                println!("{mark:<7} {} ({})", r.case, r.file.display());
+                for f in &r.failures {
+                    println!("        {f}");
+                }
+                if let Some(d) = &r.diff {
+                    for line in d.lines() {
+                        println!("        {line}");
+                    }
+                }
+            }
+            eprintln!(
+                "runner test: {} case{}: {passed} passed, {failed} failed{}",
+                results.len(),
+                plural(results.len()),
+                if invalid > 0 {
+                    format!(", {invalid} invalid")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(if invalid > 0 {
+        Exit::Invalid
+    } else if failed > 0 {
+        Exit::Failed
+    } else {
+        Exit::Success
+    })
 }
 
 pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {

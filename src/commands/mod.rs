@@ -23,6 +23,8 @@ pub enum Exit {
     Invalid,
     /// `wait --timeout` gave up: the run goes on.
     StillRunning,
+    /// What was checked does not hold (`runner test`: a case failed).
+    Failed,
     /// The runner itself could not do its work.
     Runner,
     /// The step's own exit code (0 to 255), from its result.
@@ -47,6 +49,7 @@ impl From<Exit> for ExitCode {
             Exit::Success => 0,
             Exit::Invalid => Exit::INVALID,
             Exit::StillRunning => Exit::STILL_RUNNING,
+            Exit::Failed => 1,
             Exit::Runner => Exit::RUNNER,
             Exit::Step(n) => n,
         })
@@ -121,6 +124,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
     match cmd {
         Cmd::Validate { paths, format } => check::validate(&paths, format),
+        Cmd::Test {
+            paths,
+            update,
+            format,
+        } => check::test(&paths, update, format),
         Cmd::Render {
             manifest,
             step,

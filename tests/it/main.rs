@@ -14,6 +14,7 @@ mod launch;
 mod lifecycle;
 mod registry;
 mod render;
+mod review;
 mod slurm;
 mod validate;
 mod zenml;
