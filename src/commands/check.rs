@@ -56,10 +56,20 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
             let before = out.len();
             walk(p, &mut out, &mut std::collections::HashSet::new());
             if out.len() == before {
-                return Err(CliError::invalid(format!(
+                let e = CliError::invalid(format!(
                     "no manifests in `{}`: no *.yaml, *.yml or *.json file in it or below",
                     p.display()
-                )));
+                ));
+                let cases = steprunner::cases::find(std::slice::from_ref(p)).unwrap_or_default();
+                return Err(if cases.is_empty() {
+                    e
+                } else {
+                    e.hint(format!(
+                        "it holds flavor test cases (*.case.yaml), which are not manifests: \
+                         `runner test {}` runs them",
+                        p.display()
+                    ))
+                });
             }
         } else {
             out.push(p.clone());
