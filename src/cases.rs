@@ -147,7 +147,73 @@ pub const HOME: &str = "/runner-home";
 pub const CWD: &str = "/src";
 pub const RUN_ID: &str = "20260101T000000-case-00000000";
 
-/// Render `info` through the manifest at the fixed place.
+/// A case read, with its manifest and step info.
+struct Loaded {
+    spec: CaseFile,
+    manifest: PathBuf,
+    src: Source,
+    info: StepInfo,
+}
+
+/// Reads a file of a case (the case, its manifest, its step info): from the working
+/// tree, or from a git revision (`runner diff`).
+pub type Reader<'a> = &'a dyn Fn(&Path) -> Result<String, String>;
+
+/// [`Reader`] of the working tree, with the input caps of every manifest read.
+pub fn working_tree(p: &Path) -> Result<String, String> {
+    Source::read(p)
+        .map(|s| s.text)
+        .map_err(|e| crate::diag::error_chain(&e))
+}
+
+fn load(file: &Path, read: Reader<'_>) -> Result<Loaded, String> {
+    let text = read(file)?;
+    let case = Source::parse(file, text).map_err(|e| crate::diag::error_chain(&e))?;
+    let spec: CaseFile = serde_json::from_value(case.doc.value.clone())
+        .map_err(|e| format!("not a test case: {e}"))?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let manifest = base.join(&spec.manifest);
+    let info = match &spec.info {
+        None => StepInfo::parse(file, "{}".into()),
+        Some(Value::String(f)) => {
+            let f = base.join(f);
+            StepInfo::parse(&f, read(&f)?)
+        }
+        Some(v) => StepInfo::parse(file, v.to_string()),
+    };
+    let info = match info {
+        Ok(i) => i,
+        Err(crate::step_info::InfoError::Invalid(d)) => {
+            let why = d.first().map(|d| d.message.clone()).unwrap_or_default();
+            return Err(format!("its step info is invalid: {why}"));
+        }
+        Err(e) => return Err(format!("its step info: {}", crate::diag::error_chain(&e))),
+    };
+    let src =
+        Source::parse(&manifest, read(&manifest)?).map_err(|e| crate::diag::error_chain(&e))?;
+    Ok(Loaded {
+        spec,
+        manifest,
+        src,
+        info,
+    })
+}
+
+/// The plan a case renders to (as JSON), read through `read`: its manifest's, or the
+/// error its manifest refuses the step with. `Err` when the case itself cannot be read.
+pub fn plan_of(file: &Path, read: Reader<'_>) -> Result<(PathBuf, Result<Value, String>), String> {
+    let l = load(file, read)?;
+    let plan = render(&l.src, &l.info)
+        .map(|p| serde_json::to_value(&p).unwrap_or(Value::Null))
+        .map_err(|d| d.first().map(located).unwrap_or_default());
+    Ok((l.manifest, plan))
+}
+
+/// Render `info` through the manifest at the fixed place (see the module's note).
+pub fn render_fixed(src: &Source, info: &StepInfo) -> Result<Plan, Vec<crate::diag::Diagnostic>> {
+    render(src, info)
+}
+
 fn render(src: &Source, info: &StepInfo) -> Result<Plan, Vec<crate::diag::Diagnostic>> {
     let flavor = crate::validate::check_flavor(src)?;
     let home = Home::new(HOME);
@@ -195,38 +261,17 @@ pub fn run(file: &Path, update: bool) -> CaseResult {
         out.failures.push(why);
         out
     };
-    let spec: CaseFile = match Source::read(file) {
-        Ok(src) => match serde_json::from_value(src.doc.value.clone()) {
-            Ok(c) => c,
-            Err(e) => return invalid(out, format!("not a test case: {e}")),
-        },
-        Err(e) => return invalid(out, crate::diag::error_chain(&e)),
+    let Loaded {
+        spec,
+        manifest,
+        src,
+        info,
+    } = match load(file, &working_tree) {
+        Ok(l) => l,
+        Err(why) => return invalid(out, why),
     };
     let base = file.parent().unwrap_or(Path::new("."));
-    let manifest = base.join(&spec.manifest);
-    out.manifest = Some(manifest.clone());
-    let info = match &spec.info {
-        None => StepInfo::parse(file, "{}".into()),
-        Some(Value::String(f)) => StepInfo::read(&base.join(f)),
-        Some(v) => StepInfo::parse(file, v.to_string()),
-    };
-    let info = match info {
-        Ok(i) => i,
-        Err(crate::step_info::InfoError::Invalid(d)) => {
-            let why = d.first().map(|d| d.message.clone()).unwrap_or_default();
-            return invalid(out, format!("its step info is invalid: {why}"));
-        }
-        Err(e) => {
-            return invalid(
-                out,
-                format!("its step info: {}", crate::diag::error_chain(&e)),
-            );
-        }
-    };
-    let src = match Source::read(&manifest) {
-        Ok(s) => s,
-        Err(e) => return invalid(out, crate::diag::error_chain(&e)),
-    };
+    out.manifest = Some(manifest);
     match (render(&src, &info), &spec.refused) {
         (Ok(plan), None) => {
             let value = serde_json::to_value(&plan).unwrap_or(Value::Null);

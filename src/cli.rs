@@ -49,6 +49,14 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// How `runner diff` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffFormat {
+    Human,
+    Markdown,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Check manifests: YAML syntax, the flavor schema, the settings schema, templates and variables
@@ -72,6 +80,25 @@ pub enum Cmd {
         /// `human` (with plan diffs), `github` (pull-request annotations) or `json`
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+    },
+    /// Show what changes in what runs: every test case's plan at two revisions
+    /// (`--git BASE [HEAD]`; HEAD defaults to the working tree), or one step through
+    /// two manifests (`OLD NEW`)
+    Diff {
+        /// The base revision, and the head one (default: the working tree)
+        #[arg(long, num_args = 1..=2, value_names = ["BASE", "HEAD"])]
+        git: Vec<String>,
+        /// Two manifests to compare, for the step given by the step options
+        #[arg(conflicts_with = "git")]
+        manifests: Vec<PathBuf>,
+        /// Folders of test cases to compare (`--git`)
+        #[arg(long = "cases", value_name = "DIR", default_value = "manifests/tests")]
+        cases: Vec<PathBuf>,
+        #[command(flatten)]
+        step: StepArgs,
+        /// `human`, `markdown` (a pull-request comment) or `json`
+        #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
+        format: DiffFormat,
     },
     /// Print the fully rendered plan a launch would run
     Render {

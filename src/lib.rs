@@ -22,6 +22,7 @@ pub mod limits;
 pub mod logs;
 pub mod manifest;
 pub mod plan;
+pub mod plandiff;
 pub mod registry;
 pub mod render;
 pub mod report;

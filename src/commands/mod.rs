@@ -5,6 +5,7 @@
 
 mod cache;
 mod check;
+mod diff;
 mod flavor;
 mod launch;
 mod runs;
@@ -124,6 +125,13 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
     match cmd {
         Cmd::Validate { paths, format } => check::validate(&paths, format),
+        Cmd::Diff {
+            git,
+            manifests,
+            cases,
+            step,
+            format,
+        } => diff::diff(&git, &manifests, &cases, &step, format),
         Cmd::Test {
             paths,
             update,

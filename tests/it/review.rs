@@ -144,3 +144,128 @@ fn a_refusal_is_a_case_too() {
     assert!(out.stdout.contains("refused at "), "{}", out.stdout);
     assert!(out.stdout.contains("not at t.yaml:9"), "{}", out.stdout);
 }
+
+/// `git …` in `dir`, as a test's own committer.
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A commit that changes a manifest shows exactly that change in the plans of its
+/// cases, the risky ones named, and nothing else; the base is read with git, nothing
+/// checked out (the working tree is left as it is).
+#[test]
+fn diff_at_two_revisions_shows_what_changes_in_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("manifests/tests")).unwrap();
+    let manifest = |memory: &str, extra: &str| {
+        format!(
+            "version: 1\nname: t\nlaunch:\n  run:\n    script: |\n      echo start{extra}\n      \
+             exec \"$@\"\n  limits:\n    memory: {memory}\n    pids: 100\n{IGNORES_ALL}"
+        )
+    };
+    write(&d.join("manifests"), "t.yaml", &manifest("256MiB", ""));
+    write(&d.join("manifests"), "other.yaml", &manifest("64MiB", ""));
+    for (case, m) in [("t", "t"), ("other", "other")] {
+        write(
+            &d.join("manifests/tests"),
+            &format!("{case}.case.yaml"),
+            &format!(
+                "manifest: ../{m}.yaml\ninfo:\n  entrypoint: [\"true\"]\nexpect:\n  - {{at: launch.limits.pids, equals: 100}}\n"
+            ),
+        );
+    }
+    git(d, &["init", "-q"]);
+    git(d, &["add", "."]);
+    git(d, &["commit", "-q", "-m", "base"]);
+    // The change under review: more memory, and shell text put in unquoted.
+    write(
+        &d.join("manifests"),
+        "t.yaml",
+        &manifest("1GiB", " {{ 'x' | safe }}"),
+    );
+    let run = |args: &[&str]| Runner::new().current_dir(d).arg("diff").args(args).run();
+    let out = run(&["--git", "HEAD"]);
+    out.expect_code(0);
+    let text = &out.stdout;
+    assert!(
+        text.starts_with("runner diff: HEAD → working tree\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("launch.limits.memory_bytes: 268435456 → 1073741824  ! a limit is raised"),
+        "{text}"
+    );
+    assert!(text.contains("! shell text is put in unquoted"), "{text}");
+    assert!(text.contains("  - echo start\n"), "{text}");
+    assert!(text.contains("  + echo start x\n"), "{text}");
+    assert!(
+        !text.contains("other ("),
+        "an unchanged case is not listed: {text}"
+    );
+    assert!(
+        text.contains("manifests/other.yaml: 0 of 1 cases change, 0 risky"),
+        "{text}"
+    );
+    assert!(
+        out.stderr
+            .contains("1 of 2 cases change what runs; 2 risky changes"),
+        "{}",
+        out.stderr
+    );
+
+    // Committed, the same change between two revisions; as a pull-request comment.
+    git(d, &["commit", "-q", "-am", "more memory"]);
+    let out = run(&["--git", "HEAD~1", "HEAD", "--format", "markdown"]);
+    out.expect_code(0);
+    assert!(
+        out.stdout.starts_with("### `runner diff`: HEAD~1 → HEAD\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("| `manifests/t.yaml` | 1 | 1 | 2 |"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("⚠️ a limit is raised"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["--git", "HEAD~1", "HEAD", "--format", "json"]);
+    let cases = out.json();
+    let t = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == "t")
+        .unwrap();
+    assert_eq!(t["status"], "changed");
+    assert_eq!(t["changes"][0]["risk"], "limit_raised");
+    // Nothing changes between a revision and itself.
+    let out = run(&["--git", "HEAD", "HEAD"]);
+    assert!(
+        out.stderr.contains("0 of 2 cases change what runs"),
+        "{}",
+        out.stderr
+    );
+    run(&["--git", "no-such-rev"]).expect_code(2);
+}
