@@ -240,7 +240,7 @@ pub fn plan_yaml(plan: &Plan) -> String {
 }
 
 /// Run one case; with `update`, (re)write its golden plan instead of comparing.
-pub fn run(file: &Path, update: bool) -> CaseResult {
+pub fn run(file: &Path, update: bool, policy: Option<&crate::policy::Policy>) -> CaseResult {
     let name = file.file_name().and_then(|s| s.to_str()).unwrap_or("case");
     let case = name
         .strip_suffix(".case.yaml")
@@ -274,6 +274,13 @@ pub fn run(file: &Path, update: bool) -> CaseResult {
     out.manifest = Some(manifest);
     match (render(&src, &info), &spec.refused) {
         (Ok(plan), None) => {
+            if let Some(p) = policy
+                && let Ok(flavor) = crate::validate::check_flavor(&src)
+            {
+                for d in p.check_plan(&src, &flavor, &info, &plan) {
+                    out.failures.push(located(&d));
+                }
+            }
             let value = serde_json::to_value(&plan).unwrap_or(Value::Null);
             for e in &spec.expect {
                 if let Some(f) = check(&value, e) {

@@ -68,6 +68,9 @@ pub enum Cmd {
         /// `human` (with source lines), `github` (pull-request annotations) or `json`
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+        /// Also check the manifests against this policy (default: `$RUNNER_POLICY`)
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Run flavor test cases: render each case's step info and check the plan
     Test {
@@ -80,6 +83,9 @@ pub enum Cmd {
         /// `human` (with plan diffs), `github` (pull-request annotations) or `json`
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+        /// Also check every case's plan against this policy (default: `$RUNNER_POLICY`)
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Show what changes in what runs: every test case's plan at two revisions
     /// (`--git BASE [HEAD]`; HEAD defaults to the working tree), or one step through
@@ -207,7 +213,8 @@ pub enum Cmd {
     },
     /// Print an embedded JSON Schema
     Schema {
-        /// Which schema: a flavor manifest, a step-info file, or a launch's result
+        /// Which schema: a flavor manifest, a step-info file, a launch's result, or a
+        /// policy file
         #[arg(value_enum)]
         which: SchemaKind,
     },
@@ -279,6 +286,10 @@ pub struct LaunchArgs {
     /// of warning
     #[arg(long)]
     pub strict: bool,
+    /// Refuse a step whose plan breaks this policy, before anything runs (default:
+    /// `$RUNNER_POLICY`)
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Give the step the runner's stdin (default: /dev/null)
     #[arg(long, conflicts_with = "detach")]
     pub stdin: bool,
@@ -368,6 +379,7 @@ pub enum SchemaKind {
     Flavor,
     StepInfo,
     Result,
+    Policy,
 }
 
 impl StepArgs {

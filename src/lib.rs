@@ -23,6 +23,7 @@ pub mod logs;
 pub mod manifest;
 pub mod plan;
 pub mod plandiff;
+pub mod policy;
 pub mod registry;
 pub mod render;
 pub mod report;

@@ -80,8 +80,14 @@ fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
 
 /// `runner test`: every case, a line each (and the diff of a mismatching plan); exit 1
 /// when one fails, 2 when a case file is itself wrong.
-pub fn test(paths: &[PathBuf], update: bool, format: Format) -> Result<Exit, CliError> {
+pub fn test(
+    paths: &[PathBuf],
+    update: bool,
+    format: Format,
+    policy: Option<&Path>,
+) -> Result<Exit, CliError> {
     use steprunner::cases::{self, Verdict};
+    let policy = steprunner::policy::Policy::from_arg(policy).map_err(CliError::Diagnostics)?;
     let files = cases::find(paths).map_err(|e| {
         CliError::invalid(format!("cannot list the test cases: {e}"))
             .hint("`runner test [PATH…]` takes case files or folders (default `manifests/tests`)")
@@ -93,7 +99,10 @@ pub fn test(paths: &[PathBuf], update: bool, format: Format) -> Result<Exit, Cli
         ))
         .hint("a case is a `*.case.yaml` file with `manifest:`, `info:` and `golden:`, `expect:` or `refused:`"));
     }
-    let results: Vec<cases::CaseResult> = files.iter().map(|f| cases::run(f, update)).collect();
+    let results: Vec<cases::CaseResult> = files
+        .iter()
+        .map(|f| cases::run(f, update, policy.as_ref()))
+        .collect();
     let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
     let (passed, failed, invalid) = (
         count(Verdict::Passed),
@@ -156,7 +165,12 @@ pub fn test(paths: &[PathBuf], update: bool, format: Format) -> Result<Exit, Cli
     })
 }
 
-pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
+pub fn validate(
+    paths: &[PathBuf],
+    format: Format,
+    policy: Option<&Path>,
+) -> Result<Exit, CliError> {
+    let policy = steprunner::policy::Policy::from_arg(policy).map_err(CliError::Diagnostics)?;
     let files = manifest_files(paths)?;
     let mut all = Vec::new();
     let mut bad_files = 0;
@@ -168,6 +182,9 @@ pub fn validate(paths: &[PathBuf], format: Format) -> Result<Exit, CliError> {
             Ok((source, flavor)) => {
                 let mut diags = validate::trial_render(&source, &flavor);
                 diags.extend(validate::check_review(&source, &flavor));
+                if let Some(p) = &policy {
+                    diags.extend(p.check_manifest(&source, &flavor));
+                }
                 diags
             }
         };

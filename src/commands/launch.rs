@@ -29,7 +29,16 @@ fn not_started(e: &dyn std::error::Error) -> CliError {
 pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit, CliError> {
     let loaded = load(manifest, step)?;
     let plan = render_plan(&loaded, args.run_dir.clone())?;
-    // Before any work: what the step asks for and will not get.
+    // Before any work: the organisation's rules, and what the step asks for and will
+    // not get.
+    if let Some(policy) = steprunner::policy::Policy::from_arg(args.policy.as_deref())
+        .map_err(CliError::Diagnostics)?
+    {
+        let broken = policy.check_plan(&loaded.source, &loaded.flavor, &loaded.info, &plan);
+        if !broken.is_empty() {
+            return Err(CliError::Diagnostics(broken));
+        }
+    }
     if args.strict && !plan.ignored.is_empty() {
         let mut e = CliError::invalid(format!(
             "the step asks for what the flavor `{}` ignores (`--strict`)",

@@ -124,7 +124,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// Run one command.
 pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
     match cmd {
-        Cmd::Validate { paths, format } => check::validate(&paths, format),
+        Cmd::Validate {
+            paths,
+            format,
+            policy,
+        } => check::validate(&paths, format, policy.as_deref()),
         Cmd::Diff {
             git,
             manifests,
@@ -136,7 +140,8 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
             paths,
             update,
             format,
-        } => check::test(&paths, update, format),
+            policy,
+        } => check::test(&paths, update, format, policy.as_deref()),
         Cmd::Render {
             manifest,
             step,
@@ -191,6 +196,7 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
                     SchemaKind::Flavor => schemas::FLAVOR_SCHEMA,
                     SchemaKind::StepInfo => schemas::STEP_INFO_SCHEMA,
                     SchemaKind::Result => schemas::RESULT_SCHEMA,
+                    SchemaKind::Policy => steprunner::policy::POLICY_SCHEMA,
                 }
             );
             Ok(Exit::Success)

@@ -269,3 +269,77 @@ fn diff_at_two_revisions_shows_what_changes_in_what_runs() {
     );
     run(&["--git", "no-such-rev"]).expect_code(2);
 }
+
+/// One policy file, the same rules: what `validate` finds in the manifests, `test` in
+/// the cases' plans and `launch` in the step's plan, before any work (no run folder,
+/// no cache entry); `$RUNNER_POLICY` is the same as `--policy`.
+#[test]
+fn a_policy_is_enforced_alike_by_validate_test_and_launch() {
+    let policy = "examples/policy/policy.yaml";
+    let out = runner(["validate", "--policy", policy, "manifests/"]);
+    out.expect_code(2);
+    for f in ["kubernetes", "sagemaker", "vertex"] {
+        assert!(
+            out.stderr.contains(&format!(
+                "error: policy: flavor `{f}` is not allowed\n  --> manifests/{f}.yaml:3:7"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr
+            .contains("the rule is at examples/policy/policy.yaml:16:5"),
+        "{}",
+        out.stderr
+    );
+    runner(["validate", "manifests/"]).expect_code(0);
+
+    let out = runner(["test", "--policy", policy]);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains("policy: the step must set `account` (`--set account=…`): jobs are charged to a project account"),
+        "{}",
+        out.stdout
+    );
+
+    // Launch: refused before prepare, exit 2, nothing made.
+    for how in ["flag", "env"] {
+        let r = Runner::new();
+        let home = r.home().to_path_buf();
+        let r = match how {
+            "flag" => r.args(["launch", "--policy", policy]),
+            _ => r.env("RUNNER_POLICY", policy).arg("launch"),
+        };
+        let out = r
+            .args(["manifests/venv.yaml", "--memory", "100GiB", "--", "true"])
+            .run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.starts_with(
+                "error: policy: the step asks for 100.0 GiB of memory, over 64.0 GiB: more than \
+                 64 GiB needs the platform team's approval\n  --> manifests/venv.yaml:"
+            ),
+            "{how}: {}",
+            out.stderr
+        );
+        for made in ["runs", "cache"] {
+            assert!(!home.join(made).exists(), "{how}: `{made}` was made");
+        }
+    }
+    // A wrong policy is an error in the policy file, not a pass.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        "version: 1\nrules:\n  - max_mem: 1GiB\n",
+    );
+    let out = runner([
+        "validate".as_ref(),
+        "--policy".as_ref(),
+        dir.path().join("p.yaml").as_os_str(),
+        "manifests/local.yaml".as_ref(),
+    ]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("p.yaml:3:5"), "{}", out.stderr);
+}
