@@ -9,6 +9,7 @@ fn main() {
         ("STEPRUNNER_SLURM", "slurm"),
         ("STEPRUNNER_ZENML_PYTHON", "zenml"),
         ("STEPRUNNER_GUEST", "guest"),
+        ("STEPRUNNER_RAY_ADDRESS", "ray"),
     ];
     let mut names: Vec<String> = engines
         .iter()

@@ -90,6 +90,10 @@ pub enum Enforcement {
     /// reported in `$RUNNER_ENGINE_OUTCOME`.
     #[serde(rename = "engine")]
     Engine,
+    /// The engine only schedules it (places the step where it fits): nothing holds the
+    /// step to it once it runs (Ray's memory).
+    #[serde(rename = "scheduler")]
+    Scheduler,
     /// Asked for but not enforced (`--best-effort-limits`).
     #[serde(rename = "none")]
     None,

@@ -476,11 +476,25 @@ pub fn summary(outcome: &Outcome) -> String {
     if !not_enforced.is_empty() {
         parts.push(format!("NOT enforced: {}", not_enforced.join(", ")));
     }
+    let scheduled: Vec<&str> = outcome
+        .limits
+        .iter()
+        .filter(|_| ran)
+        .filter(|l| l.enforced_by == Enforcement::Scheduler)
+        .map(|l| l.name.as_str())
+        .collect();
+    if !scheduled.is_empty() {
+        parts.push(format!(
+            "only scheduled, NOT enforced: {}",
+            scheduled.join(", ")
+        ));
+    }
     let undoable: Vec<&str> = outcome
         .limits
         .iter()
         .filter(|_| ran)
-        .filter(|l| l.enforced_by != Enforcement::None && !l.contained)
+        .filter(|l| !matches!(l.enforced_by, Enforcement::None | Enforcement::Scheduler))
+        .filter(|l| !l.contained)
         .filter(|l| l.name != LimitKind::Gpus)
         .map(|l| l.name.as_str())
         .collect();

@@ -49,6 +49,9 @@ struct EngineLimit {
     /// The step could not undo it (no privilege over its container's cgroup).
     #[serde(default)]
     contained: bool,
+    /// The engine only schedules it: nothing holds the step to it.
+    #[serde(default)]
+    scheduled_only: bool,
 }
 
 impl EngineOutcome {
@@ -249,8 +252,12 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
                 out.limits.push(LimitRecord {
                     name: l.name,
                     value: l.value.clone(),
-                    enforced_by: Enforcement::Engine,
-                    contained: l.contained,
+                    enforced_by: if l.scheduled_only {
+                        Enforcement::Scheduler
+                    } else {
+                        Enforcement::Engine
+                    },
+                    contained: l.contained && !l.scheduled_only,
                 });
             }
             out.client = Some(here);

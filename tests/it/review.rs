@@ -23,15 +23,16 @@ fn shipped_flavor_cases_pass() {
         .count();
     assert!(cases >= 12, "every shipped flavor has cases");
     assert_eq!(passed, cases, "{}", out.stdout);
-    for flavor in [
-        "local",
-        "venv",
-        "docker",
-        "slurm",
-        "kubernetes",
-        "sagemaker",
-        "vertex",
-    ] {
+    // Every shipped manifest, so that a new flavor cannot come without cases.
+    let flavors: Vec<String> = std::fs::read_dir(root().join("manifests"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".yaml").map(str::to_owned)
+        })
+        .collect();
+    assert!(flavors.len() >= 8, "{flavors:?}");
+    for flavor in flavors {
         assert!(
             out.stdout.contains(&format!("PASS    {flavor}-")),
             "no case for {flavor}: {}",
