@@ -232,6 +232,12 @@ impl Policy {
                 .unwrap_or_else(|| src.doc.index.nearest(ptr))
         };
         let settings = crate::settings::resolve(src, flavor, &info.settings).unwrap_or_default();
+        let setting = |name: &str| {
+            settings
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let limits = &plan.launch.limits;
         let engine = plan.launch.measured_by == MeasuredBy::Engine;
         let r_ = &info.resources;
@@ -323,18 +329,12 @@ impl Policy {
                         ),
                         (
                             "setting `image`",
-                            settings
-                                .get("image")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned),
+                            setting("image"),
                             "/settings/properties/image",
                         ),
                         (
                             "setting `base_image`",
-                            settings
-                                .get("base_image")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned),
+                            setting("base_image"),
                             "/settings/properties/base_image",
                         ),
                     ];
@@ -349,8 +349,8 @@ impl Policy {
                     }
                 }
                 Kind::AllowedPartitions(names) => {
-                    if let Some(p) = settings.get("partition").and_then(Value::as_str)
-                        && !names.iter().any(|n| n == p)
+                    if let Some(p) = setting("partition")
+                        && !names.contains(&p)
                     {
                         out.push(r.broken(
                             src,

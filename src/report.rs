@@ -466,40 +466,26 @@ pub fn summary(outcome: &Outcome) -> String {
     // What was asked for and not enforced is said here, not only counted as a warning
     // (when the step ran: a run refused before it says why in its message).
     let ran = outcome.stages.launch.is_some();
-    let not_enforced: Vec<&str> = outcome
-        .limits
-        .iter()
-        .filter(|_| ran)
-        .filter(|l| l.enforced_by == Enforcement::None)
-        .map(|l| l.name.as_str())
-        .collect();
-    if !not_enforced.is_empty() {
-        parts.push(format!("NOT enforced: {}", not_enforced.join(", ")));
-    }
-    let scheduled: Vec<&str> = outcome
-        .limits
-        .iter()
-        .filter(|_| ran)
-        .filter(|l| l.enforced_by == Enforcement::Scheduler)
-        .map(|l| l.name.as_str())
-        .collect();
-    if !scheduled.is_empty() {
-        parts.push(format!(
-            "only scheduled, NOT enforced: {}",
-            scheduled.join(", ")
-        ));
-    }
-    let undoable: Vec<&str> = outcome
-        .limits
-        .iter()
-        .filter(|_| ran)
-        .filter(|l| !matches!(l.enforced_by, Enforcement::None | Enforcement::Scheduler))
-        .filter(|l| !l.contained)
-        .filter(|l| l.name != LimitKind::Gpus)
-        .map(|l| l.name.as_str())
-        .collect();
-    if !undoable.is_empty() {
-        parts.push(format!("the step could undo: {}", undoable.join(", ")));
+    // The limits of each kind that must be said, by name.
+    let said = |which: &dyn Fn(&LimitRecord) -> bool| -> Vec<&str> {
+        let names = outcome.limits.iter().filter(|_| ran).filter(|l| which(l));
+        names.map(|l| l.name.as_str()).collect()
+    };
+    let none = said(&|l| l.enforced_by == Enforcement::None);
+    let scheduled = said(&|l| l.enforced_by == Enforcement::Scheduler);
+    let undoable = said(&|l| {
+        !matches!(l.enforced_by, Enforcement::None | Enforcement::Scheduler)
+            && !l.contained
+            && l.name != LimitKind::Gpus
+    });
+    for (names, what) in [
+        (none, "NOT enforced"),
+        (scheduled, "only scheduled, NOT enforced"),
+        (undoable, "the step could undo"),
+    ] {
+        if !names.is_empty() {
+            parts.push(format!("{what}: {}", names.join(", ")));
+        }
     }
     match outcome.warnings.len() {
         0 => {}
