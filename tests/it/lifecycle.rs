@@ -145,6 +145,10 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
     let w = runner(home.path(), &["wait", &id]);
     w.expect_code(125);
     assert!(w.stderr.contains("is lost"), "{}", w.stderr);
+    // Nothing to cancel: said, and not a success.
+    let c = runner(home.path(), &["cancel", &id]);
+    c.expect_code(125);
+    assert!(c.stderr.contains("is lost"), "{}", c.stderr);
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive("sleep 1000.9191") {
         assert!(
