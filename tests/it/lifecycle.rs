@@ -131,6 +131,16 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
         .unwrap()
         .parse()
         .unwrap();
+    // Killed while its step runs (in its cgroups).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alive("sleep 1000.9191") {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !crate::launch::cgroups_of(&id).is_empty(),
+        "the run has cgroups"
+    );
     // SAFETY: killing the supervisor this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,6 +167,14 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The next launch removes the dead run's cgroups: nothing is left behind.
+    runner(
+        home.path(),
+        &["launch", "-q", "manifests/local.yaml", "--", "true"],
+    )
+    .expect_code(0);
+    let left = crate::launch::cgroups_of(&id);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
