@@ -295,6 +295,23 @@ pub fn environment_with(holes: Holes) -> Environment<'static> {
         },
     );
     env.add_function("on_path", on_path);
+    // `{{ refuse("why") }}`: the flavor refuses the step, at render, with its own
+    // words — located at the template like every render error.
+    env.add_function("refuse", |why: String| -> Result<JValue, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, why))
+    });
+    // `x is matching("^[a-z]+$")`: a regular expression (the `regex` crate: linear
+    // time whatever the pattern), over the whole value as a string.
+    env.add_test(
+        "matching",
+        |v: JValue, pattern: String| -> Result<bool, Error> {
+            let re = regex::RegexBuilder::new(&pattern)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("`matching`: {e}")))?;
+            Ok(re.is_match(&plain(&v)))
+        },
+    );
     env.add_filter("hash", |v: JValue| {
         let json = serde_json::to_string(&v).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
@@ -428,6 +445,7 @@ const TEST_NAMES: &[&str] = &[
     "undefined",
     "upper",
     "containing",
+    "matching",
 ];
 
 /// Filters (`x | name`) and tests (`x is name`) a template names, with their byte
@@ -559,6 +577,7 @@ pub const CONTEXT: &[(&str, Option<&[&str]>)] = &[
 /// minijinja's own global functions are not context variables.
 pub const GLOBALS: &[&str] = &[
     "on_path",
+    "refuse",
     "range",
     "dict",
     "namespace",
@@ -844,6 +863,26 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "1024 1 536870912 3600");
+    }
+
+    /// A flavor's own refusal and a regular-expression test, and a wrong pattern is an
+    /// error, not a panic.
+    #[test]
+    fn refuse_and_matching() {
+        let env = environment();
+        let render = |t: &str| env.render_str(t, minijinja::context! { x => "ab-1" });
+        assert_eq!(
+            render("{{ x is matching('^[a-z0-9-]+$') }}").unwrap(),
+            "True"
+        );
+        assert_eq!(
+            render("{{ x is not matching('^[a-z]+$') }}").unwrap(),
+            "True"
+        );
+        let e = render("{% if x %}{{ refuse('no ' ~ x) }}{% endif %}").unwrap_err();
+        assert!(e.to_string().contains("no ab-1"), "{e}");
+        let e = render("{{ x is matching('(') }}").unwrap_err();
+        assert!(e.to_string().contains("`matching`"), "{e}");
     }
 
     /// Templates are scanned by bytes: a multi-byte character before, inside or after a

@@ -822,6 +822,8 @@ fn every_valid_manifest_renders_with_every_valid_step() {
                         Some("array") => json!([]),
                         _ if name.ends_with("_path") => json!("s3://bucket/out"),
                         _ if name.ends_with("_arn") => json!("arn:aws:iam::1:role/r"),
+                        // A value the service takes (the flavor checks its form).
+                        _ if name == "instance_type" => json!("ml.m5.large"),
                         _ => json!("x"),
                     },
                 };
