@@ -1275,9 +1275,12 @@ pub fn holes_of_template(text: &str) -> (String, Vec<usize>) {
         };
         match close {
             Some(close) => {
-                let end = super::tag_close(rest, close).map_or(rest.len(), |c| c + close.len());
+                let closed = super::tag_close(rest, close);
+                let end = closed.map_or(rest.len(), |c| c + close.len());
                 if close == "}}" {
-                    let expr = rest[2..end.saturating_sub(2).max(2)]
+                    // Up to its `}}`, or all the rest when it never closes (a template
+                    // that does not compile: reported where it is compiled).
+                    let expr = rest[2..closed.unwrap_or(rest.len())]
                         .trim_matches(['-', '+', ' ', '\n', '\t']);
                     let explicit = expr.ends_with("| safe") || expr.ends_with("|safe");
                     if !explicit {

@@ -177,6 +177,15 @@ fn template_holes_and_tags() {
     assert_eq!(double_quote_escape("a\"$`\\b"), "a\\\"\\$\\`\\\\b");
 }
 
+/// An unclosed tag that ends inside a multi-byte character neither panics nor hides
+/// the holes before it (found by the `manifest` fuzz target).
+#[test]
+fn an_unclosed_tag_before_a_multi_byte_character() {
+    let (text, offsets) = holes_of_template("echo {{ a }} \"ß {{ 'x\" {{ y ß\n");
+    assert_eq!(offsets.len(), 2, "{text:?}");
+    assert!(text.starts_with(&format!("echo {HOLE} ")), "{text:?}");
+}
+
 /// A `}}` inside a string literal does not end the interpolation (as in minijinja's
 /// lexer): `docker inspect --format {{ '{{.State.Pid}} {{.Id}}' }}` is one hole, and
 /// what follows it is read as the shell reads it.
