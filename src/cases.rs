@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::home::Home;
-use crate::manifest::Source;
+use crate::manifest::{Flavor, Source};
 use crate::plan::Plan;
 use crate::render::Where;
 use crate::step_info::StepInfo;
@@ -203,18 +203,18 @@ fn load(file: &Path, read: Reader<'_>) -> Result<Loaded, String> {
 /// error its manifest refuses the step with. `Err` when the case itself cannot be read.
 pub fn plan_of(file: &Path, read: Reader<'_>) -> Result<(PathBuf, Result<Value, String>), String> {
     let l = load(file, read)?;
-    let plan = render(&l.src, &l.info)
-        .map(|p| serde_json::to_value(&p).unwrap_or(Value::Null))
+    let plan = render_fixed(&l.src, &l.info)
+        .map(|(_, p)| serde_json::to_value(&p).unwrap_or(Value::Null))
         .map_err(|d| d.first().map(located).unwrap_or_default());
     Ok((l.manifest, plan))
 }
 
-/// Render `info` through the manifest at the fixed place (see the module's note).
-pub fn render_fixed(src: &Source, info: &StepInfo) -> Result<Plan, Vec<crate::diag::Diagnostic>> {
-    render(src, info)
-}
-
-fn render(src: &Source, info: &StepInfo) -> Result<Plan, Vec<crate::diag::Diagnostic>> {
+/// Render `info` through the manifest at the fixed place (see the module's note): the
+/// checked flavor and its plan.
+pub fn render_fixed(
+    src: &Source,
+    info: &StepInfo,
+) -> Result<(Flavor, Plan), Vec<crate::diag::Diagnostic>> {
     let flavor = crate::validate::check_flavor(src)?;
     let home = Home::new(HOME);
     let at = Where {
@@ -227,7 +227,8 @@ fn render(src: &Source, info: &StepInfo) -> Result<Plan, Vec<crate::diag::Diagno
             ("HOME".into(), "/home/runner".into()),
         ]),
     };
-    crate::render::render_bounded(src, &flavor, info, &at).map_err(|e| e.0)
+    let plan = crate::render::render_bounded(src, &flavor, info, &at).map_err(|e| e.0)?;
+    Ok((flavor, plan))
 }
 
 /// The plan as `runner render` prints it (YAML), for golden files and diffs.
@@ -272,11 +273,9 @@ pub fn run(file: &Path, update: bool, policy: Option<&crate::policy::Policy>) ->
     };
     let base = file.parent().unwrap_or(Path::new("."));
     out.manifest = Some(manifest);
-    match (render(&src, &info), &spec.refused) {
-        (Ok(plan), None) => {
-            if let Some(p) = policy
-                && let Ok(flavor) = crate::validate::check_flavor(&src)
-            {
+    match (render_fixed(&src, &info), &spec.refused) {
+        (Ok((flavor, plan)), None) => {
+            if let Some(p) = policy {
                 for d in p.check_plan(&src, &flavor, &info, &plan) {
                     out.failures.push(located(&d));
                 }

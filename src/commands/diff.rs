@@ -12,7 +12,7 @@ use steprunner::cli::{DiffFormat, StepArgs};
 use steprunner::plandiff::{self, Change};
 use steprunner::step_info::StepInfo;
 
-use super::{CliError, Exit};
+use super::{CliError, Exit, plural};
 
 /// One case at both sides.
 #[derive(serde::Serialize)]
@@ -245,7 +245,7 @@ pub fn diff(
                 let src = steprunner::manifest::Source::read(m)
                     .map_err(|e| CliError::invalid(steprunner::diag::error_chain(&e)))?;
                 Ok(match cases::render_fixed(&src, &info) {
-                    Ok(p) => serde_json::to_value(&p).unwrap_or(Value::Null),
+                    Ok((_, p)) => serde_json::to_value(&p).unwrap_or(Value::Null),
                     Err(d) => serde_json::json!({"refused": d.first().map(|d| d.message.clone())}),
                 })
             };
@@ -284,7 +284,7 @@ fn what(d: &CaseDiff) -> String {
         "changed" => format!(
             "changed, {} change{}",
             d.changes.len(),
-            if d.changes.len() == 1 { "" } else { "s" }
+            plural(d.changes.len())
         ),
         s => s.to_string(),
     }
@@ -336,8 +336,8 @@ fn print(title: &str, diffs: &[CaseDiff], format: DiffFormat) {
                 "runner diff: {} of {} case{} change what runs; {n_risky} risky change{}",
                 changed.len(),
                 diffs.len(),
-                if diffs.len() == 1 { "" } else { "s" },
-                if n_risky == 1 { "" } else { "s" }
+                plural(diffs.len()),
+                plural(n_risky)
             );
         }
         DiffFormat::Markdown => {
@@ -346,7 +346,7 @@ fn print(title: &str, diffs: &[CaseDiff], format: DiffFormat) {
                 "**{} of {} cases change what runs; {n_risky} risky change{}.**\n",
                 changed.len(),
                 diffs.len(),
-                if n_risky == 1 { "" } else { "s" }
+                plural(n_risky)
             );
             println!("| manifest | cases | changed | risky |\n|---|---|---|---|");
             summary(diffs, true, &mut |line| println!("{line}"));
