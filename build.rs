@@ -10,6 +10,7 @@ fn main() {
         ("STEPRUNNER_ZENML_PYTHON", "zenml"),
         ("STEPRUNNER_GUEST", "guest"),
         ("STEPRUNNER_RAY_ADDRESS", "ray"),
+        ("STEPRUNNER_SCHEMAS_PYTHON", "schemas"),
     ];
     let mut names: Vec<String> = engines
         .iter()

@@ -702,3 +702,286 @@ fn vertex_cancel_cancels_the_job() {
         "{calls:?}"
     );
 }
+
+// ---- the services' published schemas ----
+
+/// The Python with the Kubernetes OpenAPI schema and botocore's service models, or skip
+/// (fail under CI): `eval "$(bash .ci/engines/schemas.sh start)"`.
+fn schemas_python() -> Option<String> {
+    match std::env::var("STEPRUNNER_SCHEMAS_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var("CI").as_deref() == Ok("true") => panic!(
+            "this test needs the services' schemas and CI=true forbids skipping it: \
+             `eval \"$(bash .ci/engines/schemas.sh start)\"`"
+        ),
+        _ => {
+            eprintln!(
+                "skipped: needs the services' schemas (STEPRUNNER_SCHEMAS_PYTHON is not set)"
+            );
+            None
+        }
+    }
+}
+
+/// `check.py KIND` on `doc`: the schema's errors, one per line (empty: valid).
+fn schema_errors(python: &str, kind: &str, doc: &Value) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let file = dir.path().join("doc.json");
+    std::fs::write(&file, doc.to_string()).expect("write the document");
+    let out = Command::new(python)
+        .arg(root().join("tests/fixtures/contracts/check.py"))
+        .arg(kind)
+        .arg(&file)
+        .output()
+        .expect("the schema checker runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => Vec::new(),
+        Some(1) if !stdout.trim().is_empty() => stdout.lines().map(str::to_owned).collect(),
+        other => panic!(
+            "the schema checker failed ({other:?}): {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// What a contract step must end in: submitted, or refused before submit with a
+/// message holding this text.
+#[derive(Clone, Copy)]
+enum Want {
+    Submitted,
+    Refused(&'static str),
+}
+
+/// Steps of every shape the tests know, hostile ones included, for a contract test.
+/// Each is `(what, info file JSON, extra launch arguments, what must happen)`.
+fn contract_steps(flavor: &Flavor) -> Vec<(&'static str, Value, Vec<String>, Want)> {
+    let long_name = "Train ".repeat(60);
+    let long_arg = "a".repeat(256);
+    let many: Vec<String> = (0..99).map(|i| format!("--x{i}")).collect();
+    let sagemaker = flavor.cli == "aws";
+    let mut steps = vec![
+        (
+            "plain",
+            json!({}),
+            strings(&["--step", "Train Model"]),
+            Want::Submitted,
+        ),
+        (
+            "resources",
+            json!({}),
+            strings(&["--memory", "512MiB", "--cpus", "1.5", "--gpus", "2"]),
+            Want::Submitted,
+        ),
+        (
+            "hostile values",
+            json!({"requirements": {"parent_image": IMAGE, "environment": {"NOTE": NOTE}}}),
+            strings(&["--step", STEP, "-r", "$(touch PWNED6)"]),
+            Want::Submitted,
+        ),
+        (
+            "a long and non-ASCII name",
+            json!({"requirements": {"environment": {"A_1": "x", "_B": ""}}}),
+            strings(&["--step", &format!("{long_name}é✓")]),
+            Want::Submitted,
+        ),
+        (
+            "a long argument",
+            json!({}),
+            strings(&["--", "python3", &long_arg]),
+            Want::Submitted,
+        ),
+        (
+            "99 arguments",
+            json!({}),
+            [vec!["--".to_string(), "python3".to_string()], many].concat(),
+            Want::Submitted,
+        ),
+        (
+            "a 300-character image",
+            json!({"requirements": {"parent_image": format!("registry.example/{}:1", "i".repeat(280))}}),
+            Vec::new(),
+            if sagemaker {
+                Want::Refused("image")
+            } else {
+                Want::Submitted
+            },
+        ),
+    ];
+    if sagemaker {
+        steps.push((
+            "a 257-character argument",
+            json!({}),
+            strings(&["--", "python3", &"a".repeat(257)]),
+            Want::Refused("256"),
+        ));
+        steps.push((
+            "101 environment variables",
+            json!({"requirements": {"environment": (0..101).map(|i| (format!("V{i}"), json!("x"))).collect::<serde_json::Map<_, _>>()}}),
+            Vec::new(),
+            Want::Refused("at most 100"),
+        ));
+    }
+    if flavor.cli == "kubectl" {
+        steps.push((
+            "selector, tolerations, service account",
+            json!({"settings": {
+                "node_selector": {"pool": "gpu", "topology.kubernetes.io/zone": "eu-1a"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"operator": "Exists"},
+                    {"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 30},
+                ],
+                "env_from_secret": "train-secrets",
+            }}),
+            strings(&["--env", "HOME"]),
+            Want::Submitted,
+        ));
+        steps.push((
+            "a toleration without key or `Exists`",
+            json!({"settings": {"tolerations": [{"value": "x"}]}}),
+            Vec::new(),
+            Want::Refused("needs `operator: Exists`"),
+        ));
+    }
+    steps
+}
+
+/// Every step of [`contract_steps`] is either refused before anything is submitted
+/// (exit 2, no call to the service) or sent as a document the service's published
+/// schema accepts.
+fn submitted_documents_match_the_schema(flavor: &Flavor, kind: &str, received: &str) {
+    let Some(python) = schemas_python() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for (what, info, extra, want) in contract_steps(flavor) {
+        let fake = Fake::new();
+        let file = fake.cwd.path().join("step.json");
+        std::fs::write(&file, info.to_string()).expect("write step info");
+        let mut rest = strings(&["--info", &file.display().to_string()]);
+        rest.extend(extra);
+        let mut runner = Runner::new().current_dir(fake.cwd.path());
+        for (k, v) in fake.env("success") {
+            runner = runner.env(k, v);
+        }
+        // The step's own entrypoint when it gives one after `--`, else the tests' one.
+        let mut argv = args(flavor, &[]);
+        argv.truncate(argv.len() - ENTRYPOINT.len() - 1);
+        if !rest.iter().any(|a| a == "--") {
+            rest.push("--".into());
+            rest.extend(strings(&ENTRYPOINT));
+        }
+        argv.extend(rest);
+        let out = runner.args(["launch", "--json", "-q"]).args(argv).run();
+        match (out.code, want) {
+            (0, Want::Submitted) => {
+                let doc = fake.received(received);
+                let errors = schema_errors(&python, kind, &doc);
+                if !errors.is_empty() {
+                    failures.push(format!(
+                        "{what}: submitted, the service would refuse:\n  {}",
+                        errors.join("\n  ")
+                    ));
+                }
+            }
+            (2, Want::Refused(why)) if out.stderr.contains(why) => {
+                assert!(
+                    fake.calls().is_empty(),
+                    "{what}: refused, yet the service was called: {:?}",
+                    fake.calls()
+                );
+            }
+            (code, _) => failures.push(format!(
+                "{what}: exit {code}, not what was expected:\n{}{}",
+                out.stdout, out.stderr
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+#[cfg_attr(
+    skip_engine_schemas,
+    ignore = "needs the services' schemas: eval \"$(bash .ci/engines/schemas.sh start)\""
+)]
+fn kubernetes_jobs_match_the_kubernetes_openapi_schema() {
+    submitted_documents_match_the_schema(&KUBERNETES, "kubernetes", "job.json");
+}
+
+#[test]
+#[cfg_attr(
+    skip_engine_schemas,
+    ignore = "needs the services' schemas: eval \"$(bash .ci/engines/schemas.sh start)\""
+)]
+fn sagemaker_requests_match_botocores_service_model() {
+    submitted_documents_match_the_schema(&SAGEMAKER, "sagemaker", "request.json");
+}
+
+/// The checker can fail: a Job and a request the services would refuse are refused.
+#[test]
+#[cfg_attr(
+    skip_engine_schemas,
+    ignore = "needs the services' schemas: eval \"$(bash .ci/engines/schemas.sh start)\""
+)]
+fn the_schema_check_refuses_what_the_services_refuse() {
+    let Some(python) = schemas_python() else {
+        return;
+    };
+    let fake = Fake::new();
+    let (out, _, _) = launch(&fake, &KUBERNETES, "success", &[]);
+    out.expect_code(0);
+    let job = fake.received("job.json");
+    assert_eq!(
+        schema_errors(&python, "kubernetes", &job),
+        Vec::<String>::new()
+    );
+    let mut bad = job.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["resource"] = json!({});
+    bad["spec"]["backoffLimit"] = json!("none");
+    let errors = schema_errors(&python, "kubernetes", &bad);
+    assert!(
+        errors.iter().any(|e| e.contains("resource"))
+            || errors.iter().any(|e| e.contains("backoffLimit")),
+        "{errors:?}"
+    );
+
+    let fake = Fake::new();
+    let (out, _, _) = launch(&fake, &SAGEMAKER, "success", &[]);
+    out.expect_code(0);
+    let req = fake.received("request.json");
+    assert_eq!(
+        schema_errors(&python, "sagemaker", &req),
+        Vec::<String>::new()
+    );
+    for (pointer, value, error) in [
+        (
+            "/TrainingJobName",
+            json!("-starts-with-a-dash"),
+            "TrainingJobName",
+        ),
+        ("/Environment", json!({"1BAD": "x"}), "1BAD"),
+        (
+            "/AlgorithmSpecification/ContainerArguments",
+            json!(vec!["a"; 101]),
+            "at most 100",
+        ),
+        (
+            "/ResourceConfig/InstanceCount",
+            json!("one"),
+            "InstanceCount",
+        ),
+    ] {
+        let mut bad = req.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+        bad.pointer_mut(if parent.is_empty() { "" } else { parent })
+            .expect("the parent exists")[key] = value;
+        let errors = schema_errors(&python, "sagemaker", &bad);
+        assert!(
+            errors.iter().any(|e| e.contains(error)),
+            "{pointer}: {errors:?}"
+        );
+    }
+}
