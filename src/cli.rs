@@ -160,6 +160,19 @@ pub enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Show how a finished run used memory and CPU: a chart against its limits and
+    /// the memory to give the step
+    Show {
+        /// A run id (or a unique prefix), or a run folder
+        #[arg(add = ArgValueCandidates::new(complete::run_ids))]
+        run: String,
+        /// Also write the profile as an SVG chart to this file
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Print JSON: peak, limits, suggestion and the profile
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's step output
     Logs {
         /// A run id (or a unique prefix), or a run folder

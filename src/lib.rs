@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod plan;
 pub mod plandiff;
 pub mod policy;
+pub mod profile;
 pub mod registry;
 pub mod render;
 pub mod report;

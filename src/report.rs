@@ -148,6 +148,9 @@ pub struct Outcome {
     /// (`measured_by: engine`): never presented as the step's.
     #[serde(default)]
     pub client: Option<Usage>,
+    /// The step's memory and CPU use over the launch, sampled from its cgroup.
+    #[serde(default)]
+    pub profile: Option<crate::profile::Profile>,
     pub leftover_processes_killed: u64,
     pub limits: Vec<LimitRecord>,
     /// How the step was kept from undoing its limits; null when it never started.

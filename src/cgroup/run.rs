@@ -320,6 +320,17 @@ impl RunCgroup {
         }
     }
 
+    /// Memory in use and CPU time used so far (ns), for the step's profile: one or two
+    /// small reads, cheap enough to take often.
+    pub fn usage_now(&self) -> (Option<u64>, Option<u64>) {
+        let cpu = match (self.version, &self.cpuacct, &self.unified) {
+            (Version::V1, Some(dir), _) => v1::cpu_total_ns(dir),
+            (_, _, Some(dir)) => v2::cpu_ns(dir).2,
+            _ => None,
+        };
+        (self.memory_current(), cpu)
+    }
+
     /// Counters since creation; read them before [`RunCgroup::remove`].
     pub fn stats(&self) -> Stats {
         let oom_kills = self

@@ -59,11 +59,18 @@ pub(super) fn peak_memory(dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The total CPU time in ns (`cpuacct.usage`).
+pub(super) fn cpu_total_ns(dir: &Path) -> Option<u64> {
+    read_string(&dir.join("cpuacct.usage"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `(user, system, total)` in ns: `cpuacct.stat` is in clock ticks, `cpuacct.usage` in ns.
 pub(super) fn cpu_ns(dir: &Path) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let total = read_string(&dir.join("cpuacct.usage"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
+    let total = cpu_total_ns(dir);
     let (user, system) = match read_string(&dir.join("cpuacct.stat")) {
         Ok(text) => {
             let ns_per_tick = 1_000_000_000 / clock_ticks();

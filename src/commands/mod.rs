@@ -163,6 +163,7 @@ pub fn run(cmd: Cmd) -> Result<Exit, CliError> {
             stderr,
         } => runs::logs(&run, follow, stderr),
         Cmd::Ps { json, all } => runs::ps(json, all),
+        Cmd::Show { run, svg, json } => runs::show(&run, svg.as_deref(), json),
         Cmd::Runs {
             command:
                 RunsCmd::Prune {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use steprunner::home::{Home, RunDir};
+use steprunner::limits::LimitKind;
+use steprunner::profile;
 use steprunner::report;
 use steprunner::runs::{self, State};
 use steprunner::units;
@@ -123,6 +125,116 @@ pub fn cancel(run: &str, no_wait: bool) -> Result<Exit, CliError> {
 }
 
 /// Copy what `path` holds past `offset` to `out`. `Err` when the reader went away.
+/// The chart's width: the terminal's (`COLUMNS`), at most 100, 80 when unknown.
+fn chart_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| c >= 40)
+        .unwrap_or(80)
+        .min(100)
+}
+
+/// At most `max` characters of `s`, the last one `…` when it was cut.
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError> {
+    let dir = resolve(run)?;
+    let s = runs::status(&dir);
+    let r = match (&s.state, &s.result) {
+        (State::Finished, Some(r)) => r,
+        (State::Running, _) => {
+            return Err(CliError::invalid(format!(
+                "run `{}` is still running: its profile is in its result, once it ends",
+                s.run_id
+            ))
+            .hint(format!("`runner wait {}` waits for it", s.run_id)));
+        }
+        _ => return Err(CliError::runner(lost_message(&s))),
+    };
+    let limit = |kind: LimitKind| {
+        r.limits
+            .iter()
+            .find(|l| l.name == kind)
+            .and_then(|l| l.value.as_f64())
+    };
+    let memory_limit = limit(LimitKind::Memory).map(|b| b as u64);
+    let cpus_limit = limit(LimitKind::Cpus);
+    let peak = r.peak_memory_bytes;
+    let suggestion = peak.map(|p| profile::suggestion(p, memory_limit));
+    if let (Some(path), Some(p)) = (svg, &r.profile) {
+        let title = format!("{} · {} · {}", r.step, r.run_id, r.status.as_str());
+        steprunner::util::write_file_atomic(
+            path,
+            profile::svg(p, memory_limit, cpus_limit, &title).as_bytes(),
+        )
+        .map_err(|e| CliError::runner(format!("cannot write `{}`: {e}", path.display())))?;
+    }
+    if json {
+        let out = serde_json::json!({
+            "run_id": r.run_id,
+            "status": r.status,
+            "duration_secs": r.duration_secs,
+            "peak_memory_bytes": peak,
+            "memory_limit_bytes": memory_limit,
+            "cpus_limit": cpus_limit,
+            "cpu_secs": r.cpu_user_secs.zip(r.cpu_system_secs).map(|(u, s)| u + s),
+            "suggested_memory_bytes": peak.map(profile::suggest_memory),
+            "suggestion": suggestion,
+            "measured_by": r.measured_by,
+            "profile": r.profile,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        return Ok(Exit::Success);
+    }
+    let summary = report::summary(r);
+    let first = summary
+        .trim_start_matches("runner: ")
+        .lines()
+        .next()
+        .unwrap_or_default();
+    println!(
+        "run {} · step `{}`\n{first}",
+        r.run_id,
+        short(&steprunner::util::printable(&r.step), 40)
+    );
+    match &suggestion {
+        Some(s) => println!("memory: {s}"),
+        None => println!("memory: not measured"),
+    }
+    match &r.profile {
+        Some(p) => {
+            for line in profile::chart(p, memory_limit, cpus_limit, chart_width()) {
+                println!("{line}");
+            }
+        }
+        None => println!(
+            "no profile: the runner samples a step it runs in a cgroup, for longer than {}s{}",
+            profile::FIRST_INTERVAL.as_secs_f64(),
+            if r.measured_by == steprunner::plan::MeasuredBy::Engine {
+                " (this step ran on an engine)"
+            } else {
+                ""
+            }
+        ),
+    }
+    if let Some(path) = svg {
+        if r.profile.is_some() {
+            println!("wrote {}", path.display());
+        } else {
+            eprintln!("runner: no SVG written: the run has no profile");
+        }
+    }
+    Ok(Exit::Success)
+}
+
 fn copy_new(path: &Path, offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let Ok(mut f) = std::fs::File::open(path) else {

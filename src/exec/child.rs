@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 pub use super::spawn::{SpawnError, Spec, Step};
 use super::supervise::{Action, Policy, Stop, Supervisor};
 use crate::cgroup::RunCgroup;
+use crate::profile::Sampler;
 use crate::signals::Signals;
 
 /// How the command ended.
@@ -106,9 +107,14 @@ impl Child {
         self,
         cgroup: Option<&RunCgroup>,
         policy: Policy,
+        mut sampler: Option<&mut Sampler>,
         signals: &Signals,
         cancelled: &mut Option<i32>,
     ) -> Waited {
+        // Sampling needs a cgroup to read.
+        if cgroup.is_none() {
+            sampler = None;
+        }
         let mut sup = Supervisor::new(policy);
         let act = |action: Option<Action>| match action {
             Some(Action::Terminate) => signal_tree(self.pid, cgroup, Signal::SIGTERM),
@@ -118,8 +124,19 @@ impl Child {
             None => {}
         };
         loop {
-            act(sup.tick(Instant::now()));
-            let timeout = match sup.wake_at() {
+            let now = Instant::now();
+            act(sup.tick(now));
+            if let (Some(s), Some(cg)) = (sampler.as_deref_mut(), cgroup)
+                && now >= s.due()
+            {
+                let (memory, cpu) = cg.usage_now();
+                s.sample(now, memory, cpu);
+            }
+            let wake = [sup.wake_at(), sampler.as_deref().map(Sampler::due)]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = match wake {
                 Some(t) => {
                     let ms = t
                         .saturating_duration_since(Instant::now())

@@ -14,6 +14,7 @@ use crate::cgroup::RunCgroup;
 use crate::contain::Contain;
 use crate::limits::Rlimits;
 use crate::logs::{self, LogError, LogSpec, LogStats};
+use crate::profile::Sampler;
 use crate::signals::Signals;
 
 /// Where a command's output goes.
@@ -39,6 +40,8 @@ pub struct Job<'a> {
     pub cgroup: Option<&'a RunCgroup>,
     pub contain: &'a Contain,
     pub policy: Policy,
+    /// Sample the cgroup's use into this profile while the command runs.
+    pub sampler: Option<&'a mut Sampler>,
     /// How long to wait for the logs once the command ended: a process outside the
     /// run's reach (a daemon it started without a cgroup) may hold the pipe.
     pub log_wait: Duration,
@@ -98,7 +101,7 @@ pub fn run(
         contain: job.contain,
     });
     let waited = match spawned {
-        Ok(ch) => ch.supervise(job.cgroup, job.policy, signals, cancelled),
+        Ok(ch) => ch.supervise(job.cgroup, job.policy, job.sampler, signals, cancelled),
         Err(e) => {
             for p in pumps {
                 let _ = p.join_timeout(job.log_wait);

@@ -14,6 +14,7 @@ use super::supervise::{Policy, Stop};
 use crate::limits::{Enforcement, LimitKind};
 use crate::logs::{Live, LogSpec};
 use crate::plan::MeasuredBy;
+use crate::profile::{Profile, Sampler};
 use crate::report::{Ending, LaunchFailure, LimitRecord, Usage};
 use crate::signals;
 
@@ -121,6 +122,28 @@ impl EngineOutcome {
     }
 }
 
+/// The kernel's peak, or where it keeps none (cgroup v2 before Linux 5.19) the highest
+/// sample of the profile, with the warning that says it is one.
+fn peak_or_sampled(
+    kernel: Option<u64>,
+    profile: Option<&Profile>,
+) -> (Option<u64>, Option<String>) {
+    match (
+        kernel,
+        profile.and_then(|p| p.peak().map(|m| (m, p.interval_secs))),
+    ) {
+        (Some(k), _) => (Some(k), None),
+        (None, Some((sampled, every))) => (
+            Some(sampled),
+            Some(format!(
+                "peak memory is sampled (this kernel keeps no `memory.peak`): the highest use \
+                 seen in samples every {every}s or less, a lower bound"
+            )),
+        ),
+        (None, None) => (None, None),
+    }
+}
+
 /// Run the step and record how it ended in `run.out`.
 pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, armed: &Armed) {
     let plan = run.plan;
@@ -138,6 +161,9 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(armed.extra_env.clone());
     let deadline = plan.launch.deadline();
+    // The step's profile, sampled from its cgroup; a client's use is not the step's.
+    let mut sampler = (cgroup.is_some() && plan.launch.measured_by == MeasuredBy::Runner)
+        .then(|| Sampler::new(std::time::Instant::now()));
     let job = Job {
         argv: c.argv(),
         env: &env,
@@ -164,6 +190,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
             kill_grace: plan.launch.kill_grace,
             shielded: false,
         },
+        sampler: sampler.as_mut(),
         log_wait: Duration::from_secs(10),
     };
     let out = &mut run.out;
@@ -206,10 +233,15 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     // What the runner measured: the launch command's tree, in its cgroup.
     let mut here = Usage::default();
     let mut oom_kills_here = 0;
+    let profile = sampler
+        .map(|s| s.finish(None))
+        .filter(|p| !p.memory_bytes.is_empty());
     match cgroup.map(|cg| cg.stats()) {
         Some(s) => {
             oom_kills_here = s.oom_kills;
-            here.peak_memory_bytes = s.peak_memory;
+            let (peak, said) = peak_or_sampled(s.peak_memory, profile.as_ref());
+            here.peak_memory_bytes = peak;
+            out.warnings.extend(said);
             here.cpu_user_secs = s.cpu_user_ns.map(|n| n as f64 / 1e9);
             here.cpu_system_secs = s.cpu_system_ns.map(|n| n as f64 / 1e9);
         }
@@ -234,6 +266,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
             out.peak_memory_bytes = here.peak_memory_bytes;
             out.cpu_user_secs = here.cpu_user_secs;
             out.cpu_system_secs = here.cpu_system_secs;
+            out.profile = profile;
         }
         // The step ran elsewhere: its numbers are the engine's or unknown, and what the
         // runner measured is its client's.
@@ -315,4 +348,24 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     }
     out.set_ending(ending);
     out.message = message;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_kernel_peak_the_sampled_one_is_taken_and_said() {
+        let p = Profile {
+            interval_secs: 0.2,
+            memory_bytes: vec![5, 90, 40],
+            cpu_secs: vec![0.0, 0.1, 0.2],
+        };
+        assert_eq!(peak_or_sampled(Some(100), Some(&p)), (Some(100), None));
+        let (peak, said) = peak_or_sampled(None, Some(&p));
+        assert_eq!(peak, Some(90));
+        let said = said.expect("a warning");
+        assert!(said.contains("sampled") && said.contains("0.2s"), "{said}");
+        assert_eq!(peak_or_sampled(None, None), (None, None));
+    }
 }

@@ -392,6 +392,7 @@ pub fn execute(
         oom_kills: 0,
         measured_by: plan.launch.measured_by,
         client: None,
+        profile: None,
         leftover_processes_killed: 0,
         limits: Vec::new(),
         logs: Logs {

@@ -107,6 +107,7 @@ impl Stage<'_> {
                     kill_grace: KILL_GRACE,
                     shielded: self.shielded,
                 },
+                sampler: None,
                 log_wait: Duration::from_secs(5),
             };
             let result = command::run(job, signals, cancelled);

@@ -50,6 +50,7 @@ pub(crate) fn success() -> Outcome {
         oom_kills: 0,
         measured_by: crate::plan::MeasuredBy::Runner,
         client: None,
+        profile: None,
         leftover_processes_killed: 0,
         containment: Some(crate::contain::Report {
             mode: "root".into(),

@@ -12,6 +12,7 @@ mod guest;
 mod injection;
 mod launch;
 mod lifecycle;
+mod profile;
 mod ray;
 mod registry;
 mod render;
