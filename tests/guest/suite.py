@@ -166,7 +166,15 @@ def half_a_cpu_gets_half_the_cpu_time(user):
     ratio = cpu / wall
     assert ratio <= 0.65, f"cpu {cpu:.2f}s in {wall:.2f}s: {ratio:.2f}"
     assert limit(r, "cpus")["enforced_by"] == "cgroup-v2"
-    return f"cpu/wall {ratio:.2f} (cpu {cpu:.2f}s, wall {wall:.2f}s)"
+    # The profile, sampled from cpu.stat and memory.current: about 3 s of points, whose
+    # CPU time by the end is the step's.
+    p = r["profile"]
+    assert p is not None and len(p["cpu_secs"]) >= 10, p
+    assert len(p["memory_bytes"]) == len(p["cpu_secs"]), p
+    assert max(p["memory_bytes"]) > 0, p
+    sampled = p["cpu_secs"][-1]
+    assert 0.7 * cpu <= sampled <= cpu * 1.01, f"sampled cpu {sampled:.2f}s of {cpu:.2f}s"
+    return f"cpu/wall {ratio:.2f} (cpu {cpu:.2f}s, wall {wall:.2f}s), profile {len(p['cpu_secs'])} points, sampled cpu {sampled:.2f}s"
 
 
 @case
