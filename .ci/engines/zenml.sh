@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# ZenML for the integration tests: a virtualenv with `zenml[local]`, pytest and
-# integrations/zenml (editable) under $STEPRUNNER_ENGINES_DIR/zenml. Nothing runs in
+# ZenML for the integration tests: a virtualenv with `zenml[local]`, pytest, the
+# `steprunner` wheel (the `runner` binary, built by maturin) and integrations/zenml
+# (editable) under $STEPRUNNER_ENGINES_DIR/zenml. Nothing runs in
 # the background, so `stop` has nothing to stop.
 #
 #   eval "$(bash .ci/engines/zenml.sh start)"   # prints export STEPRUNNER_ZENML_PYTHON=… STEPRUNNER_UV=…
@@ -21,6 +22,8 @@ import os, sys
 import pytest, zenml, steprunner_zenml
 want, repo = sys.argv[1], sys.argv[2]
 assert zenml.__version__ == want, zenml.__version__
+# The runner wheel, as the integration depends on it.
+assert os.access(os.path.join(os.path.dirname(sys.executable), "runner"), os.X_OK)
 here = os.path.realpath(steprunner_zenml.__file__)
 assert here.startswith(os.path.realpath(repo) + os.sep), here
 PY
@@ -49,9 +52,9 @@ start() {
             "$python" -m venv "$venv" >&2
             "$venv/bin/python" -m pip install --quiet uv >&2
         fi
-        say "installing zenml[local]==$zenml_version, pytest and integrations/zenml"
+        say "installing zenml[local]==$zenml_version, pytest, the runner wheel (cargo, through maturin) and integrations/zenml"
         uv pip install --quiet --python "$venv/bin/python" \
-            "zenml[local]==$zenml_version" pytest -e "$repo/integrations/zenml" >&2
+            "zenml[local]==$zenml_version" pytest "$repo" -e "$repo/integrations/zenml" >&2
         ready || { say "the virtualenv at $venv does not import zenml $zenml_version"; exit 1; }
     fi
     # A uv binary of its own, for the venv flavor's `installer: uv` tests.

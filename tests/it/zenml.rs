@@ -170,3 +170,58 @@ fn venv_auto_uses_uv_when_on_path_and_pip_without() {
         assert_eq!(cfg.contains("\nuv = "), made_by_uv, "PATH={path}: {cfg}");
     }
 }
+
+/// `pip install` is how ZenML users install: the `steprunner` wheel (maturin, the
+/// repository's `pyproject.toml`) puts a `runner` of this version beside the
+/// integration's Python, and the integration finds it there with nothing configured
+/// and no `runner` on PATH.
+#[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
+fn the_runner_wheel_is_installed_with_the_integration_and_found_unconfigured() {
+    let Some(python) = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "STEPRUNNER_ZENML_PYTHON is not set and CI=true forbids skipping"
+        );
+        eprintln!("skipped: STEPRUNNER_ZENML_PYTHON is not set");
+        return;
+    };
+    let out = Command::new(&python)
+        .args(["-c", "from importlib.metadata import version\nfrom steprunner_zenml.runner import find_runner\nprint(version('steprunner'))\nprint(find_runner())"])
+        .env_remove("STEPRUNNER_RUNNER")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "the wheel's version"
+    );
+    let found = std::path::PathBuf::from(lines.next().expect("a runner path"));
+    let bin = std::path::Path::new(&python)
+        .parent()
+        .expect("the venv's bin");
+    assert_eq!(
+        found.parent(),
+        Some(bin),
+        "found {found:?}, not the wheel's"
+    );
+    let version = Command::new(&found)
+        .arg("--version")
+        .output()
+        .expect("the wheel's runner runs");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("runner {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -187,9 +187,13 @@ class Project:
         )
         return Ran(argv, proc)
 
+    @property
+    def zenml_bin(self) -> str:
+        return str(Path(sys.executable).parent / "zenml")
+
     def zenml(self, *args: str) -> Ran:
         """A `zenml` CLI command, as the README has the user type it."""
-        return self.exec([str(Path(sys.executable).parent / "zenml"), *args]).ok()
+        return self.exec([self.zenml_bin, *args]).ok()
 
 
 def zenml_settings() -> str:
@@ -212,9 +216,11 @@ def project() -> Project:
         "step-operator", "register", "runner-venv", "--flavor=manifest",
         f"--manifest={MANIFEST}", "--asynchronous=false", f"--settings={zenml_settings()}",
     )
+    # The plain registration of the README: the venv flavor's step then runs with
+    # ZenML's own interpreter and its packages, by default.
     p.zenml(
         "step-operator", "register", "runner-venv-async", "--flavor=manifest",
-        f"--manifest={MANIFEST}", f"--settings={zenml_settings()}",
+        f"--manifest={MANIFEST}",
     )
     p.zenml(
         "stack", "register", "runner", "-o", "default", "-a", "default",

@@ -70,6 +70,16 @@ def test_example_pipeline_runs_under_the_runner(project: Project, operator: str)
     assert cpus["enforced_by"] == memory["enforced_by"], cpus
     assert 0 < result["peak_memory_bytes"] <= 512 * 10**6, result["peak_memory_bytes"]
     assert train.run_metadata.get("steprunner_status") == "succeeded"
+    # The runner's account as metadata: how it ended, what it used, what to give it.
+    md = train.run_metadata
+    assert md.get("steprunner_exit_code") == 0, md
+    assert md.get("steprunner_duration_secs") == result["duration_secs"], md
+    cpu = result["cpu_user_secs"] + result["cpu_system_secs"]
+    assert abs(md.get("steprunner_cpu_secs") - cpu) < 0.01, md
+    assert md.get("steprunner_cache_hit") == result["cache"]["hit"], md
+    assert md.get("steprunner_measured_by") == "runner", md
+    assert "of a 488.3 MiB limit" in md.get("steprunner_suggestion", ""), md
+    assert re.fullmatch(r"\d+MiB", md.get("steprunner_suggested_memory", "")), md
 
     # The step used `tabulate`, which the caller's environment does not have.
     stdout = Path(result["logs"]["stdout"]).read_text()

@@ -18,12 +18,15 @@ class ManifestStepOperatorSettings(BaseSettings):
     """What a step may set for itself.
 
     Attributes:
+        manifest: Another manifest for this step (a path or a registered flavor name,
+            as the component's `manifest`).
         settings: Values of the manifest's own settings (its `settings:` schema), merged
             over the component's `settings`, nested objects key by key.
         best_effort_limits: Run even when a limit cannot be enforced (`runner launch
             --best-effort-limits`); the result records what was enforced.
     """
 
+    manifest: Optional[str] = None
     settings: Dict[str, Any] = {}
     best_effort_limits: bool = False
 
@@ -34,7 +37,9 @@ class ManifestStepOperatorConfig(BaseStepOperatorConfig, ManifestStepOperatorSet
     Attributes:
         manifest: Path of the flavor manifest (relative paths are relative to the
             ZenML source root, where `zenml init` ran), or the name of a flavor
-            registered with the runner.
+            registered with the runner. Checked when the component is registered or
+            updated: it must exist and validate, and `settings` must match its
+            settings schema.
         runner: The `runner` binary; default: `$STEPRUNNER_RUNNER`, else `runner`
             on PATH.
         asynchronous: Submit steps with `runner launch --detach` and follow them
@@ -42,9 +47,23 @@ class ManifestStepOperatorConfig(BaseStepOperatorConfig, ManifestStepOperatorSet
             false, `runner launch` runs each step while ZenML waits.
     """
 
-    manifest: str
+    manifest: str  # type: ignore[assignment]
     runner: Optional[str] = None
     asynchronous: bool = True
+
+    @property
+    def is_valid(self) -> bool:
+        """ZenML asks this when the component is registered or updated (not when it
+        is loaded): the manifest must resolve and validate, and the component's
+        settings must fit its schema. A problem raises, with the runner's message."""
+        from steprunner_zenml.checks import check
+        from steprunner_zenml.errors import StepRunnerError
+
+        try:
+            check(self.manifest, self.settings, runner=self.runner)
+        except StepRunnerError as e:
+            raise ValueError(f"step operator `manifest`: {e}") from None
+        return True
 
 
 class ManifestStepOperatorFlavor(BaseStepOperatorFlavor):

@@ -27,12 +27,19 @@ TAIL_LINES = 40
 
 
 def find_runner(configured: Optional[str] = None) -> str:
-    """The `runner` binary: the configured one, else `$STEPRUNNER_RUNNER`, else `runner` on PATH."""
-    name = configured or os.environ.get(RUNNER_ENV) or "runner"
+    """The `runner` binary: the configured one, else `$STEPRUNNER_RUNNER`, else the one
+    the `steprunner` wheel installed beside this interpreter, else `runner` on PATH."""
+    name = configured or os.environ.get(RUNNER_ENV)
+    if not name:
+        beside = os.path.join(os.path.dirname(sys.executable), "runner")
+        if os.access(beside, os.X_OK):
+            return beside
+        name = "runner"
     found = shutil.which(name)
     if found is None:
         raise StepRunnerError(
-            f"cannot find the runner binary `{name}`: set the step operator's `runner` "
+            f"cannot find the runner binary `{name}`: install the `steprunner` wheel "
+            f"(`pip install .` in its repository), set the step operator's `runner` "
             f"option or ${RUNNER_ENV} to its path, or put `runner` on PATH"
         )
     return found

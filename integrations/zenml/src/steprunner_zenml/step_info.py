@@ -89,6 +89,31 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: The `DockerSettings` fields the runner's step info carries (or the step's environment).
+DOCKER_FIELDS_USED = frozenset(
+    {
+        "parent_image",
+        "requirements",
+        "required_integrations",
+        "apt_packages",
+        "environment",
+        "runtime_environment",
+    }
+)
+
+
+def ignored_docker_settings(docker: Any) -> List[str]:
+    """The `DockerSettings` fields a step set that no manifest receives (no image is
+    built from them): said, not silently dropped."""
+    return sorted(set(getattr(docker, "model_fields_set", ()) or ()) - DOCKER_FIELDS_USED)
+
+
+def resources_of(config: Any) -> Dict[str, Any]:
+    """A step configuration's `ResourceSettings` as the runner's step info has them."""
+    r = config.resource_settings
+    return {"cpu_count": r.cpu_count, "gpu_count": r.gpu_count, "memory": r.memory}
+
+
 def step_info(
     info: "StepRunInfo",
     entrypoint: List[str],
@@ -99,7 +124,6 @@ def step_info(
 
     Memory stays a string as ZenML wrote it (`"256MB"`); the runner parses it.
     """
-    resources = info.config.resource_settings
     docker = info.config.docker_settings
     return {
         "step": {
@@ -115,11 +139,7 @@ def step_info(
             "apt": list(docker.apt_packages or []),
             "parent_image": docker.parent_image,
         },
-        "resources": {
-            "cpu_count": resources.cpu_count,
-            "gpu_count": resources.gpu_count,
-            "memory": resources.memory,
-        },
+        "resources": resources_of(info.config),
         "settings": _jsonable(dict(settings)),
         "entrypoint": list(entrypoint),
         "source": source_root,
@@ -132,14 +152,17 @@ def step_environment(
     """The variables the step gets on top of the caller's, and the names to pass on.
 
     ZenML's `environment` (store, active stack and project, secrets, the step's own
-    variables) wins over `DockerSettings.environment`. The step also needs the caller's
+    variables) wins over `DockerSettings.runtime_environment`, which wins over
+    `DockerSettings.environment`. The step also needs the caller's
     ZenML config and local stores (or it would start a fresh store under `$HOME`) and
     the project root on `PYTHONPATH` to import the step's code.
     """
     from zenml.config.global_config import GlobalConfiguration
 
     env: Dict[str, str] = {}
-    env.update({k: str(v) for k, v in (info.config.docker_settings.environment or {}).items()})
+    docker = info.config.docker_settings
+    env.update({k: str(v) for k, v in (docker.environment or {}).items()})
+    env.update({k: str(v) for k, v in (getattr(docker, "runtime_environment", None) or {}).items()})
     env.update({k: str(v) for k, v in environment.items()})
     gc = GlobalConfiguration()
     env.setdefault("ZENML_CONFIG_PATH", gc.config_directory)

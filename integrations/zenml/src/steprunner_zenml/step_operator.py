@@ -7,16 +7,24 @@ metadata, so any process can follow or cancel the step.
 """
 
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type, cast
 
 from zenml.enums import ExecutionStatus
 from zenml.logger import get_logger
 from zenml.step_operators import BaseStepOperator
 
+from steprunner_zenml import checks
 from steprunner_zenml import runner as rn
 from steprunner_zenml.errors import StepRunnerError
 from steprunner_zenml.flavor import ManifestStepOperatorConfig, ManifestStepOperatorSettings
-from steprunner_zenml.step_info import deep_merge, step_environment, step_info
+from steprunner_zenml.step_info import (
+    deep_merge,
+    ignored_docker_settings,
+    resources_of,
+    step_environment,
+    step_info,
+)
 
 if TYPE_CHECKING:
     from zenml.config.base_settings import BaseSettings
@@ -50,12 +58,17 @@ class ManifestStepOperator(BaseStepOperator):
 
     # --- building a `runner launch` ------------------------------------------
 
-    def _manifest(self, source_root: str) -> str:
-        m = self.config.manifest
-        looks_like_path = "/" in m or m.endswith((".yaml", ".yml"))
-        if looks_like_path and not os.path.isabs(m):
-            return os.path.join(source_root, m)
-        return m
+    def _settings_for(
+        self, step_settings: ManifestStepOperatorSettings, manifest: str, resources: Dict[str, Any]
+    ) -> Dict[str, Any]:
+        """The manifest's settings for one step: the component's, the step's over them,
+        and for the venv flavor ZenML's own interpreter with its packages unless set
+        (the step imports ZenML)."""
+        settings = deep_merge(self.config.settings, step_settings.settings)
+        plan = checks.check(manifest, settings, resources, runner=self.config.runner)
+        if plan.get("flavor") == "venv" and "python" not in settings:
+            settings = {"python": sys.executable, "inherit_packages": True, **settings}
+        return settings
 
     def _invocation(
         self,
@@ -68,12 +81,25 @@ class ManifestStepOperator(BaseStepOperator):
 
         source_root = source_utils.get_source_root()
         step_settings = cast(ManifestStepOperatorSettings, self.get_settings(info))
-        settings = deep_merge(self.config.settings, step_settings.settings)
+        name = info.pipeline_step_name
+        manifest = step_settings.manifest or self.config.manifest
+        try:
+            settings = self._settings_for(step_settings, manifest, resources_of(info.config))
+        except StepRunnerError as e:
+            raise StepRunnerError(f"step `{name}`: {e}", exit_code=2) from None
         step_env, names = step_environment(info, environment, source_root)
+        ignored = ignored_docker_settings(info.config.docker_settings)
+        if ignored:
+            logger.warning(
+                "Step `%s`: DockerSettings the manifest step operator does not use (no "
+                "image is built), ignored: %s.",
+                name,
+                ", ".join(ignored),
+            )
         argv = [
             rn.find_runner(self.config.runner),
             "launch",
-            self._manifest(source_root),
+            checks.resolve(manifest, source_root),
             "--json",
         ]
         if detach:
@@ -92,6 +118,37 @@ class ManifestStepOperator(BaseStepOperator):
         with rn.InfoFile(inv["info"]) as path:
             argv = inv["argv"][:3] + ["--info", path] + inv["argv"][3:]
             return rn.run(argv, env=inv["env"], cwd=inv["cwd"])
+
+    # --- before the run ---------------------------------------------------------
+
+    def get_docker_builds(self, snapshot: Any) -> List[Any]:
+        """Called by ZenML before a run with every step's configuration: each step this
+        operator runs is checked — its manifest resolves and validates, its settings
+        fit the manifest's schema, its resources parse — so a mistake fails the run
+        before any step starts, naming the step. No image is built."""
+        problems = []
+        for name, step in (snapshot.step_configurations or {}).items():
+            config = step.config
+            if config.step_operator not in (self.name, True):
+                continue
+            try:
+                step_settings = cast(ManifestStepOperatorSettings, self.get_settings(step))
+                self._settings_for(
+                    step_settings,
+                    step_settings.manifest or self.config.manifest,
+                    resources_of(config),
+                )
+            except StepRunnerError as e:
+                problems.append(f"step `{name}`: {e}")
+            except ValueError as e:
+                problems.append(f"step `{name}`: its step operator settings: {e}")
+        if problems:
+            raise StepRunnerError(
+                "the pipeline cannot run with step operator "
+                f"`{self.name}`:\n" + "\n".join(problems),
+                exit_code=2,
+            )
+        return []
 
     # --- synchronous ----------------------------------------------------------
 
@@ -271,6 +328,24 @@ class ManifestStepOperator(BaseStepOperator):
             metadata[RUN_DIR_KEY] = run_dir
         if isinstance(result.get("peak_memory_bytes"), int):
             metadata["steprunner_peak_memory_bytes"] = result["peak_memory_bytes"]
+        for key in ("exit_code", "duration_secs", "measured_by"):
+            if result.get(key) is not None:
+                metadata[f"steprunner_{key}"] = result[key]
+        cpu = [result.get("cpu_user_secs"), result.get("cpu_system_secs")]
+        if all(isinstance(c, (int, float)) for c in cpu):
+            metadata["steprunner_cpu_secs"] = round(sum(cpu), 3)
+        cache = result.get("cache")
+        if isinstance(cache, dict):
+            metadata["steprunner_cache_hit"] = bool(cache.get("hit"))
+        if run_dir and isinstance(result.get("peak_memory_bytes"), int):
+            # The sizing advice of `runner show`: the peak against the limit, and the
+            # memory to give the step, as ResourceSettings takes it.
+            shown = self._runner("show", run_dir, "--json").json() or {}
+            if shown.get("suggestion"):
+                metadata["steprunner_suggestion"] = shown["suggestion"]
+            if isinstance(shown.get("suggested_memory_bytes"), int):
+                mib = shown["suggested_memory_bytes"] // 2**20
+                metadata["steprunner_suggested_memory"] = f"{mib}MiB"
         limits = {
             str(lim.get("name")): f"{lim.get('value')} ({lim.get('enforced_by')})"
             for lim in result.get("limits") or []

@@ -64,6 +64,29 @@ def secret() -> str:
     return hashlib.sha256(os.environ.get("STEPRUNNER_TEST_SECRET", "").encode()).hexdigest()
 
 
+# Two mistakes a run must be refused for before any step starts: a misspelt manifest
+# setting, and a manifest that does not exist.
+def for_both(s: ManifestStepOperatorSettings) -> dict:
+    """The settings for the tests' two step operators (synchronous and not)."""
+    return {f"step_operator:{op}": s for op in (OPERATOR, OPERATOR + "-async")}
+
+
+@step(step_operator=OPERATOR, settings=for_both(ManifestStepOperatorSettings(settings={"timout": "1s"})))
+def typo() -> int:
+    return 0
+
+
+@step(step_operator=OPERATOR, settings=for_both(ManifestStepOperatorSettings(manifest="no/such.yaml")))
+def lost() -> int:
+    return 0
+
+
+@pipeline(enable_cache=False)
+def mistakes_pipeline() -> None:
+    typo()
+    lost()
+
+
 @pipeline(enable_cache=False)
 def oom_pipeline() -> None:
     hog()
@@ -89,8 +112,9 @@ def secret_pipeline() -> None:
     secret()
 
 
-#: Name → (pipeline, its step).
+#: Name → (pipeline, its step or steps).
 PIPELINES = {
+    "mistakes": (mistakes_pipeline, ("typo", "lost")),
     "oom": (oom_pipeline, "hog"),
     "raise": (raise_pipeline, "boom"),
     "sleep": (sleep_pipeline, "sleeper"),

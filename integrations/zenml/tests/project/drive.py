@@ -13,7 +13,8 @@ parser.add_argument("--step-operator", default=OPERATOR)
 parser.add_argument("--marker")
 args = parser.parse_args()
 
-pipeline, step_name = PIPELINES[args.name]
+pipeline, steps = PIPELINES[args.name]
+steps = steps if isinstance(steps, tuple) else (steps,)
 kwargs = {"marker": args.marker} if args.marker else {}
-run = pipeline.with_options(steps={step_name: {"step_operator": args.step_operator}})(**kwargs)
+run = pipeline.with_options(steps={s: {"step_operator": args.step_operator} for s in steps})(**kwargs)
 print(f"run {run.id}")
