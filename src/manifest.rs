@@ -204,6 +204,9 @@ pub struct Launch {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub measured_by: crate::plan::MeasuredBy,
+    /// The step runs on other machines than the runner's (see [`crate::plan::LaunchPlan::remote`]).
+    #[serde(default)]
+    pub remote: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

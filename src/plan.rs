@@ -111,6 +111,11 @@ pub struct LaunchPlan {
     /// command is a client of.
     #[serde(default, skip_serializing_if = "MeasuredBy::is_runner")]
     pub measured_by: MeasuredBy,
+    /// The step runs on other machines than the runner's (a cluster, a cloud service):
+    /// what it reads and writes must be reachable from there. A caller such as the
+    /// ZenML integration refuses a stack that only this machine can reach.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// Who measured a step's peak memory, CPU time and OOM kills.

@@ -103,7 +103,7 @@ fn risk(path: &str, old: Option<&Value>, new: Option<&Value>) -> Option<Risk> {
     if path == "secret_env" {
         return new.is_some().then_some(Risk::SecretPassed);
     }
-    if path == "launch.measured_by" {
+    if path == "launch.measured_by" || path == "launch.remote" {
         return Some(Risk::MeasuredElsewhere);
     }
     if last.to_ascii_lowercase().contains("image") {

@@ -221,6 +221,7 @@ pub fn render(
         limits,
         capabilities: l.capabilities.clone(),
         measured_by: l.measured_by,
+        remote: l.remote,
     };
 
     let cleanup = match &flavor.cleanup {
