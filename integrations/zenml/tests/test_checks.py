@@ -56,3 +56,28 @@ def test_step_mistakes_fail_the_run_before_any_step_starts(project: Project, ope
         "step `lost`", "manifest `no/such.yaml` not found",
     )
     assert runner_runs() == before, "a runner run started for a pipeline refused before it ran"
+
+
+def test_a_stack_that_remote_steps_cannot_reach_is_refused(project: Project) -> None:
+    """A manifest whose steps run elsewhere (`launch.remote`, here kubernetes) on a
+    stack with a local artifact store and a local ZenML store: ZenML's validation,
+    which runs before every pipeline, refuses it, naming both."""
+    from zenml.client import Client
+    from zenml.exceptions import StackValidationError
+    from zenml.stack import Stack
+
+    kubernetes = MANIFEST.parent / "kubernetes.yaml"
+    project.zenml(
+        "step-operator", "register", "runner-k8s", "--flavor=manifest",
+        f"--manifest={kubernetes}", '--settings={"image": "python:3.12"}',
+    )
+    project.zenml("stack", "register", "remote-steps", "-o", "default", "-a", "default", "-s", "runner-k8s")
+    stack = Stack.from_model(Client().get_stack("remote-steps"))
+    with pytest.raises(StackValidationError) as refused:
+        stack.validate()
+    message = str(refused.value)
+    assert "runs steps on other machines" in message, message
+    assert "the artifact store `default` is local" in message, message
+    assert "the ZenML store is local" in message, message
+    # The local stack of the other tests passes the same validation.
+    Stack.from_model(Client().get_stack("runner")).validate()

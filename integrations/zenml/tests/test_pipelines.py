@@ -8,7 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -36,6 +36,18 @@ def result_of(step_run: Any) -> Dict[str, Any]:
     return json.loads((Path(run_dir) / "result.json").read_text())
 
 
+def zenml_log(step_run: Any) -> List[str]:
+    """The messages of a step run's log, as ZenML keeps them (oldest first)."""
+    from zenml.utils.logging_utils import search_logs_by_source
+
+    from steprunner_zenml.logs import SOURCE, _entries
+
+    step_run = client().get_run_step(step_run.id)
+    model = search_logs_by_source(step_run.log_collection or [], SOURCE)
+    assert model is not None, f"step `{step_run.name}` has no `{SOURCE}` log"
+    return list(_entries(client().active_stack.log_store, model))
+
+
 def limit(result: Dict[str, Any], name: str) -> Dict[str, Any]:
     found = [lim for lim in result["limits"] if lim["name"] == name]
     assert found, f"no `{name}` limit in {result['limits']}"
@@ -56,6 +68,8 @@ def failed_with(ran: Ran, *needles: str) -> str:
 def test_example_pipeline_runs_under_the_runner(project: Project, operator: str) -> None:
     ran = project.run("run.py", "--step-operator", operator).ok()
     assert re.search(r"^run \S+: completed$", ran.stdout, re.M), str(ran)
+    # The step's output is shown to the caller as it runs, in both modes.
+    assert re.search(r"parameter\s+value", ran.stdout + ran.stderr), str(ran)
 
     # The step ran under the runner, with its ResourceSettings enforced as cgroup limits.
     run = last_run("training")
@@ -86,6 +100,13 @@ def test_example_pipeline_runs_under_the_runner(project: Project, operator: str)
     assert re.search(r"parameter\s+value", stdout), stdout
     assert "ModuleNotFoundError" in project.run("-c", "import tabulate").stderr
 
+    # What it printed is in its ZenML log once: ZenML's own capture and the operator's
+    # additions do not repeat a line.
+    log = zenml_log(train)
+    for line in stdout.splitlines():
+        if line.strip():
+            assert [m.rstrip() for m in log].count(line.rstrip()) == stdout.splitlines().count(line), (line, log)
+
     # Its output artifact loads back through the client.
     model = train.output.load()
     assert abs(model["slope"] - 3.0) < 0.2 and model["rows"] == 200, model
@@ -104,6 +125,9 @@ def test_step_beyond_its_memory_is_oom_killed(project: Project, operator: str) -
     assert result["status"] == "oom_killed" and result["exit_code"] == 137, result
     assert result["oom_kills"] >= 1
     assert result["logs"]["stderr"] in hog.exception_info.message
+    # Its last line reached the runner's log; the operator put it in ZenML's too.
+    assert "hog: touching 2 GiB now 9c1e" in Path(result["logs"]["stdout"]).read_text()
+    assert "hog: touching 2 GiB now 9c1e" in zenml_log(hog)
 
 
 @pytest.mark.parametrize("operator", [SYNC, ASYNC])
@@ -156,3 +180,38 @@ def test_secret_reaches_the_step_and_nothing_else(
     for f in run_dir.rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f"the secret is in `{f}`"
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_a_command_step_ends_completed_with_its_output(project: Project, operator: str) -> None:
+    project.run("drive.py", "command", "--step-operator", operator).ok()
+    run = last_run("command_pipeline")
+    hello = run.steps["hello"]
+    assert hello.status.value == "completed", hello.status
+    assert run.status.value == "completed", run.status
+    result = result_of(hello)
+    assert result["status"] == "succeeded", result
+    assert Path(result["logs"]["stdout"]).read_text() == "command step ran 5e1d\n"
+    assert zenml_log(hello).count("command step ran 5e1d") == 1, zenml_log(hello)
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_the_step_runs_in_the_source_root(project: Project, operator: str) -> None:
+    project.run("drive.py", "where", "--step-operator", operator).ok()
+    where = last_run("where_pipeline").steps["where"]
+    assert os.path.realpath(where.output.load()) == os.path.realpath(project.root)
+
+
+def test_parallel_steps_of_a_dynamic_pipeline_share_a_warm_environment_at_once(project: Project) -> None:
+    # Warm the environment the two steps share (the example's requirement).
+    project.run("drive.py", "where", "--step-operator", ASYNC).ok()
+    project.run("drive.py", "parallel").ok()
+    run = last_run("parallel_pipeline")
+    spans = {name: run.steps[name].output.load() for name in ("left", "right")}
+    (a0, a1), (b0, b1) = spans["left"], spans["right"]
+    assert max(a0, b0) < min(a1, b1), f"the two steps ran one after the other: {spans}"
+    for name in ("left", "right"):
+        result = result_of(run.steps[name])
+        assert result["cache"]["hit"] is True, result["cache"]
+    keys = {result_of(run.steps[n])["cache"]["key"] for n in ("left", "right")}
+    assert len(keys) == 1, keys

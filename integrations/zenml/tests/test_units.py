@@ -118,3 +118,14 @@ def test_runner_complaint_keeps_its_error_lines():
     assert done.complaint() == (
         "error: no manifest file or registered flavor named `x`\n  = hint: pass a path"
     )
+
+
+def test_only_the_lines_zenml_lacks_are_added_each_counted():
+    from steprunner_zenml.logs import missing_lines
+
+    printed = ["epoch 1", "epoch 2", "same", "same", "", "last words"]
+    # ZenML kept the first lines (one `same` of two) and lost the end.
+    have = ["epoch 1", "epoch 2  ", "same"]
+    assert missing_lines(have, printed) == ["same", "last words"]
+    assert missing_lines(printed, printed) == []
+    assert missing_lines([], ["a", " ", "b"]) == ["a", "b"]

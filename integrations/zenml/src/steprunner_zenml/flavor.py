@@ -45,11 +45,18 @@ class ManifestStepOperatorConfig(BaseStepOperatorConfig, ManifestStepOperatorSet
         asynchronous: Submit steps with `runner launch --detach` and follow them
             with `runner status`/`wait`/`cancel` (needed by dynamic pipelines). When
             false, `runner launch` runs each step while ZenML waits.
+        stop_poll_secs: How often, while a step runs, the operator looks whether ZenML
+            is stopping its pipeline run (then it cancels the step).
+        follow_logs: Asynchronous mode: while ZenML waits for a step, print the run's
+            progress and the step's output as they come (`runner logs --follow`), as
+            the synchronous mode does.
     """
 
     manifest: str  # type: ignore[assignment]
     runner: Optional[str] = None
     asynchronous: bool = True
+    stop_poll_secs: float = 2.0
+    follow_logs: bool = True
 
     @property
     def is_valid(self) -> bool:

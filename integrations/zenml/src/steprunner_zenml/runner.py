@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from steprunner_zenml.errors import StepRunnerError
 
@@ -92,6 +92,7 @@ def run(
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[str] = None,
     echo: bool = True,
+    started: Optional[Callable[["subprocess.Popen[bytes]"], None]] = None,
 ) -> Completed:
     """Run `runner` to the end: stdout collected, stderr copied to ours (when `echo`).
 
@@ -109,6 +110,8 @@ def run(
         )
     except OSError as e:
         raise StepRunnerError(f"cannot start `{argv[0]}`: {e}") from e
+    if started is not None:
+        started(proc)
     tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
     pump = threading.Thread(target=_pump, args=(proc.stderr, tail, echo), daemon=True)
     pump.start()

@@ -7,8 +7,11 @@ metadata, so any process can follow or cancel the step.
 """
 
 import os
+import signal
+import subprocess
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type, cast
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type, cast
 
 from zenml.enums import ExecutionStatus
 from zenml.logger import get_logger
@@ -28,6 +31,7 @@ from steprunner_zenml.step_info import (
 
 if TYPE_CHECKING:
     from zenml.config.base_settings import BaseSettings
+    from zenml.stack import Stack, StackValidator
     from zenml.config.step_run_info import StepRunInfo
     from zenml.models import StepRunResponse
 
@@ -37,6 +41,45 @@ logger = get_logger(__name__)
 RUN_ID_KEY = "steprunner_run_id"
 RUN_DIR_KEY = "steprunner_run_dir"
 STATUS_KEY = "steprunner_status"
+
+
+class StopWatch:
+    """Follows a pipeline run's status while one of its steps runs: when ZenML says the
+    run is stopping (`zenml pipeline runs stop`, graceful or forceful: both set it
+    `stopping` first), `on_stop` is called, once."""
+
+    def __init__(self, run_id: Any, on_stop: Callable[[], None], every: float) -> None:
+        self._run_id = run_id
+        self._on_stop = on_stop
+        self._every = every
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "StopWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._every + 30)
+
+    def _watch(self) -> None:
+        from zenml.client import Client
+
+        while not self._done.wait(self._every):
+            try:
+                status = Client().get_pipeline_run(self._run_id, hydrate=False).status
+            except Exception as e:  # a store hiccup: look again later
+                logger.debug("Cannot read the status of run `%s`: %s", self._run_id, e)
+                continue
+            if status in (ExecutionStatus.STOPPING, ExecutionStatus.STOPPED):
+                self.fired = True
+                try:
+                    self._on_stop()
+                except Exception:
+                    logger.exception("Cannot stop the runner run of run `%s`", self._run_id)
+                return
 
 
 class ManifestStepOperator(BaseStepOperator):
@@ -55,6 +98,48 @@ class ManifestStepOperator(BaseStepOperator):
     @property
     def settings_class(self) -> Optional[Type["BaseSettings"]]:
         return ManifestStepOperatorSettings
+
+    @property
+    def validator(self) -> Optional["StackValidator"]:
+        """ZenML validates the stack before every run: the manifest must resolve and
+        validate with the component's settings, and a manifest whose steps run on other
+        machines (`launch.remote`) needs a stack they can reach — no local artifact
+        store, no local ZenML store."""
+        from zenml.stack import StackValidator
+
+        def check(stack: "Stack") -> "tuple[bool, str]":
+            try:
+                plan = checks.check(
+                    self.config.manifest, self.config.settings, runner=self.config.runner
+                )
+            except StepRunnerError as e:
+                return False, f"step operator `{self.name}`: {e}"
+            if not (plan.get("launch") or {}).get("remote"):
+                return True, ""
+            from zenml.client import Client
+
+            problems = []
+            if stack.artifact_store.config.is_local:
+                problems.append(f"the artifact store `{stack.artifact_store.name}` is local")
+            if Client().zen_store.is_local_store():
+                problems.append("the ZenML store is local (log in to a ZenML server: `zenml login`)")
+            if problems:
+                return False, (
+                    f"step operator `{self.name}` runs steps on other machines (manifest "
+                    f"`{self.config.manifest}` says `launch.remote`), but "
+                    + " and ".join(problems)
+                    + ": the step could not read its inputs nor write its outputs there"
+                )
+            return True, ""
+
+        return StackValidator(custom_validation_function=check)
+
+    @property
+    def entrypoint_config_class(self) -> Type[Any]:
+        """ZenML's entrypoint, kept in the source root (not `/app`)."""
+        from steprunner_zenml.entrypoint import RunnerEntrypointConfiguration
+
+        return RunnerEntrypointConfiguration
 
     # --- building a `runner launch` ------------------------------------------
 
@@ -114,10 +199,23 @@ class ManifestStepOperator(BaseStepOperator):
             "info": step_info(info, entrypoint_command, settings, source_root),
         }
 
-    def _run(self, inv: Dict[str, Any]) -> rn.Completed:
+    def _run(self, inv: Dict[str, Any], run_id: Any = None) -> rn.Completed:
+        """`runner launch`; with `run_id`, a stop of that pipeline run stops it (SIGTERM:
+        the runner cancels the step like Ctrl-C, and reports `cancelled`)."""
+        procs: List[Any] = []
+
+        def stop() -> None:
+            for proc in procs:
+                if proc.poll() is None:
+                    logger.info("ZenML is stopping the run: cancelling the step.")
+                    proc.send_signal(signal.SIGTERM)
+
         with rn.InfoFile(inv["info"]) as path:
             argv = inv["argv"][:3] + ["--info", path] + inv["argv"][3:]
-            return rn.run(argv, env=inv["env"], cwd=inv["cwd"])
+            if run_id is None:
+                return rn.run(argv, env=inv["env"], cwd=inv["cwd"])
+            with StopWatch(run_id, stop, self.config.stop_poll_secs):
+                return rn.run(argv, env=inv["env"], cwd=inv["cwd"], started=procs.append)
 
     # --- before the run ---------------------------------------------------------
 
@@ -169,7 +267,7 @@ class ManifestStepOperator(BaseStepOperator):
         logger.info(
             "Running step `%s` with `%s`.", info.pipeline_step_name, self.config.manifest
         )
-        done = self._run(inv)
+        done = self._run(inv, run_id=info.run_id)
         result = done.json()
         if result is None or "status" not in result:
             raise StepRunnerError(
@@ -179,6 +277,12 @@ class ManifestStepOperator(BaseStepOperator):
             ) from None
         self._publish(info.step_run_id, result)
         if result["status"] == "succeeded":
+            if info.config.command is not None:
+                # A command step runs no ZenML code that could say it finished, and
+                # ZenML's synchronous path does not either (its asynchronous one does).
+                from zenml.orchestrators.publish_utils import publish_successful_step_run
+
+                publish_successful_step_run(step_run_id=info.step_run_id, output_artifact_ids={})
             return
         # `from None`: ZenML calls `launch` while handling `submit`'s NotImplementedError,
         # which is no part of this step's story.
@@ -298,7 +402,32 @@ class ManifestStepOperator(BaseStepOperator):
         """Block in `runner wait` instead of polling, then read the final status."""
         run_dir = self._run_dir(step_run)
         if run_dir is not None:
-            self._runner("wait", run_dir, "--json")
+
+            def stop() -> None:
+                logger.info("ZenML is stopping the run: cancelling runner run `%s`.", run_dir)
+                self._runner("cancel", run_dir, "--no-wait")
+
+            # The run's progress as it goes (prepare commands, then the step's output),
+            # as the synchronous mode shows it: `runner logs --follow` into our output.
+            follower = None
+            if self.config.follow_logs:
+                try:
+                    follower = subprocess.Popen(
+                        [rn.find_runner(self.config.runner), "logs", run_dir, "--follow"],
+                        stdin=subprocess.DEVNULL,
+                    )
+                except OSError as e:
+                    logger.warning("Cannot follow the output of `%s`: %s", run_dir, e)
+            try:
+                with StopWatch(step_run.pipeline_run_id, stop, self.config.stop_poll_secs):
+                    self._runner("wait", run_dir, "--json")
+            finally:
+                if follower is not None:
+                    try:
+                        follower.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        follower.terminate()
+                        follower.wait()
         return super().wait(step_run)
 
     def cancel(self, step_run: "StepRunResponse") -> None:
@@ -313,8 +442,37 @@ class ManifestStepOperator(BaseStepOperator):
             logger.warning("`runner cancel %s`:\n%s", run_dir, done.complaint())
 
     def cleanup_step_submission(self, step_run: "StepRunResponse") -> None:
-        self._runs.pop(str(step_run.id), None)
+        """After ZenML is done with a step: a runner run still going (the caller was
+        interrupted, ZenML gave up on it) is cancelled, so ZenML and the runner agree
+        that it stopped."""
+        run_dir = self._runs.pop(str(step_run.id), None) or self._run_dir(step_run)
         self._reported.discard(str(step_run.id))
+        if run_dir is None:
+            return
+        state = self._runner("status", run_dir, "--json").json() or {}
+        if state.get("state") == "running":
+            logger.warning(
+                "Step `%s` is still running after ZenML stopped following it: cancelling "
+                "runner run `%s`.",
+                step_run.name,
+                run_dir,
+            )
+            done = self._runner("cancel", run_dir, echo=True)
+            if done.code != 0:
+                logger.warning("`runner cancel %s`:\n%s", run_dir, done.complaint())
+            # ZenML then sees the step `stopped`, as the runner has it `cancelled`, and
+            # gets the runner's account of it.
+            state = self._runner("status", run_dir, "--json").json() or {}
+            if isinstance(state.get("result"), dict):
+                self._publish(step_run.id, state["result"])
+            try:
+                from zenml.client import Client
+                from zenml.orchestrators import publish_utils
+
+                if not Client().get_run_step(step_run.id).status.is_finished:
+                    publish_utils.publish_stopped_step_run(step_run.id)
+            except Exception as e:
+                logger.warning("Cannot record step `%s` as stopped: %s", step_run.name, e)
 
     # --- reporting ------------------------------------------------------------
 
@@ -358,6 +516,18 @@ class ManifestStepOperator(BaseStepOperator):
             publish_step_run_metadata(step_run_id, {self.id: metadata})
         except Exception as e:
             logger.warning("Cannot record the runner's result as metadata: %s", e)
+        try:
+            from steprunner_zenml import logs
+
+            added = logs.forward(step_run_id, result)
+            if added:
+                logger.info(
+                    "Added %d line(s) of the step's output to its ZenML log that the step "
+                    "could not send itself.",
+                    added,
+                )
+        except Exception as e:
+            logger.warning("Cannot add the step's output to its ZenML log: %s", e)
 
     def _failure(
         self,

@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 
-from zenml import pipeline, step
+from zenml import CommandStep, pipeline, step
 from zenml.config import DockerSettings, ResourceSettings
 
 from steprunner_zenml import ManifestStepOperatorSettings
@@ -21,7 +21,9 @@ OPERATOR = "runner-venv"
     settings={"docker": DOCKER, "resources": ResourceSettings(cpu_count=1, memory="400MB")},
 )
 def hog() -> int:
-    """Touch 2 GiB, 64 MiB at a time: far beyond the 400MB limit."""
+    """Say so (the last line it prints), then touch 2 GiB, 64 MiB at a time: far
+    beyond the 400MB limit."""
+    print("hog: touching 2 GiB now 9c1e", flush=True)
     chunks = [bytearray(64 * 2**20) for _ in range(32)]
     return len(chunks)
 
@@ -87,6 +89,46 @@ def mistakes_pipeline() -> None:
     lost()
 
 
+# A command step: no ZenML code runs in it, so nothing inside says it finished.
+hello = CommandStep(
+    command=["python", "-c", "print('command step ran 5e1d')"],
+    name="hello",
+    step_operator=OPERATOR,
+)
+
+
+@step(step_operator=OPERATOR, settings={"docker": DOCKER})
+def where() -> str:
+    """The step's working directory."""
+    return os.getcwd()
+
+
+@pipeline(enable_cache=False)
+def where_pipeline() -> None:
+    where()
+
+
+@step(step_operator=OPERATOR + "-async", settings={"docker": DOCKER})
+def span() -> list:
+    """When it ran: two of them at once must overlap, sharing one warm environment."""
+    start = time.time()
+    time.sleep(4)
+    return [start, time.time()]
+
+
+@pipeline(dynamic=True, enable_cache=False)
+def parallel_pipeline() -> None:
+    left = span.submit(id="left")
+    right = span.submit(id="right")
+    left.result()
+    right.result()
+
+
+@pipeline(enable_cache=False)
+def command_pipeline() -> None:
+    hello()
+
+
 @pipeline(enable_cache=False)
 def oom_pipeline() -> None:
     hog()
@@ -115,6 +157,10 @@ def secret_pipeline() -> None:
 #: Name → (pipeline, its step or steps).
 PIPELINES = {
     "mistakes": (mistakes_pipeline, ("typo", "lost")),
+    "command": (command_pipeline, "hello"),
+    "where": (where_pipeline, "where"),
+    # Dynamic: its steps pick their (asynchronous) operator themselves.
+    "parallel": (parallel_pipeline, ()),
     "oom": (oom_pipeline, "hog"),
     "raise": (raise_pipeline, "boom"),
     "sleep": (sleep_pipeline, "sleeper"),

@@ -16,5 +16,7 @@ args = parser.parse_args()
 pipeline, steps = PIPELINES[args.name]
 steps = steps if isinstance(steps, tuple) else (steps,)
 kwargs = {"marker": args.marker} if args.marker else {}
-run = pipeline.with_options(steps={s: {"step_operator": args.step_operator} for s in steps})(**kwargs)
+if steps:
+    pipeline = pipeline.with_options(steps={s: {"step_operator": args.step_operator} for s in steps})
+run = pipeline(**kwargs)
 print(f"run {run.id}")
