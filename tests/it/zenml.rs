@@ -7,13 +7,10 @@ use std::process::Command;
 
 use crate::common::root;
 
-#[test]
-#[cfg_attr(
-    skip_engine_zenml,
-    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
-)]
-fn zenml_integration_passes_its_tests_against_a_real_zenml() {
-    let Some(python) = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()) else {
+/// The Python with ZenML, or skip (fail under `CI=true`).
+fn zenml_python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty());
+    if python.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "STEPRUNNER_ZENML_PYTHON is not set and CI=true forbids skipping: \
@@ -22,6 +19,17 @@ fn zenml_integration_passes_its_tests_against_a_real_zenml() {
         eprintln!(
             "skipped: STEPRUNNER_ZENML_PYTHON is not set (`bash .ci/engines/zenml.sh start`)"
         );
+    }
+    python
+}
+
+#[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
+fn zenml_integration_passes_its_tests_against_a_real_zenml() {
+    let Some(python) = zenml_python() else {
         return;
     };
     let runner = assert_cmd::cargo::cargo_bin("runner");
@@ -181,12 +189,7 @@ fn venv_auto_uses_uv_when_on_path_and_pip_without() {
     ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
 )]
 fn the_runner_wheel_is_installed_with_the_integration_and_found_unconfigured() {
-    let Some(python) = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "STEPRUNNER_ZENML_PYTHON is not set and CI=true forbids skipping"
-        );
-        eprintln!("skipped: STEPRUNNER_ZENML_PYTHON is not set");
+    let Some(python) = zenml_python() else {
         return;
     };
     let out = Command::new(&python)
