@@ -178,10 +178,18 @@ def test_zenml_stopping_the_run_stops_the_step(
     assert "step `sleeper` was cancelled" in seen, seen
 
 
-def test_an_interrupted_asynchronous_caller_cancels_its_step(project: Project, tmp_path: Path) -> None:
+@pytest.mark.parametrize("operator", ["runner-venv", "runner-venv-async"])
+def test_an_interrupted_caller_cancels_its_step(project: Project, tmp_path: Path, operator: str) -> None:
+    """Ctrl-C: ZenML and the runner agree the step stopped, and its account is kept."""
+    from zenml.client import Client
+
     marker = tmp_path / "started"
-    pipeline = start_sleeper(project, "runner-venv-async", marker)
+    pipeline = start_sleeper(project, operator, marker)
     step_pid = int(marker.read_text())
     pipeline.send_signal(signal.SIGINT)
     stopped_and_gone(step_pid, pipeline)
     assert pipeline.returncode != 0
+    runs = Client().list_pipeline_runs(pipeline_name="sleep_pipeline", sort_by="desc:created", size=1)
+    metadata = Client().get_pipeline_run(runs.items[0].id).steps["sleeper"].run_metadata
+    assert metadata.get("steprunner_status") == "cancelled", metadata
+    assert isinstance(metadata.get("steprunner_duration_secs"), float), metadata

@@ -97,7 +97,9 @@ def run(
     """Run `runner` to the end: stdout collected, stderr copied to ours (when `echo`).
 
     If this thread is interrupted (Ctrl-C, or ZenML stopping the run), `runner` gets
-    SIGTERM, stops the step like it stops a timed-out one, and is waited for.
+    SIGTERM, stops the step like it stops a timed-out one, and is waited for; the
+    interruption then carries what `runner` answered as its `steprunner_completed`
+    attribute (the result of the cancelled run, with `--json`).
     """
     try:
         proc = subprocess.Popen(
@@ -118,10 +120,25 @@ def run(
     try:
         stdout = proc.stdout.read() if proc.stdout else b""
         code = proc.wait()
-    except BaseException:
+    except BaseException as e:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        proc.wait()
+        code = proc.wait()
+        # Nothing was printed on stdout before the step's end: it is all still there.
+        try:
+            rest = proc.stdout.read() if proc.stdout else b""
+        except BaseException:
+            rest = b""
+        pump.join(timeout=5)
+        try:
+            e.steprunner_completed = Completed(  # type: ignore[attr-defined]
+                argv=argv,
+                code=code,
+                stdout=rest.decode("utf-8", errors="replace"),
+                stderr_tail=list(tail),
+            )
+        except (AttributeError, TypeError):
+            pass
         raise
     finally:
         pump.join(timeout=5)

@@ -267,7 +267,17 @@ class ManifestStepOperator(BaseStepOperator):
         logger.info(
             "Running step `%s` with `%s`.", info.pipeline_step_name, self.config.manifest
         )
-        done = self._run(inv, run_id=info.run_id)
+        try:
+            done = self._run(inv, run_id=info.run_id)
+        except KeyboardInterrupt as e:
+            # Ctrl-C: the runner cancelled the step. Its account is recorded, and the
+            # step `stopped`, as the runner has it `cancelled`.
+            completed = getattr(e, "steprunner_completed", None)
+            result = completed.json() if completed is not None else None
+            if result and "status" in result:
+                self._publish(info.step_run_id, result)
+            self._record_stopped(info.step_run_id, info.pipeline_step_name)
+            raise
         result = done.json()
         if result is None or "status" not in result:
             raise StepRunnerError(
@@ -465,14 +475,18 @@ class ManifestStepOperator(BaseStepOperator):
             state = self._runner("status", run_dir, "--json").json() or {}
             if isinstance(state.get("result"), dict):
                 self._publish(step_run.id, state["result"])
-            try:
-                from zenml.client import Client
-                from zenml.orchestrators import publish_utils
+            self._record_stopped(step_run.id, step_run.name)
 
-                if not Client().get_run_step(step_run.id).status.is_finished:
-                    publish_utils.publish_stopped_step_run(step_run.id)
-            except Exception as e:
-                logger.warning("Cannot record step `%s` as stopped: %s", step_run.name, e)
+    def _record_stopped(self, step_run_id: Any, step_name: str) -> None:
+        """The step run `stopped` in ZenML, unless it already ended there."""
+        try:
+            from zenml.client import Client
+            from zenml.orchestrators import publish_utils
+
+            if not Client().get_run_step(step_run_id).status.is_finished:
+                publish_utils.publish_stopped_step_run(step_run_id)
+        except Exception as e:
+            logger.warning("Cannot record step `%s` as stopped: %s", step_name, e)
 
     # --- reporting ------------------------------------------------------------
 
