@@ -215,3 +215,24 @@ def test_parallel_steps_of_a_dynamic_pipeline_share_a_warm_environment_at_once(p
         assert result["cache"]["hit"] is True, result["cache"]
     keys = {result_of(run.steps[n])["cache"]["key"] for n in ("left", "right")}
     assert len(keys) == 1, keys
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_a_runner_that_fails_before_the_step_is_the_steps_stored_exception(
+    project: Project, operator: str, tmp_path: Path
+) -> None:
+    # A runner whose `launch` fails before any step starts (all else works as usual).
+    wrapper = tmp_path / "runner"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = launch ]; then echo "error: the launcher broke 4d2f" >&2; exit 125; fi\n'
+        f'exec "{RUNNER}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    ran = project.run("drive.py", "where", "--step-operator", operator, env={"STEPRUNNER_RUNNER": str(wrapper)})
+    failed_with(ran, "the launcher broke 4d2f")
+    where = last_run("where_pipeline").steps["where"]
+    assert where.status.value == "failed", where.status
+    assert where.exception_info is not None, "no exception stored"
+    assert "the launcher broke 4d2f" in where.exception_info.message, where.exception_info.message
+    assert "exit code 125" in where.exception_info.message, where.exception_info.message

@@ -280,11 +280,13 @@ class ManifestStepOperator(BaseStepOperator):
             raise
         result = done.json()
         if result is None or "status" not in result:
-            raise StepRunnerError(
+            err = StepRunnerError(
                 f"runner did not run step `{info.pipeline_step_name}` "
                 f"(exit code {done.code}):\n{done.complaint()}",
                 exit_code=done.code,
-            ) from None
+            )
+            self._record_failure(info.step_run_id, info.pipeline_step_name, err)
+            raise err from None
         self._publish(info.step_run_id, result)
         if result["status"] == "succeeded":
             if info.config.command is not None:
@@ -323,11 +325,13 @@ class ManifestStepOperator(BaseStepOperator):
         done = self._run(inv)
         started = done.json()
         if done.code != 0 or not started or "run_dir" not in started:
-            raise StepRunnerError(
+            err = StepRunnerError(
                 f"runner did not start step `{info.pipeline_step_name}` "
                 f"(exit code {done.code}):\n{done.complaint()}",
                 exit_code=done.code,
             )
+            self._record_failure(info.step_run_id, info.pipeline_step_name, err)
+            raise err
         run_dir = str(started["run_dir"])
         self._runs[str(info.step_run_id)] = run_dir
         metadata = {RUN_ID_KEY: str(started.get("run_id")), RUN_DIR_KEY: run_dir}
@@ -559,7 +563,6 @@ class ManifestStepOperator(BaseStepOperator):
         `StepRunnerError`, recorded as the step run's exception when `record`.
         """
         from zenml.client import Client
-        from zenml.orchestrators import publish_utils
         from zenml.utils import exception_utils
 
         try:
@@ -578,16 +581,34 @@ class ManifestStepOperator(BaseStepOperator):
             return exc
         err = rn.error_for(step_name, result, memory)
         if record and stored is not None and not stored.status.is_finished:
-            info = exception_utils.collect_exception_information(err)
             final = (
                 ExecutionStatus.STOPPED
                 if result.get("status") == "cancelled"
                 else ExecutionStatus.FAILED
             )
-            try:
-                publish_utils.publish_step_run_status_update(
-                    step_run_id=step_run_id, status=final, exception_info=info
-                )
-            except Exception as e:
-                logger.warning("Cannot record the failure of step `%s`: %s", step_name, e)
+            self._record_failure(step_run_id, step_name, err, final)
         return err
+
+    def _record_failure(
+        self,
+        step_run_id: Any,
+        step_name: str,
+        err: BaseException,
+        status: ExecutionStatus = ExecutionStatus.FAILED,
+    ) -> None:
+        """Store `err` (the runner's whole message) as the step run's exception, with
+        its final status, unless the step run already ended."""
+        from zenml.client import Client
+        from zenml.orchestrators import publish_utils
+        from zenml.utils import exception_utils
+
+        try:
+            if Client().get_run_step(step_run_id).status.is_finished:
+                return
+            publish_utils.publish_step_run_status_update(
+                step_run_id=step_run_id,
+                status=status,
+                exception_info=exception_utils.collect_exception_information(err),
+            )
+        except Exception as e:
+            logger.warning("Cannot record the failure of step `%s`: %s", step_name, e)
