@@ -236,3 +236,13 @@ def test_a_runner_that_fails_before_the_step_is_the_steps_stored_exception(
     assert where.exception_info is not None, "no exception stored"
     assert "the launcher broke 4d2f" in where.exception_info.message, where.exception_info.message
     assert "exit code 125" in where.exception_info.message, where.exception_info.message
+
+
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_docker_settings_runtime_environment_is_passed_and_unused_fields_said(
+    project: Project, operator: str
+) -> None:
+    ran = project.run("drive.py", "runtime", "--step-operator", operator).ok()
+    assert last_run("runtime_pipeline").steps["runtime"].output.load() == "rt-7c41"
+    seen = ran.stdout + ran.stderr
+    assert "does not use (no image is built), ignored: image_tag" in seen, str(ran)

@@ -108,6 +108,27 @@ def where_pipeline() -> None:
     where()
 
 
+# `runtime_environment` reaches the step; `image_tag` (for building an image, which the
+# runner does not do) is said to be ignored.
+@step(
+    step_operator=OPERATOR,
+    settings={
+        "docker": DockerSettings(
+            requirements=["tabulate==0.9.0"],
+            runtime_environment={"STEPRUNNER_TEST_RUNTIME": "rt-7c41"},
+            image_tag="unused-7c41",
+        )
+    },
+)
+def runtime() -> str:
+    return os.environ.get("STEPRUNNER_TEST_RUNTIME", "")
+
+
+@pipeline(enable_cache=False)
+def runtime_pipeline() -> None:
+    runtime()
+
+
 @step(step_operator=OPERATOR + "-async", settings={"docker": DOCKER})
 def span() -> list:
     """When it ran: two of them at once must overlap, sharing one warm environment."""
@@ -159,6 +180,7 @@ PIPELINES = {
     "mistakes": (mistakes_pipeline, ("typo", "lost")),
     "command": (command_pipeline, "hello"),
     "where": (where_pipeline, "where"),
+    "runtime": (runtime_pipeline, "runtime"),
     # Dynamic: its steps pick their (asynchronous) operator themselves.
     "parallel": (parallel_pipeline, ()),
     "oom": (oom_pipeline, "hog"),
