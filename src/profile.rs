@@ -88,14 +88,12 @@ impl Sampler {
         // Which point `now` falls in (a reading at the end of a point's width is its
         // last); a late wake-up carries the last reading over the points it skipped.
         // (A push may halve the points: the index is taken again with the new width.)
-        let elapsed = now.saturating_duration_since(self.start).as_nanos();
-        while self.profile.memory_bytes.len()
-            < (elapsed.saturating_sub(1) / self.interval.as_nanos().max(1)) as usize
-        {
+        let elapsed = now.saturating_duration_since(self.start);
+        while self.profile.memory_bytes.len() < self.index_at(elapsed) {
             let (m, c) = self.pending.take().or(self.last).unwrap_or(point);
             self.push(m, c);
         }
-        let index = (elapsed.saturating_sub(1) / self.interval.as_nanos().max(1)) as usize;
+        let index = self.index_at(elapsed);
         let p = &mut self.profile;
         if index < p.memory_bytes.len() {
             // The points were just halved: this reading is in the last one pushed.
@@ -113,6 +111,12 @@ impl Sampler {
         if self.next <= now {
             self.next = now + self.interval;
         }
+    }
+
+    /// The point a reading `elapsed` after the start falls in, at the current width (a
+    /// reading at the end of a point's width is its last).
+    fn index_at(&self, elapsed: Duration) -> usize {
+        (elapsed.as_nanos().saturating_sub(1) / self.interval.as_nanos().max(1)) as usize
     }
 
     fn push(&mut self, memory: u64, cpu: f64) {
@@ -197,6 +201,29 @@ pub fn suggestion(peak: u64, limit: Option<u64>) -> String {
     }
 }
 
+/// What the chart and the SVG draw: memory and its top (the limit, or the peak above
+/// it), cores per point and their top.
+struct Scales {
+    memory: Vec<f64>,
+    memory_top: f64,
+    cores: Vec<f64>,
+    cores_top: f64,
+}
+
+impl Scales {
+    fn of(p: &Profile, memory_limit: Option<u64>, cpus_limit: Option<f64>) -> Scales {
+        let peak = p.peak().unwrap_or(0);
+        let cores: Vec<f64> = (0..p.cpu_secs.len()).map(|i| p.cores(i)).collect();
+        let busiest = cores.iter().copied().fold(0.0, f64::max);
+        Scales {
+            memory: p.memory_bytes.iter().map(|&m| m as f64).collect(),
+            memory_top: memory_limit.map_or(peak, |l| l.max(peak)).max(1) as f64,
+            cores,
+            cores_top: cpus_limit.map_or(busiest, |l| l.max(busiest)).max(0.01),
+        }
+    }
+}
+
 /// Eight heights of a block, for charts in a terminal.
 const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -249,9 +276,12 @@ pub fn chart(
     const AXIS: usize = 12;
     let cols = width.saturating_sub(AXIS + 1).max(8);
     let mut lines = Vec::new();
-    let memory: Vec<f64> = p.memory_bytes.iter().map(|&m| m as f64).collect();
-    let peak = p.peak().unwrap_or(0);
-    let top = memory_limit.map_or(peak, |l| l.max(peak)).max(1) as f64;
+    let Scales {
+        memory,
+        memory_top: top,
+        cores,
+        cores_top: ctop,
+    } = Scales::of(p, memory_limit, cpus_limit);
     let mem_cols = columns(&memory, cols);
     let rows = bars(&mem_cols, top, 6, memory_limit.map(|l| l as f64));
     for (i, row) in rows.iter().enumerate() {
@@ -272,9 +302,6 @@ pub fn chart(
         w = AXIS - 1,
         r = span.saturating_sub(2).max(right.len())
     ));
-    let cores: Vec<f64> = (0..p.cpu_secs.len()).map(|i| p.cores(i)).collect();
-    let busiest = cores.iter().copied().fold(0.0, f64::max);
-    let ctop = cpus_limit.map_or(busiest, |l| l.max(busiest)).max(0.01);
     let cpu_cols = columns(&cores, cols);
     let rows = bars(&cpu_cols, ctop, 2, cpus_limit);
     for (i, row) in rows.iter().enumerate() {
@@ -299,11 +326,12 @@ pub fn svg(p: &Profile, memory_limit: Option<u64>, cpus_limit: Option<f64>, titl
     const LEFT: f64 = 70.0;
     let n = p.memory_bytes.len().max(1) as f64;
     let x = |i: usize| LEFT + (W - LEFT - 10.0) * i as f64 / n;
-    let peak = p.peak().unwrap_or(0);
-    let mtop = memory_limit.map_or(peak, |l| l.max(peak)).max(1) as f64;
-    let cores: Vec<f64> = (0..p.cpu_secs.len()).map(|i| p.cores(i)).collect();
-    let busiest = cores.iter().copied().fold(0.0, f64::max);
-    let ctop = cpus_limit.map_or(busiest, |l| l.max(busiest)).max(0.01);
+    let Scales {
+        memory,
+        memory_top: mtop,
+        cores,
+        cores_top: ctop,
+    } = Scales::of(p, memory_limit, cpus_limit);
     let escape = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -321,7 +349,7 @@ pub fn svg(p: &Profile, memory_limit: Option<u64>, cpus_limit: Option<f64>, titl
     let panels: [Panel; 2] = [
         (
             "memory",
-            p.memory_bytes.iter().map(|&m| m as f64).collect(),
+            memory,
             mtop,
             memory_limit.map(|l| l as f64),
             Bytes(mtop as u64).to_string(),

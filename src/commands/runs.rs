@@ -124,7 +124,6 @@ pub fn cancel(run: &str, no_wait: bool) -> Result<Exit, CliError> {
     }
 }
 
-/// Copy what `path` holds past `offset` to `out`. `Err` when the reader went away.
 /// The chart's width: the terminal's (`COLUMNS`), at most 100, 80 when unknown.
 fn chart_width() -> usize {
     std::env::var("COLUMNS")
@@ -235,6 +234,7 @@ pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError>
     Ok(Exit::Success)
 }
 
+/// Copy what `path` holds past `offset` to `out`. `Err` when the reader went away.
 fn copy_new(path: &Path, offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let Ok(mut f) = std::fs::File::open(path) else {
