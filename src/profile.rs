@@ -148,16 +148,8 @@ impl Sampler {
         self.samples
     }
 
-    /// The profile, with the last, partly filled point (and a final reading, taken
-    /// once the step ended, when given).
-    pub fn finish(mut self, last: Option<(u64, u64)>) -> Profile {
-        if let Some((m, c)) = last {
-            let c = secs(c);
-            self.pending = Some(match self.pending {
-                Some((pm, _)) => (pm.max(m), c),
-                None => (m, c),
-            });
-        }
+    /// The profile, with the last, partly filled point.
+    pub fn finish(mut self) -> Profile {
         if let Some((m, c)) = self.pending.take() {
             self.push(m, c);
         }
@@ -432,7 +424,9 @@ mod tests {
         s.sample(at(t0, 100), Some(10), Some(50_000_000));
         s.sample(at(t0, 200), Some(30), Some(150_000_000));
         s.sample(at(t0, 300), Some(20), Some(250_000_000));
-        let p = s.finish(Some((5, 260_000_000)));
+        // A last reading within the same point: the larger memory, the later CPU time.
+        s.sample(at(t0, 300), Some(5), Some(260_000_000));
+        let p = s.finish();
         assert_eq!(p.interval_secs, 0.1);
         // A reading at the end of [0, 100) lands in the point it starts: [100, 200).
         assert_eq!(p.memory_bytes, vec![10, 30, 20]);
@@ -455,7 +449,7 @@ mod tests {
             s.sample(now, Some(memory), Some(n * 1_000_000));
         }
         let taken = s.samples();
-        let p = s.finish(None);
+        let p = s.finish();
         assert!(
             p.memory_bytes.len() <= MAX_POINTS,
             "{}",
@@ -478,7 +472,7 @@ mod tests {
         let mut s = Sampler::new(t0);
         s.sample(at(t0, 100), Some(1), Some(0));
         s.sample(at(t0, 550), Some(7), Some(0));
-        let p = s.finish(None);
+        let p = s.finish();
         assert_eq!(p.memory_bytes, vec![1, 1, 1, 1, 1, 7]);
     }
 

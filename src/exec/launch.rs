@@ -234,7 +234,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
     let mut here = Usage::default();
     let mut oom_kills_here = 0;
     let profile = sampler
-        .map(|s| s.finish(None))
+        .map(Sampler::finish)
         .filter(|p| !p.memory_bytes.is_empty());
     match cgroup.map(|cg| cg.stats()) {
         Some(s) => {
