@@ -708,19 +708,7 @@ fn vertex_cancel_cancels_the_job() {
 /// The Python with the Kubernetes OpenAPI schema and botocore's service models, or skip
 /// (fail under CI): `eval "$(bash .ci/engines/schemas.sh start)"`.
 fn schemas_python() -> Option<String> {
-    match std::env::var("STEPRUNNER_SCHEMAS_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var("CI").as_deref() == Ok("true") => panic!(
-            "this test needs the services' schemas and CI=true forbids skipping it: \
-             `eval \"$(bash .ci/engines/schemas.sh start)\"`"
-        ),
-        _ => {
-            eprintln!(
-                "skipped: needs the services' schemas (STEPRUNNER_SCHEMAS_PYTHON is not set)"
-            );
-            None
-        }
-    }
+    crate::common::engine_var("STEPRUNNER_SCHEMAS_PYTHON", "schemas")
 }
 
 /// `check.py KIND` on `doc`: the schema's errors, one per line (empty: valid).

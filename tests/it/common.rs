@@ -205,7 +205,6 @@ pub fn check_first_diagnostic(fixture: &Path, out: &Output) -> Result<(), String
     }
 }
 
-/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
 /// `ignores:` for every step-info field: what a test manifest that uses none of them
 /// declares, so that `runner validate` checks what the test is about.
 pub const IGNORES_ALL: &str = "ignores:\n  resources.cpu_count: unused\n  \
@@ -213,6 +212,7 @@ pub const IGNORES_ALL: &str = "ignores:\n  resources.cpu_count: unused\n  \
     requirements.apt: unused\n  requirements.parent_image: unused\n  \
     requirements.environment: unused\n";
 
+/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
 pub fn needs_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -223,6 +223,24 @@ pub fn needs_root() -> bool {
     }
     eprintln!("skipped: needs root");
     false
+}
+
+/// The variable `name` that `eval "$(bash .ci/engines/ENGINE.sh start)"` sets for the
+/// tests of an engine, or `None` after saying the test is skipped. Under `CI=true` a
+/// missing engine fails the test instead: CI starts every engine.
+pub fn engine_var(name: &str, engine: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            let start = format!("eval \"$(bash .ci/engines/{engine}.sh start)\"");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "this test needs {name}, and CI=true forbids skipping it: `{start}` sets it"
+            );
+            eprintln!("skipped: {name} is not set (`{start}` sets it)");
+            None
+        }
+    }
 }
 
 /// Processes whose command line contains `marker` (other than this test).

@@ -15,24 +15,9 @@ use crate::common::{Output, Runner, needs_root, processes_with, root};
 
 const MANIFEST: &str = "manifests/docker.yaml";
 
-fn skip_or_panic(what: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("this test needs {what} and CI=true forbids skipping it");
-    }
-    eprintln!("skipped: needs {what}");
-}
-
 /// The engine's address, or `None` (after saying so) when no engine was started.
 fn docker_host() -> Option<String> {
-    match std::env::var("STEPRUNNER_DOCKER_HOST") {
-        Ok(h) if !h.is_empty() => Some(h),
-        _ => {
-            skip_or_panic(
-                "a Docker engine (`eval \"$(bash .ci/engines/docker.sh start)\"` sets STEPRUNNER_DOCKER_HOST)",
-            );
-            None
-        }
-    }
+    crate::common::engine_var("STEPRUNNER_DOCKER_HOST", "docker")
 }
 
 /// `docker ARGS…` against the test engine: its trimmed stdout, or `None` when it failed.

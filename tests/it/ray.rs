@@ -16,20 +16,11 @@ const MANIFEST: &str = "manifests/ray.yaml";
 
 /// The cluster's dashboard address and the Python with ray, or skip (fail under CI).
 fn cluster() -> Option<(String, String)> {
-    match (
-        std::env::var("STEPRUNNER_RAY_ADDRESS"),
-        std::env::var("STEPRUNNER_RAY_PYTHON"),
-    ) {
-        (Ok(a), Ok(p)) => Some((a, p)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => panic!(
-            "this test needs a Ray cluster and CI=true forbids skipping it: \
-             start one with `eval \"$(bash .ci/engines/ray.sh start)\"`"
-        ),
-        _ => {
-            eprintln!("skipped: needs a Ray cluster (STEPRUNNER_RAY_ADDRESS is not set)");
-            None
-        }
-    }
+    let address = crate::common::engine_var("STEPRUNNER_RAY_ADDRESS", "ray")?;
+    Some((
+        address,
+        crate::common::engine_var("STEPRUNNER_RAY_PYTHON", "ray")?,
+    ))
 }
 
 /// A small source folder (it is uploaded as the job's working directory).

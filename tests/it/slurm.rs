@@ -15,17 +15,7 @@ use crate::common::{Output, Runner};
 const MANIFEST: &str = "manifests/slurm.yaml";
 
 fn needs_slurm() -> bool {
-    if std::env::var_os("STEPRUNNER_SLURM").is_some() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "this test needs a Slurm cluster and CI=true forbids skipping it: \
-             start one with `eval \"$(bash .ci/engines/slurm.sh start)\"`"
-        );
-    }
-    eprintln!("skipped: needs a Slurm cluster (STEPRUNNER_SLURM is not set)");
-    false
+    crate::common::engine_var("STEPRUNNER_SLURM", "slurm").is_some()
 }
 
 /// `runner launch --json -q MANIFEST ARGS…`: the output and the parsed result.

@@ -8,19 +8,13 @@ use std::process::Command;
 use crate::common::root;
 
 /// The Python with ZenML, or skip (fail under `CI=true`).
-fn zenml_python() -> Option<std::ffi::OsString> {
-    let python = std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty());
-    if python.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "STEPRUNNER_ZENML_PYTHON is not set and CI=true forbids skipping: \
-             run `eval \"$(bash .ci/engines/zenml.sh start)\"` first"
-        );
-        eprintln!(
-            "skipped: STEPRUNNER_ZENML_PYTHON is not set (`bash .ci/engines/zenml.sh start`)"
-        );
-    }
-    python
+fn zenml_python() -> Option<String> {
+    crate::common::engine_var("STEPRUNNER_ZENML_PYTHON", "zenml")
+}
+
+/// The uv the ZenML engine installed, or skip (fail under `CI=true`).
+fn uv() -> Option<String> {
+    crate::common::engine_var("STEPRUNNER_UV", "zenml")
 }
 
 #[test]
@@ -40,7 +34,7 @@ fn zenml_integration_passes_its_tests_against_a_real_zenml() {
         .env("STEPRUNNER_RUNNER", &runner)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", python.to_string_lossy()));
+        .unwrap_or_else(|e| panic!("cannot run `{python}`: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -70,16 +64,7 @@ fn zenml_integration_passes_its_tests_against_a_real_zenml() {
 )]
 fn venv_inherits_the_packages_of_its_python_with_pip_and_uv() {
     use crate::common::Runner;
-    let (Some(python), Some(uv)) = (
-        std::env::var_os("STEPRUNNER_ZENML_PYTHON").filter(|p| !p.is_empty()),
-        std::env::var_os("STEPRUNNER_UV").filter(|p| !p.is_empty()),
-    ) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "STEPRUNNER_ZENML_PYTHON/STEPRUNNER_UV are not set and CI=true forbids skipping: \
-             run `eval \"$(bash .ci/engines/zenml.sh start)\"` first"
-        );
-        eprintln!("skipped: STEPRUNNER_ZENML_PYTHON/STEPRUNNER_UV are not set");
+    let (Some(python), Some(uv)) = (zenml_python(), uv()) else {
         return;
     };
     let python = std::path::PathBuf::from(python);
@@ -138,13 +123,7 @@ fn venv_inherits_the_packages_of_its_python_with_pip_and_uv() {
 )]
 fn venv_auto_uses_uv_when_on_path_and_pip_without() {
     use crate::common::Runner;
-    let Some(uv) = std::env::var_os("STEPRUNNER_UV").filter(|p| !p.is_empty()) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "STEPRUNNER_UV is not set and CI=true forbids skipping: \
-             run `eval \"$(bash .ci/engines/zenml.sh start)\"` first"
-        );
-        eprintln!("skipped: STEPRUNNER_UV is not set");
+    let Some(uv) = uv() else {
         return;
     };
     let uv_dir = std::path::Path::new(&uv).parent().unwrap().to_owned();
