@@ -1,7 +1,8 @@
 """What is checked before anything runs: the manifest a component or a step names
 resolves and validates, and the settings given to it match the manifest's settings
-schema. Each check runs the real `runner` (`validate`, `render`), so what passes here
-is what `runner launch` accepts; errors carry the runner's own located message.
+schema. Each check runs the real `runner render` (which validates the manifest in full
+first), so what passes here is what `runner launch` accepts; errors carry the runner's
+own located message.
 
 Where a manifest is looked for: a value with a `/` or ending in `.yaml`/`.yml` is a
 path — absolute, or relative to the ZenML source root (the folder where `zenml init`
@@ -98,12 +99,7 @@ def check(
     )
     if key in _CHECKED:
         return _CHECKED[key]
-    if os.path.isabs(resolved):
-        done = rn.run([binary, "validate", resolved], echo=False)
-        if done.code != 0:
-            raise StepRunnerError(
-                f"{prefix}manifest `{manifest}` does not validate:\n{done.complaint()}"
-            )
+    # `render` checks the manifest in full before it renders: one call says both.
     info = {"settings": dict(settings), "resources": dict(resources or {})}
     fd, path = tempfile.mkstemp(prefix="steprunner-check-", suffix=".json")
     try:
@@ -118,7 +114,8 @@ def check(
     plan = done.json()
     if done.code != 0 or plan is None:
         raise StepRunnerError(
-            f"{prefix}the settings do not fit manifest `{manifest}`:\n{done.complaint()}"
+            f"{prefix}manifest `{manifest}` does not validate, or the settings do not "
+            f"fit it:\n{done.complaint()}"
         )
     _CHECKED[key] = plan
     return plan

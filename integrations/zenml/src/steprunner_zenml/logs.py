@@ -41,9 +41,7 @@ def _entries(log_store: Any, model: Any) -> Iterator[str]:
     seen = 0
     after = None
     while seen < MAX_ENTRIES:
-        page = log_store.fetch(model, start="oldest", after=after) if after else log_store.fetch(
-            model, start="oldest"
-        )
+        page = log_store.fetch(model, start="oldest", after=after)
         for entry in page.items:
             seen += 1
             yield entry.message
