@@ -149,12 +149,21 @@ pub fn start_delegated_scope(
     }
 }
 
-/// One authenticated connection to a manager.
+/// One connection to a manager. The handshake is pipelined as sd-bus does it: the
+/// authentication, `BEGIN`, the bus's `Hello` and the first call leave in one write,
+/// and the answers are read in order — one round trip to the manager instead of three
+/// (systemd is PID 1: each trip is a wake-up of its event loop).
 struct Connection {
     stream: UnixStream,
     socket: PathBuf,
     bus: bool,
     serial: u32,
+    /// Bytes read past what has been parsed.
+    pending: Vec<u8>,
+    /// Written but not yet sent (the handshake, until the first call joins it).
+    unsent: Vec<u8>,
+    /// The server's `OK` has been read.
+    authenticated: bool,
 }
 
 impl Connection {
@@ -163,25 +172,7 @@ impl Connection {
         let sockets = manager.sockets();
         for (path, bus) in &sockets {
             match UnixStream::connect(path) {
-                Ok(stream) => {
-                    let mut c = Connection {
-                        stream,
-                        socket: path.clone(),
-                        bus: *bus,
-                        serial: 0,
-                    };
-                    c.authenticate()?;
-                    if c.bus {
-                        c.call(
-                            "/org/freedesktop/DBus",
-                            "org.freedesktop.DBus",
-                            "Hello",
-                            "",
-                            &[],
-                        )?;
-                    }
-                    return Ok(c);
-                }
+                Ok(stream) => return Ok(Connection::new(stream, path.clone(), *bus)),
                 Err(e) => last = Some(e),
             }
         }
@@ -196,6 +187,33 @@ impl Connection {
         })
     }
 
+    /// A connected stream, its handshake queued.
+    fn new(stream: UnixStream, socket: PathBuf, bus: bool) -> Connection {
+        let _ = stream.set_read_timeout(Some(TIMEOUT));
+        // SASL EXTERNAL: the kernel tells the server who we are; we name the same uid.
+        let uid = nix::unistd::geteuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut c = Connection {
+            stream,
+            socket,
+            bus,
+            serial: 0,
+            pending: Vec::new(),
+            unsent: format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").into_bytes(),
+            authenticated: false,
+        };
+        if bus {
+            c.send(
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "Hello",
+                "",
+                &[],
+            );
+        }
+        c
+    }
+
     fn io(&self, source: io::Error) -> SystemdError {
         SystemdError::Io {
             socket: self.socket.clone(),
@@ -203,51 +221,66 @@ impl Connection {
         }
     }
 
-    /// SASL EXTERNAL: the kernel tells the server who we are; we name the same uid.
-    fn authenticate(&mut self) -> Result<(), SystemdError> {
-        let _ = self.stream.set_read_timeout(Some(TIMEOUT));
-        let uid = nix::unistd::geteuid().as_raw().to_string();
-        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        let hello = format!("\0AUTH EXTERNAL {hex}\r\n");
-        self.stream
-            .write_all(hello.as_bytes())
-            .map_err(|e| self.io(e))?;
-        let line = self.read_line()?;
+    /// More bytes from the socket into `pending`.
+    fn fill(&mut self) -> Result<(), SystemdError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(self.io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+    }
+
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Result<Vec<u8>, SystemdError> {
+        while self.pending.len() < n {
+            self.fill()?;
+        }
+        let rest = self.pending.split_off(n);
+        Ok(std::mem::replace(&mut self.pending, rest))
+    }
+
+    /// The server's answer to the authentication: `OK <guid>`, or why not.
+    fn authenticated(&mut self) -> Result<(), SystemdError> {
+        if self.authenticated {
+            return Ok(());
+        }
+        let end = loop {
+            if let Some(i) = self.pending.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if self.pending.len() > 4096 {
+                return Err(SystemdError::Protocol("an over-long line".into()));
+            }
+            self.fill()?;
+        };
+        let line = String::from_utf8_lossy(&self.take(end + 2)?).into_owned();
         if !line.starts_with("OK ") {
             return Err(SystemdError::Protocol(format!(
                 "authentication refused: `{}`",
                 line.trim_end()
             )));
         }
-        self.stream.write_all(b"BEGIN\r\n").map_err(|e| self.io(e))
+        self.authenticated = true;
+        Ok(())
     }
 
-    fn read_line(&mut self) -> Result<String, SystemdError> {
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            if line.len() > 4096 {
-                return Err(SystemdError::Protocol("an over-long line".into()));
-            }
-            match self.stream.read(&mut b) {
-                Ok(0) => return Err(self.io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => line.push(b[0]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io(e)),
-            }
-        }
-        Ok(String::from_utf8_lossy(&line).into_owned())
-    }
-
-    /// Call a method of systemd's manager object and wait for its reply.
-    fn call(
+    /// Queue a call of a method of systemd's manager object (or the bus's); returns its
+    /// serial.
+    fn send(
         &mut self,
         path: &str,
         interface: &str,
         member: &str,
         signature: &str,
         body: &[u8],
-    ) -> Result<(), SystemdError> {
+    ) -> u32 {
         self.serial += 1;
         let destination = if self.bus && interface == "org.freedesktop.DBus" {
             "org.freedesktop.DBus"
@@ -263,11 +296,28 @@ impl Connection {
             signature,
             body,
         );
-        self.stream.write_all(&msg).map_err(|e| self.io(e))?;
+        self.unsent.extend(msg);
+        self.serial
+    }
+
+    /// Call a method and wait for its reply (what was queued before goes with it).
+    fn call(
+        &mut self,
+        path: &str,
+        interface: &str,
+        member: &str,
+        signature: &str,
+        body: &[u8],
+    ) -> Result<(), SystemdError> {
+        let serial = self.send(path, interface, member, signature, body);
+        let out = std::mem::take(&mut self.unsent);
+        self.stream.write_all(&out).map_err(|e| self.io(e))?;
+        self.authenticated()?;
         loop {
             let reply = self.read_message()?;
-            // Signals the bus may send first, and other replies, are not ours.
-            if reply.reply_serial != Some(self.serial) {
+            // Signals the bus may send, and replies to what was queued before
+            // (`Hello`), are not ours; an error to those is the answer, though.
+            if reply.reply_serial != Some(serial) && reply.kind != MSG_ERROR {
                 continue;
             }
             return match reply.kind {
@@ -282,18 +332,15 @@ impl Connection {
     }
 
     fn read_message(&mut self) -> Result<Message, SystemdError> {
-        let mut fixed = [0u8; 16];
-        self.stream.read_exact(&mut fixed).map_err(|e| self.io(e))?;
+        let fixed: [u8; 16] = self.take(16)?.try_into().expect("16 bytes");
         let (body_len, fields_len) = message_lengths(&fixed)?;
         let header_end = 16 + fields_len;
         let total = pad8(header_end) + body_len;
         if total > 1 << 20 {
             return Err(SystemdError::Protocol(format!("a {total}-byte message")));
         }
-        let mut rest = vec![0u8; total - 16];
-        self.stream.read_exact(&mut rest).map_err(|e| self.io(e))?;
         let mut all = fixed.to_vec();
-        all.extend(rest);
+        all.extend(self.take(total - 16)?);
         parse_message(&all)
     }
 }
@@ -569,28 +616,125 @@ mod tests {
         assert_eq!(&b[b.len() - 4..], &42u32.to_le_bytes());
     }
 
-    #[test]
-    fn replies_and_errors_are_read() {
-        // An error reply, as sd-bus sends one: ERROR_NAME, REPLY_SERIAL, SIGNATURE "s".
+    /// A reply of `kind` to `serial` (an error carries a name and a message).
+    fn reply(kind: u8, serial: u32) -> Vec<u8> {
         let mut w = Writer::default();
         let mut body = Writer::default();
-        body.string("Access denied");
+        if kind == MSG_ERROR {
+            body.string("Access denied");
+        }
         w.u8(b'l');
-        w.u8(MSG_ERROR);
+        w.u8(kind);
         w.u8(1);
         w.u8(1);
         w.u32(body.buf.len() as u32);
-        w.u32(7);
+        w.u32(90 + serial);
         w.array(8, |w| {
-            w.field(4, "s", |w| {
-                w.string("org.freedesktop.DBus.Error.AccessDenied")
-            });
-            w.field(5, "u", |w| w.u32(3));
-            w.field(8, "g", |w| w.signature("s"));
+            if kind == MSG_ERROR {
+                w.field(4, "s", |w| {
+                    w.string("org.freedesktop.DBus.Error.AccessDenied")
+                });
+            }
+            w.field(5, "u", |w| w.u32(serial));
+            if kind == MSG_ERROR {
+                w.field(8, "g", |w| w.signature("s"));
+            }
         });
         w.align(8);
         w.buf.extend(&body.buf);
-        let m = parse_message(&w.buf).unwrap();
+        w.buf
+    }
+
+    /// A server on the other end of a socket pair: it reads what the client sends
+    /// (until `want` bytes arrived, each read counted), then writes `answer`, a
+    /// byte at a time when `slowly`.
+    fn server(
+        want: usize,
+        answer: Vec<u8>,
+        slowly: bool,
+    ) -> (Connection, std::thread::JoinHandle<(Vec<u8>, usize)>) {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut reads = 0;
+            let mut buf = [0u8; 8192];
+            while got.len() < want {
+                let n = server.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+                reads += 1;
+            }
+            if slowly {
+                for b in answer {
+                    server.write_all(&[b]).unwrap();
+                }
+            } else {
+                server.write_all(&answer).unwrap();
+            }
+            (got, reads)
+        });
+        (Connection::new(client, PathBuf::from("test"), false), t)
+    }
+
+    fn handshake_len() -> usize {
+        let uid = nix::unistd::geteuid().as_raw().to_string();
+        "\0AUTH EXTERNAL \r\nBEGIN\r\n".len() + 2 * uid.len()
+    }
+
+    #[test]
+    fn the_handshake_and_the_call_leave_in_one_write_and_answers_are_read_in_any_pieces() {
+        let call = method_call(1, "/o", "i.f", "M", "org.freedesktop.systemd1", "", &[]);
+        for slowly in [false, true] {
+            let mut answer = b"OK 0123456789abcdef0123456789abcdef\r\n".to_vec();
+            answer.extend(reply(MSG_METHOD_RETURN, 1));
+            let (mut c, t) = server(handshake_len() + call.len(), answer, slowly);
+            c.call("/o", "i.f", "M", "", &[]).unwrap();
+            let (got, reads) = t.join().unwrap();
+            assert_eq!(reads, 1, "the handshake and the call came in {reads} reads");
+            assert!(got.starts_with(b"\0AUTH EXTERNAL "), "{got:?}");
+            assert!(got.ends_with(&call), "the call follows BEGIN");
+        }
+    }
+
+    #[test]
+    fn a_refused_authentication_and_an_error_reply_are_said() {
+        let call_len = method_call(1, "/o", "i.f", "M", "org.freedesktop.systemd1", "", &[]).len();
+        let (mut c, t) = server(
+            handshake_len() + call_len,
+            b"REJECTED EXTERNAL\r\n".to_vec(),
+            false,
+        );
+        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        t.join().unwrap();
+        assert!(
+            e.to_string()
+                .contains("authentication refused: `REJECTED EXTERNAL`"),
+            "{e}"
+        );
+
+        let mut answer = b"OK 0123456789abcdef0123456789abcdef\r\n".to_vec();
+        answer.extend(reply(MSG_ERROR, 1));
+        let (mut c, t) = server(handshake_len() + call_len, answer, false);
+        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        t.join().unwrap();
+        assert!(
+            matches!(&e, SystemdError::Refused { name, message }
+                if name == "org.freedesktop.DBus.Error.AccessDenied" && message == "Access denied"),
+            "{e:?}"
+        );
+
+        // The server hangs up before answering: an error, not a hang or a panic.
+        let (mut c, t) = server(handshake_len() + call_len, Vec::new(), false);
+        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        t.join().unwrap();
+        assert!(matches!(e, SystemdError::Io { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn replies_and_errors_are_read() {
+        // An error reply, as sd-bus sends one: ERROR_NAME, REPLY_SERIAL, SIGNATURE "s".
+        let buf = reply(MSG_ERROR, 3);
+        let m = parse_message(&buf).unwrap();
         assert_eq!(
             m,
             Message {
@@ -601,10 +745,10 @@ mod tests {
             }
         );
         // Truncated or garbled input is an error, never a panic.
-        for cut in 0..w.buf.len() {
-            let _ = parse_message(&w.buf[..cut]);
+        for cut in 0..buf.len() {
+            let _ = parse_message(&buf[..cut]);
         }
-        let mut garbled = w.buf.clone();
+        let mut garbled = buf.clone();
         garbled[16 + 4] = 200;
         let _ = parse_message(&garbled);
     }
