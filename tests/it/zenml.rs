@@ -207,3 +207,124 @@ fn the_runner_wheel_is_installed_with_the_integration_and_found_unconfigured() {
         format!("runner {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The integration README's install-and-run block, as written: in a fresh folder, a
+/// fresh virtualenv from the system's `python3`, `pip install` of ZenML, the runner
+/// wheel (built by maturin) and the integration from this checkout, `zenml init`, the
+/// registration, and the example pipeline. Only what a new user has is given: `HOME`
+/// (a fresh one; rustup's and cargo's homes kept, for the wheel's build) and
+/// `STEPRUNNER`. pip's cache is kept beside the ZenML engine's virtualenv.
+#[test]
+#[cfg_attr(
+    skip_engine_zenml,
+    ignore = "needs ZenML: eval \"$(bash .ci/engines/zenml.sh start)\""
+)]
+fn the_integration_readme_works_as_written_in_a_fresh_project() {
+    let Some(python) = zenml_python() else {
+        return;
+    };
+    if !crate::common::needs_root() {
+        return;
+    }
+    let readme = std::fs::read_to_string(root().join("integrations/zenml/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("the README's first sh block");
+    assert!(
+        block.contains("pip install") && block.contains("python run.py"),
+        "{block}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let real_home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let keep = |name: &str, default: &str| {
+        std::env::var(name).unwrap_or_else(|_| format!("{real_home}/{default}"))
+    };
+    let cache = std::path::Path::new(&python)
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("pip-cache");
+    let path: Vec<String> = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.contains("/venv/") && !d.is_empty())
+        .map(str::to_string)
+        .collect();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(tmp.path())
+        .env_clear()
+        .env("PATH", path.join(":"))
+        .env("HOME", &home)
+        .env("RUSTUP_HOME", keep("RUSTUP_HOME", ".rustup"))
+        .env("CARGO_HOME", keep("CARGO_HOME", ".cargo"))
+        .env("PIP_CACHE_DIR", &cache)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_PROGRESS_BAR", "off")
+        .env("ZENML_ANALYTICS_OPT_IN", "false")
+        .env("STEPRUNNER", root())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail = |t: &str| {
+        t.lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        out.status.success(),
+        "the README's block failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        tail(&stdout),
+        tail(&stderr)
+    );
+    // What run.py prints: the run's status, the model loaded back, the runner's folder.
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line:\n{}", tail(&stdout)))
+            .to_string()
+    };
+    assert!(line("run training-").ends_with(": completed"), "{stdout}");
+    let model: serde_json::Value = serde_json::from_str(&line("model: ")).unwrap();
+    assert_eq!(model["rows"], 200.0, "{model}");
+    assert!(
+        (model["slope"].as_f64().unwrap() - 3.0).abs() < 0.2,
+        "{model}"
+    );
+    // The step ran through the runner installed by the wheel, under its limits.
+    let run_dir = std::path::PathBuf::from(line("runner run folder: "));
+    assert!(run_dir.starts_with(&home), "{}", run_dir.display());
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let memory = result["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "memory")
+        .expect("a memory limit");
+    assert_eq!(memory["value"], 512_000_000u64, "{memory}");
+    let stdout_log = std::fs::read_to_string(run_dir.join("stdout.log")).unwrap();
+    assert!(stdout_log.contains("parameter"), "{stdout_log}");
+    let venv_runner = tmp.path().join("my-project/.venv/bin/runner");
+    assert!(
+        venv_runner.exists(),
+        "the wheel's runner is in the virtualenv"
+    );
+    assert!(
+        crate::common::processes_with(&run_dir.display().to_string()).is_empty(),
+        "a process of the run is left"
+    );
+}
