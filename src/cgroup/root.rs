@@ -9,6 +9,12 @@
 //!   of a `Delegate=yes` service, the first process of a container with its own cgroup
 //!   namespace): it moves itself into a leaf, `steprunner-supervisor`, and makes the run
 //!   as `steprunner-RUN` beside it; at the end it moves back.
+//! - **Beside:** this process is in a leaf of a subtree delegated to its unit, and the
+//!   unit's own cgroup holds no process (a `Delegate=yes` service with
+//!   `DelegateSubgroup=`, or one whose main process moved itself into a leaf; under
+//!   systemd's user manager alike; a container whose init did the same at the root of
+//!   its cgroup namespace): the run is `steprunner-RUN` in that cgroup, beside the
+//!   caller's leaf. Nothing moves and no manager is asked: the fast path.
 //! - **Scope:** under systemd, anywhere else (a service without `Delegate=`, a login
 //!   session, an unprivileged user): it asks the manager (the system's for root, the
 //!   user's otherwise) for a transient scope `steprunner-RUN.scope` with `Delegate=yes`
@@ -57,6 +63,7 @@ const SCOPE_SUPERVISOR: &str = "supervisor";
 pub enum Placement {
     V1,
     Delegated,
+    Beside,
     Scope(Manager),
     Unmanaged,
 }
@@ -66,6 +73,9 @@ impl Placement {
         match self {
             Placement::V1 => "cgroup v1, under the runner's own cgroups",
             Placement::Delegated => "cgroup v2, in the cgroup delegated to the runner",
+            Placement::Beside => {
+                "cgroup v2, beside the runner in the subtree delegated to its unit"
+            }
             Placement::Scope(Manager::System) => {
                 "cgroup v2, in a delegated scope of the system's systemd"
             }
@@ -115,7 +125,8 @@ fn alone_in(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Delegated to us: writable by us, and (under systemd) marked delegated by it.
+/// Delegated to us: writable by us, and (under systemd) marked delegated by it, or, for
+/// a unit of our own user manager, `Delegate=yes` by its word.
 fn delegated(dir: &Path, systemd: bool) -> bool {
     use nix::unistd::{AccessFlags, access};
     let writable = ["cgroup.procs", "cgroup.subtree_control"]
@@ -129,9 +140,27 @@ fn delegated(dir: &Path, systemd: bool) -> bool {
         return true;
     }
     // systemd marks the cgroups it delegates (`Delegate=yes`) with this attribute.
-    ["trusted.delegate", "user.delegate"]
+    if ["trusted.delegate", "user.delegate"]
         .iter()
         .any(|a| xattr(dir, a).is_some_and(|v| v == b"1"))
+    {
+        return true;
+    }
+    // The user manager of systemd 252 marks nothing: a unit in its tree is asked about.
+    let uid = nix::unistd::geteuid();
+    let in_users_tree = dir
+        .to_str()
+        .is_some_and(|p| p.contains(&format!("/user@{uid}.service/")));
+    let unit = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.ends_with(".service") || n.ends_with(".scope"));
+    match unit {
+        Some(unit) if !uid.is_root() && in_users_tree => {
+            systemd::unit_delegated(Manager::User, unit).unwrap_or(false)
+        }
+        _ => false,
+    }
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -143,6 +172,35 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     // SAFETY: getxattr with valid NUL-terminated strings and a buffer of the given length.
     let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// The cgroup of this process's unit, when this process is in a leaf below it, the unit
+/// is delegated and its cgroup holds no process: where a run can go beside the caller.
+///
+/// Under systemd the unit's cgroup is the nearest `*.service` or `*.scope` at or above
+/// this process's, and it must carry systemd's delegation mark (a manager's own tree,
+/// such as `user@UID.service`, is its manager's: the walk stops at the first unit).
+/// Without systemd only the root of a cgroup namespace qualifies (a container's own
+/// cgroup), never the real root (that is [`Placement::Unmanaged`]).
+pub(super) fn beside(u: &super::detect::Unified, systemd: bool) -> Option<PathBuf> {
+    let unit = if systemd {
+        u.dir
+            .ancestors()
+            .take_while(|d| d.starts_with(&u.mount) && *d != u.mount)
+            .find(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".service") || n.ends_with(".scope"))
+            })?
+            .to_path_buf()
+    } else {
+        if real_root(&u.mount) {
+            return None;
+        }
+        u.mount.clone()
+    };
+    let empty = read_string(&unit.join("cgroup.procs")).is_ok_and(|t| parse_pids(&t).is_empty());
+    (unit != u.dir && empty && delegated(&unit, systemd)).then_some(unit)
 }
 
 /// Enable what of `wanted` is available in `dir`'s `cgroup.subtree_control`; returns
@@ -282,6 +340,24 @@ impl RunRoot {
             enable(&dir, &v2::WANTED)?;
             self.unified = Some(dir);
             self.placement = Placement::Delegated;
+            return Ok(());
+        }
+        if let Some(unit) = beside(&u, self.fs.systemd) {
+            // Controllers enabled here stay: other runs beside this one may use them,
+            // and disabling one a child uses would fail or lift its limits.
+            enable(&unit, &v2::WANTED)?;
+            let dir = unit.join(run_dir_name(run));
+            self.record(
+                run,
+                vec![Root {
+                    path: dir.clone(),
+                    owned: true,
+                }],
+            )?;
+            make_dir(ops, &dir)?;
+            enable(&dir, &v2::WANTED)?;
+            self.unified = Some(dir);
+            self.placement = Placement::Beside;
             return Ok(());
         }
         if self.fs.systemd {

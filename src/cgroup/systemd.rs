@@ -149,6 +149,44 @@ pub fn start_delegated_scope(
     }
 }
 
+/// Does `unit` (a `.service` or `.scope` of `manager`) have `Delegate=yes`? Asked of
+/// the manager: its `Delegate` property. For cgroups the manager does not mark (the
+/// user manager of systemd 252 sets no `delegate` attribute on what it delegates).
+pub fn unit_delegated(manager: Manager, unit: &str) -> Result<bool, SystemdError> {
+    let interface = if unit.ends_with(".scope") {
+        "org.freedesktop.systemd1.Scope"
+    } else {
+        "org.freedesktop.systemd1.Service"
+    };
+    let mut body = Writer::default();
+    body.string(interface);
+    body.string("Delegate");
+    let reply = Connection::open(manager)?.call(
+        &unit_path(unit),
+        "org.freedesktop.DBus.Properties",
+        "Get",
+        "ss",
+        &body.buf,
+    )?;
+    reply
+        .variant_bool
+        .ok_or_else(|| SystemdError::Protocol("`Delegate` is not a boolean".into()))
+}
+
+/// A unit's object path, its name escaped as sd-bus does: every byte but an ASCII
+/// letter (or a digit after the first) as `_xx`.
+fn unit_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
+}
+
 /// One connection to a manager. The handshake is pipelined as sd-bus does it: the
 /// authentication, `BEGIN`, the bus's `Hello` and the first call leave in one write,
 /// and the answers are read in order — one round trip to the manager instead of three
@@ -308,7 +346,7 @@ impl Connection {
         member: &str,
         signature: &str,
         body: &[u8],
-    ) -> Result<(), SystemdError> {
+    ) -> Result<Message, SystemdError> {
         let serial = self.send(path, interface, member, signature, body);
         let out = std::mem::take(&mut self.unsent);
         self.stream.write_all(&out).map_err(|e| self.io(e))?;
@@ -321,7 +359,7 @@ impl Connection {
                 continue;
             }
             return match reply.kind {
-                MSG_METHOD_RETURN => Ok(()),
+                MSG_METHOD_RETURN => Ok(reply),
                 MSG_ERROR => Err(SystemdError::Refused {
                     name: reply.error_name.unwrap_or_default(),
                     message: reply.first_string.unwrap_or_default(),
@@ -457,6 +495,8 @@ struct Message {
     error_name: Option<String>,
     /// The body's first value, when it is a string (an error's message).
     first_string: Option<String>,
+    /// The body's value, when it is a variant holding a boolean (a property's).
+    variant_bool: Option<bool>,
 }
 
 fn message_lengths(fixed: &[u8; 16]) -> Result<(usize, usize), SystemdError> {
@@ -508,6 +548,8 @@ fn parse_message(m: &[u8]) -> Result<Message, SystemdError> {
     r.at = pad8(end);
     if body_sig.starts_with('s') {
         out.first_string = r.string();
+    } else if body_sig == "v" && r.signature().as_deref() == Some("b") {
+        out.variant_bool = r.u32().map(|v| v != 0);
     }
     Ok(out)
 }
@@ -731,6 +773,45 @@ mod tests {
     }
 
     #[test]
+    fn unit_paths_are_escaped_as_sd_bus_does() {
+        assert_eq!(
+            unit_path("run-u0.service"),
+            "/org/freedesktop/systemd1/unit/run_2du0_2eservice"
+        );
+        assert_eq!(
+            unit_path("user@1001.service"),
+            "/org/freedesktop/systemd1/unit/user_401001_2eservice"
+        );
+        assert_eq!(
+            unit_path("0a.scope"),
+            "/org/freedesktop/systemd1/unit/_30a_2escope"
+        );
+    }
+
+    #[test]
+    fn a_property_reply_holding_a_boolean_is_read() {
+        for (value, want) in [(1u32, true), (0, false)] {
+            let mut w = Writer::default();
+            let mut body = Writer::default();
+            body.signature("b");
+            body.u32(value);
+            w.u8(b'l');
+            w.u8(MSG_METHOD_RETURN);
+            w.u8(1);
+            w.u8(1);
+            w.u32(body.buf.len() as u32);
+            w.u32(9);
+            w.array(8, |w| {
+                w.field(5, "u", |w| w.u32(2));
+                w.field(8, "g", |w| w.signature("v"));
+            });
+            w.align(8);
+            w.buf.extend(&body.buf);
+            assert_eq!(parse_message(&w.buf).unwrap().variant_bool, Some(want));
+        }
+    }
+
+    #[test]
     fn replies_and_errors_are_read() {
         // An error reply, as sd-bus sends one: ERROR_NAME, REPLY_SERIAL, SIGNATURE "s".
         let buf = reply(MSG_ERROR, 3);
@@ -742,6 +823,7 @@ mod tests {
                 reply_serial: Some(3),
                 error_name: Some("org.freedesktop.DBus.Error.AccessDenied".into()),
                 first_string: Some("Access denied".into()),
+                variant_bool: None,
             }
         );
         // Truncated or garbled input is an error, never a panic.

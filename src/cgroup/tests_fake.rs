@@ -383,6 +383,149 @@ fn v2_shared_with_other_processes_and_no_systemd_is_a_clear_error() {
     assert!(!err.hints().is_empty());
 }
 
+/// Mark `dir` delegated the way systemd does for `Delegate=yes` (its user-namespace
+/// variant: a test cannot set `trusted.*`).
+fn mark_delegated(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: setxattr with NUL-terminated strings and a one-byte value.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"user.delegate".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", io::Error::last_os_error());
+}
+
+/// A fake v2 tree with this process in `cgroup` (below `/sys/fs/cgroup`) among other
+/// processes, every directory from the root down to it with control files and no
+/// process of its own.
+fn fake_v2_in(tmp: &Path, cgroup: &str) -> (CgroupFs, PathBuf) {
+    let mut fs = fake_fs(V2_MOUNTINFO, &format!("0::/{cgroup}\n"), tmp);
+    fs.systemd = true;
+    let u = fs.unified_tree().unwrap().clone();
+    for d in u.dir.ancestors().take_while(|d| d.starts_with(&u.mount)) {
+        put(d, &[("cgroup.controllers", "cpu io memory pids")]);
+        put(d, V2_FILES);
+        if d != u.mount {
+            put(d, &[("cgroup.type", "domain")]);
+        }
+    }
+    put(
+        &u.dir,
+        &[("cgroup.procs", &format!("1\n{}\n", std::process::id()))],
+    );
+    (fs, u.mount)
+}
+
+#[test]
+fn v2_in_a_leaf_of_its_delegated_unit_the_run_goes_beside_it_and_nothing_moves() {
+    if super::systemd::booted() {
+        // A regression would ask this host's systemd for a scope and move the test.
+        eprintln!("skipped: systemd runs here (the fake tree must not reach it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, mount) = fake_v2_in(tmp.path(), "system.slice/ci.service/main");
+    let unit = mount.join("system.slice/ci.service");
+    mark_delegated(&unit);
+    let own = fs.unified().unwrap().to_owned();
+    let procs = read(&own.join("cgroup.procs"));
+    let mut root = RunRoot::acquire(&fs, "r5").unwrap();
+    assert_eq!(root.placement(), Placement::Beside);
+    let run = unit.join("steprunner-r5");
+    assert_eq!(
+        read(&unit.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    assert_eq!(
+        read(&run.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    let rcg = root
+        .create(
+            "launch",
+            &Request {
+                memory: Some(64 << 20),
+                cpus: None,
+                pids: Some(20),
+            },
+        )
+        .unwrap();
+    assert_eq!(rcg.dirs(), [run.join("launch")]);
+    assert_eq!(read(&run.join("launch/memory.max")), "67108864");
+    // Born into it through clone3: the runner itself stays where it is.
+    assert!(rcg.unified_fd().is_some());
+    assert_eq!(read(&own.join("cgroup.procs")), procs);
+    assert!(tmp.path().join("records/r5").exists());
+    rcg.remove().unwrap();
+    root.release();
+    assert!(!run.exists(), "run root removed");
+    assert_eq!(read(&own.join("cgroup.procs")), procs, "nobody moved");
+    // What other runs beside it may use stays enabled.
+    assert_eq!(
+        read(&unit.join("cgroup.subtree_control")),
+        "+memory +cpu +pids"
+    );
+    assert!(!tmp.path().join("records/r5").exists(), "record removed");
+}
+
+#[test]
+fn only_a_delegated_unit_of_its_own_with_no_process_is_used_beside_the_caller() {
+    let beside = |cgroup: &str, mark: &[&str], busy: Option<&str>, systemd: bool| {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut fs, mount) = fake_v2_in(tmp.path(), cgroup);
+        fs.systemd = systemd;
+        for m in mark {
+            mark_delegated(&mount.join(m));
+        }
+        if let Some(b) = busy {
+            put(&mount.join(b), &[("cgroup.procs", "4242\n")]);
+        }
+        super::root::beside(fs.unified_tree().unwrap(), fs.systemd)
+            .map(|p| p.strip_prefix(&mount).unwrap().display().to_string())
+    };
+    let ci = "system.slice/ci.service";
+    assert_eq!(
+        beside("system.slice/ci.service/main", &[ci], None, true).as_deref(),
+        Some(ci)
+    );
+    assert_eq!(
+        beside("system.slice/ci.service/a/b", &[ci], None, true).as_deref(),
+        Some(ci)
+    );
+    // Not delegated; its cgroup holds a process; the caller is in the unit's own cgroup.
+    assert_eq!(
+        beside("system.slice/ci.service/main", &[], None, true),
+        None
+    );
+    assert_eq!(
+        beside("system.slice/ci.service/main", &[ci], Some(ci), true),
+        None
+    );
+    assert_eq!(beside(ci, &[ci], None, true), None);
+    // A user manager's tree is its manager's: a unit below it must be delegated itself.
+    let app = "user.slice/user-1000.slice/user@1000.service/app.slice/x.service/leaf";
+    assert_eq!(
+        beside(
+            app,
+            &["user.slice/user-1000.slice/user@1000.service"],
+            None,
+            true
+        ),
+        None
+    );
+    // Without systemd only a cgroup namespace's root qualifies, never the real root.
+    assert_eq!(
+        beside("system.slice/ci.service/main", &[ci], None, false),
+        None
+    );
+}
+
 /// A fake v1 tree laid out like `V1_MOUNTINFO` + `V1_CGROUP`, plus an optional unified tree.
 fn fake_v1(tmp: &Path, with_unified: bool) -> (CgroupFs, [PathBuf; 4]) {
     let mut mi = V1_MOUNTINFO.to_owned();

@@ -369,6 +369,43 @@ def in_a_container_like_namespace_the_runner_uses_its_own_cgroup(user):
 
 
 @case
+def beside_its_leaf_in_a_delegated_service_no_manager_is_asked(user):
+    # A `Delegate=yes` service whose main process moved itself into a leaf (what
+    # systemd 254's `DelegateSubgroup=` does): the run goes beside the leaf, under the
+    # service's own cgroup, with no D-Bus call; limits hold and nothing is left.
+    env = f"RUNNER_HOME={home(user, 'beside')}"
+    script = (
+        'cg=/sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup)\n'
+        'mkdir "$cg/main" && echo $$ > "$cg/main/cgroup.procs" || exit 3\n'
+        f"env {env} {RUNNER} doctor --json && echo '-- launch'\n"
+        f"env {env} {RUNNER} launch --json -q {MANIFESTS}/local.yaml --memory 64MiB -- "
+        "python3 -c 'b = bytearray(256 << 20)'\necho \"-- exit $?\"\n"
+    )
+    # A file, not `sh -c`: systemd-run expands `$` in a command line (`$$` is `$`).
+    path = f"/tmp/beside-{'user' if user else 'root'}.sh"
+    with open(path, "w") as f:
+        f.write(script)
+    os.chmod(path, 0o644)
+    argv = ["systemd-run", *(["--user"] if user else []), "--quiet", "--wait", "--pipe",
+            "-p", "Delegate=yes", "sh", path]
+    if user:
+        argv = ["runuser", "-u", USER, "--", "env", *[f"{k}={v}" for k, v in USER_ENV.items()], *argv]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd="/tmp", timeout=300)
+    doctor, _, rest = p.stdout.partition("-- launch\n")
+    launched, _, code = rest.rpartition("-- exit ")
+    try:
+        d, r = json.loads(doctor), json.loads(launched)
+    except ValueError:
+        raise AssertionError((p.returncode, p.stdout, p.stderr))
+    placement = d["cgroup"]["placement"]
+    assert "beside the runner" in placement, (placement, d["cgroup"])
+    assert code.strip() == "137" and r["status"] == "oom_killed", (code, r, p.stderr)
+    assert limit(r, "memory")["enforced_by"] == "cgroup-v2"
+    nothing_left()
+    return f"{placement}; exit 137"
+
+
+@case
 def doctor_says_what_can_be_enforced(user):
     code, out, err = runner(user, ["doctor", "--json"], "doctor")
     assert code == 0, (code, err, out)

@@ -251,6 +251,20 @@ fn guest_a_container_with_its_own_cgroup_namespace_works_the_same() {
     );
 }
 
+/// A `Delegate=yes` service whose process sits in a leaf: the run goes beside it, no
+/// manager is asked, and limits hold (doctor names the placement).
+#[test]
+#[cfg_attr(
+    skip_engine_guest,
+    ignore = "needs the cgroup v2 guest: eval \"$(bash .ci/engines/guest.sh start)\""
+)]
+fn guest_in_a_leaf_of_a_delegated_service_the_run_goes_beside_it() {
+    passed(
+        "beside_its_leaf_in_a_delegated_service_no_manager_is_asked",
+        BOTH,
+    );
+}
+
 #[test]
 #[cfg_attr(
     skip_engine_guest,
