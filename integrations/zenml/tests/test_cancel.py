@@ -156,7 +156,12 @@ def stopped_and_gone(step_pid: int, pipeline: "subprocess.Popen[str]") -> str:
 
 @pytest.mark.parametrize(
     "operator,graceful",
-    [("runner-venv", True), ("runner-venv-async", True), ("runner-venv-async", False)],
+    [
+        ("runner-venv", True),
+        ("runner-venv", False),
+        ("runner-venv-async", True),
+        ("runner-venv-async", False),
+    ],
 )
 def test_zenml_stopping_the_run_stops_the_step(
     project: Project, tmp_path: Path, operator: str, graceful: bool

@@ -202,6 +202,24 @@ def test_the_step_runs_in_the_source_root(project: Project, operator: str) -> No
     assert os.path.realpath(where.output.load()) == os.path.realpath(project.root)
 
 
+@pytest.mark.parametrize("operator", [SYNC, ASYNC])
+def test_a_cold_prepare_shows_its_progress_in_both_modes(
+    project: Project, operator: str, tmp_path: Path
+) -> None:
+    # A runner home of its own: nothing cached, so the step's environment is prepared.
+    ran = project.run(
+        "drive.py", "where", "--step-operator", operator, env={"RUNNER_HOME": str(tmp_path / "home")}
+    ).ok()
+    seen = ran.stdout + ran.stderr
+    # The prepare commands are announced as they start (on stderr), and the installer's
+    # output is shown (pip's `Collecting`, uv's `+`).
+    assert re.search(r"^runner: prepare 1\b", seen, re.M), str(ran)
+    assert re.search(r"^runner: prepare 4\b", seen, re.M), str(ran)
+    assert re.search(r"(Collecting|\+) tabulate", seen), str(ran)
+    result = result_of(last_run("where_pipeline").steps["where"])
+    assert result["cache"]["hit"] is False, result["cache"]
+
+
 def test_parallel_steps_of_a_dynamic_pipeline_share_a_warm_environment_at_once(project: Project) -> None:
     # Warm the environment the two steps share (the example's requirement).
     project.run("drive.py", "where", "--step-operator", ASYNC).ok()
