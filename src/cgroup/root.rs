@@ -266,6 +266,27 @@ impl RunRoot {
         Ok(())
     }
 
+    /// The run's own v2 directory `dir`: recorded, made, its controllers enabled.
+    fn own_run_dir(
+        &mut self,
+        run: &str,
+        dir: PathBuf,
+        placement: Placement,
+    ) -> Result<(), CgroupError> {
+        self.record(
+            run,
+            vec![Root {
+                path: dir.clone(),
+                owned: true,
+            }],
+        )?;
+        make_dir(self.fs.ops, &dir)?;
+        enable(&dir, &v2::WANTED)?;
+        self.unified = Some(dir);
+        self.placement = placement;
+        Ok(())
+    }
+
     fn place(&mut self, run: &str) -> Result<(), CgroupError> {
         let ops = self.fs.ops;
         if self.fs.version() == Version::V1 {
@@ -328,37 +349,13 @@ impl RunRoot {
             if let Some(m) = &mut self.moved {
                 m.enabled = enabled;
             }
-            let dir = u.dir.join(run_dir_name(run));
-            self.record(
-                run,
-                vec![Root {
-                    path: dir.clone(),
-                    owned: true,
-                }],
-            )?;
-            make_dir(ops, &dir)?;
-            enable(&dir, &v2::WANTED)?;
-            self.unified = Some(dir);
-            self.placement = Placement::Delegated;
-            return Ok(());
+            return self.own_run_dir(run, u.dir.join(run_dir_name(run)), Placement::Delegated);
         }
         if let Some(unit) = beside(&u, self.fs.systemd) {
             // Controllers enabled here stay: other runs beside this one may use them,
             // and disabling one a child uses would fail or lift its limits.
             enable(&unit, &v2::WANTED)?;
-            let dir = unit.join(run_dir_name(run));
-            self.record(
-                run,
-                vec![Root {
-                    path: dir.clone(),
-                    owned: true,
-                }],
-            )?;
-            make_dir(ops, &dir)?;
-            enable(&dir, &v2::WANTED)?;
-            self.unified = Some(dir);
-            self.placement = Placement::Beside;
-            return Ok(());
+            return self.own_run_dir(run, unit.join(run_dir_name(run)), Placement::Beside);
         }
         if self.fs.systemd {
             let manager = Manager::for_me();
@@ -387,20 +384,8 @@ impl RunRoot {
             return Ok(());
         }
         if nix::unistd::geteuid().is_root() && real_root(&u.mount) {
-            let dir = u.mount.join(run_dir_name(run));
-            self.record(
-                run,
-                vec![Root {
-                    path: dir.clone(),
-                    owned: true,
-                }],
-            )?;
             enable(&u.mount, &v2::WANTED)?;
-            make_dir(ops, &dir)?;
-            enable(&dir, &v2::WANTED)?;
-            self.unified = Some(dir);
-            self.placement = Placement::Unmanaged;
-            return Ok(());
+            return self.own_run_dir(run, u.mount.join(run_dir_name(run)), Placement::Unmanaged);
         }
         Err(CgroupError::NotDelegated {
             path: u.dir.clone(),
