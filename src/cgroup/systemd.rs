@@ -189,8 +189,8 @@ fn unit_path(unit: &str) -> String {
 
 /// One connection to a manager. The handshake is pipelined as sd-bus does it: the
 /// authentication, `BEGIN`, the bus's `Hello` and the first call leave in one write,
-/// and the answers are read in order — one round trip to the manager instead of three
-/// (systemd is PID 1: each trip is a wake-up of its event loop).
+/// and the answers are read in order — one round trip to the manager instead of two
+/// (three through the message bus; systemd is PID 1: each trip wakes its event loop).
 struct Connection {
     stream: UnixStream,
     socket: PathBuf,
