@@ -658,33 +658,45 @@ mod tests {
         assert_eq!(&b[b.len() - 4..], &42u32.to_le_bytes());
     }
 
-    /// A reply of `kind` to `serial` (an error carries a name and a message).
-    fn reply(kind: u8, serial: u32) -> Vec<u8> {
+    /// A message of `kind` answering `serial`, as sd-bus lays one out: an error name when
+    /// given, a body of `signature` (none when empty).
+    fn message(
+        kind: u8,
+        serial: u32,
+        error_name: Option<&str>,
+        signature: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
         let mut w = Writer::default();
-        let mut body = Writer::default();
-        if kind == MSG_ERROR {
-            body.string("Access denied");
-        }
         w.u8(b'l');
         w.u8(kind);
         w.u8(1);
         w.u8(1);
-        w.u32(body.buf.len() as u32);
+        w.u32(body.len() as u32);
         w.u32(90 + serial);
         w.array(8, |w| {
-            if kind == MSG_ERROR {
-                w.field(4, "s", |w| {
-                    w.string("org.freedesktop.DBus.Error.AccessDenied")
-                });
+            if let Some(name) = error_name {
+                w.field(4, "s", |w| w.string(name));
             }
             w.field(5, "u", |w| w.u32(serial));
-            if kind == MSG_ERROR {
-                w.field(8, "g", |w| w.signature("s"));
+            if !signature.is_empty() {
+                w.field(8, "g", |w| w.signature(signature));
             }
         });
         w.align(8);
-        w.buf.extend(&body.buf);
+        w.buf.extend(body);
         w.buf
+    }
+
+    /// A reply of `kind` to `serial` (an error carries a name and a message).
+    fn reply(kind: u8, serial: u32) -> Vec<u8> {
+        if kind != MSG_ERROR {
+            return message(kind, serial, None, "", &[]);
+        }
+        let mut body = Writer::default();
+        body.string("Access denied");
+        let name = "org.freedesktop.DBus.Error.AccessDenied";
+        message(kind, serial, Some(name), "s", &body.buf)
     }
 
     /// A server on the other end of a socket pair: it reads what the client sends
@@ -791,23 +803,11 @@ mod tests {
     #[test]
     fn a_property_reply_holding_a_boolean_is_read() {
         for (value, want) in [(1u32, true), (0, false)] {
-            let mut w = Writer::default();
             let mut body = Writer::default();
             body.signature("b");
             body.u32(value);
-            w.u8(b'l');
-            w.u8(MSG_METHOD_RETURN);
-            w.u8(1);
-            w.u8(1);
-            w.u32(body.buf.len() as u32);
-            w.u32(9);
-            w.array(8, |w| {
-                w.field(5, "u", |w| w.u32(2));
-                w.field(8, "g", |w| w.signature("v"));
-            });
-            w.align(8);
-            w.buf.extend(&body.buf);
-            assert_eq!(parse_message(&w.buf).unwrap().variant_bool, Some(want));
+            let m = message(MSG_METHOD_RETURN, 2, None, "v", &body.buf);
+            assert_eq!(parse_message(&m).unwrap().variant_bool, Some(want));
         }
     }
 
