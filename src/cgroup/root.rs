@@ -151,16 +151,19 @@ fn delegated(dir: &Path, systemd: bool) -> bool {
     let in_users_tree = dir
         .to_str()
         .is_some_and(|p| p.contains(&format!("/user@{uid}.service/")));
-    let unit = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| n.ends_with(".service") || n.ends_with(".scope"));
-    match unit {
+    match unit_name(dir) {
         Some(unit) if !uid.is_root() && in_users_tree => {
             systemd::unit_delegated(Manager::User, unit).unwrap_or(false)
         }
         _ => false,
     }
+}
+
+/// The systemd unit whose cgroup `dir` is, by its name (`*.service`, `*.scope`).
+fn unit_name(dir: &Path) -> Option<&str> {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.ends_with(".service") || n.ends_with(".scope"))
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -178,7 +181,7 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 /// is delegated and its cgroup holds no process: where a run can go beside the caller.
 ///
 /// Under systemd the unit's cgroup is the nearest `*.service` or `*.scope` at or above
-/// this process's, and it must carry systemd's delegation mark (a manager's own tree,
+/// this process's, and it must be delegated (see [`delegated`]; a manager's own tree,
 /// such as `user@UID.service`, is its manager's: the walk stops at the first unit).
 /// Without systemd only the root of a cgroup namespace qualifies (a container's own
 /// cgroup), never the real root (that is [`Placement::Unmanaged`]).
@@ -187,11 +190,7 @@ pub(super) fn beside(u: &super::detect::Unified, systemd: bool) -> Option<PathBu
         u.dir
             .ancestors()
             .take_while(|d| d.starts_with(&u.mount) && *d != u.mount)
-            .find(|d| {
-                d.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".service") || n.ends_with(".scope"))
-            })?
+            .find(|d| unit_name(d).is_some())?
             .to_path_buf()
     } else {
         if real_root(&u.mount) {
