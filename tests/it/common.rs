@@ -243,6 +243,21 @@ pub fn engine_var(name: &str, engine: &str) -> Option<String> {
     }
 }
 
+/// The result's `name` limit (a test fails when it is not listed).
+#[track_caller]
+pub fn limit<'a>(result: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    result["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name))
+        .unwrap_or_else(|| panic!("no `{name}` limit in {result}"))
+}
+
+/// The last 80 lines of `text`, for a failure's message.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
 /// Processes whose command line contains `marker` (other than this test).
 pub fn processes_with(marker: &str) -> Vec<i32> {
     let me = std::process::id() as i32;

@@ -234,13 +234,7 @@ fn docker_oom_killed_container_is_reported() {
         .as_u64()
         .expect("the engine measured a peak");
     assert!(peak > 60 << 20 && peak <= 64 << 20, "peak {peak}: {r}");
-    let memory = r["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "memory")
-        .cloned()
-        .unwrap_or_else(|| panic!("no memory limit listed: {r}"));
+    let memory = crate::common::limit(&r, "memory");
     assert_eq!(memory["value"], 64 << 20);
     assert_eq!(memory["enforced_by"], "engine");
     assert_eq!(memory["contained"], true);

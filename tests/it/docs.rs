@@ -102,12 +102,7 @@ fn the_readme_step_runs_end_to_end() {
         "the example step printed nothing"
     );
     for name in ["memory", "cpus"] {
-        let l = r["limits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} limit in {r}"));
+        let l = crate::common::limit(&r, name);
         assert!(
             l["enforced_by"].as_str().unwrap().starts_with("cgroup"),
             "{l}"

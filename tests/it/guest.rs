@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::root;
+use crate::common::{root, tail};
 
 /// How long a boot and the whole suite may take under emulation.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(25 * 60);
@@ -68,11 +68,6 @@ fn payload(dir: &Path, mode: &str) -> String {
     }
     std::fs::write(dir.join("mode"), mode).unwrap();
     key.finalize().to_hex()[..16].to_string()
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
 }
 
 /// Boot once per payload (across the test processes of one run) and return the file

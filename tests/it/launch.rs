@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Output, Runner, root};
+use crate::common::{Output, Runner, limit, root};
 pub(crate) use crate::common::{needs_root, processes_with, spawn_runner, wait_for};
 
 /// `runner launch --json -q ARGS…`: the output and the parsed result.
@@ -70,15 +70,6 @@ pub(crate) fn assert_nothing_left(result: &Value, marker: &str) {
     }
     let left = cgroups_of(run_id(result));
     assert!(left.is_empty(), "cgroups of the run are left: {left:?}");
-}
-
-fn limit<'a>(result: &'a Value, name: &str) -> &'a Value {
-    result["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name)
-        .unwrap_or_else(|| panic!("no limit `{name}` in {result}"))
 }
 
 #[test]

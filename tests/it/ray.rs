@@ -115,13 +115,7 @@ fn ray_requirements_environment_arguments_and_exit_code() {
     );
     assert!(!src.path().join("PWNED").exists());
     // Ray schedules memory and holds the driver to nothing: the result says so.
-    let memory = r["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "memory")
-        .cloned();
-    let memory = memory.unwrap_or_else(|| panic!("{r}"));
+    let memory = crate::common::limit(&r, "memory");
     assert_eq!(memory["enforced_by"], "scheduler");
     assert_eq!(memory["contained"], false);
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Output, Runner};
+use crate::common::{Output, Runner, limit};
 
 const MANIFEST: &str = "manifests/slurm.yaml";
 
@@ -182,15 +182,6 @@ fn slurm_job_over_its_memory_is_oom_killed() {
     assert_eq!(r["measured_by"], "engine");
     assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(limit(&r, "memory")["value"], 64 << 20, "{r}");
-}
-
-/// The result's `name` limit.
-#[track_caller]
-fn limit(result: &Value, name: &str) -> Value {
-    result["limits"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no `{name}` limit in {result}"))
 }
 
 /// The job's numbers, not its poller's: a step holding 160 MiB reports a peak within

@@ -271,16 +271,7 @@ fn the_integration_readme_works_as_written_in_a_fresh_project() {
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail = |t: &str| {
-        t.lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    use crate::common::tail;
     assert!(
         out.status.success(),
         "the README's block failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -309,12 +300,7 @@ fn the_integration_readme_works_as_written_in_a_fresh_project() {
     let result: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["status"], "succeeded", "{result}");
-    let memory = result["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "memory")
-        .expect("a memory limit");
+    let memory = crate::common::limit(&result, "memory");
     assert_eq!(memory["value"], 512_000_000u64, "{memory}");
     let stdout_log = std::fs::read_to_string(run_dir.join("stdout.log")).unwrap();
     assert!(stdout_log.contains("parameter"), "{stdout_log}");
