@@ -136,11 +136,16 @@ pub fn pump(pipe: OwnedFd, spec: LogSpec) -> Result<LogPump, LogError> {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let sink = FileSink::new(file, path.clone(), limit);
     let (tx, done) = mpsc::sync_channel(1);
+    // Allocated here, not in the pump: glibc gives a new thread an arena of its own and
+    // zeroes a calloc from it by hand (32 page faults per pump before the first byte);
+    // from this thread the buffer is fresh mapped memory, already zero, touched only
+    // where the step's output lands.
+    let buf = vec![0u8; BUF_SIZE];
     let thread = std::thread::Builder::new()
         .name(format!("log {name}"))
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(copy(File::from(pipe), sink, live));
+            let _ = tx.send(copy(File::from(pipe), sink, live, buf));
         })
         .map_err(|source| LogError::Spawn {
             path: path.clone(),
@@ -181,8 +186,8 @@ fn copy(
     mut pipe: File,
     mut sink: FileSink,
     mut live: Option<LiveSink>,
+    mut buf: Vec<u8>,
 ) -> Result<LogStats, LogError> {
-    let mut buf = vec![0u8; BUF_SIZE];
     let mut bytes = 0u64;
     let mut live_failed = false;
     loop {

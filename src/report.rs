@@ -272,17 +272,32 @@ pub enum ReportError {
     Serialize(#[source] serde_json::Error),
 }
 
-/// Write `outcome` as pretty JSON with a trailing newline, atomically: into
-/// `<path>.tmp.<pid>` in the same directory, then renamed over `path`. A reader (or a
-/// runner killed half-way) sees either no file (or the previous one) or the whole new one.
+/// Write `outcome` as pretty JSON with a trailing newline, atomically: a reader (or a
+/// runner killed half-way) sees either no file (or the previous one) or the whole new
+/// one.
 ///
-/// No fsync: the two it took (file and directory) were 1.2 ms of a 14 ms launch. They
-/// only matter if the machine loses power within seconds of the step's end; the run
-/// then reads as `lost` (no valid result, no supervisor), which is what it is.
+/// Into the space set aside when the run started (`.result.reserve` beside `path`,
+/// see [`reserve`]), then renamed to `path`: its blocks are allocated, so the write
+/// cannot meet a full disk (a step that filled it still gets its result) and no fsync is
+/// needed to learn that it did not; no file is made or removed (on an ext4 without a
+/// journal each new inode scans past those freed in the last seconds). Without a usable reserve (none, replaced, too small), into a new
+/// `<path>.tmp.<pid>.<n>`, fsynced so that a full disk shows here, then renamed.
+///
+/// No fsync for power loss: the two it took (file and directory) were 1.2 ms of a
+/// 14 ms launch. They only matter if the machine loses power within seconds of the
+/// step's end; the run then reads as `lost` (no valid result, no supervisor), which is
+/// what it is.
 pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
     let mut json = serde_json::to_vec_pretty(outcome).map_err(ReportError::Serialize)?;
     json.push(b'\n');
     let reserve = path.with_file_name(".result.reserve");
+    if write_into_reserve(&reserve, &json).is_ok() && std::fs::rename(&reserve, path).is_ok() {
+        return Ok(());
+    }
+    let fail = |source| ReportError::Write {
+        path: path.to_owned(),
+        source,
+    };
     // A new file of a name no one could plant first: never written through a symlink
     // or into a file the step made.
     let mut made = None;
@@ -299,39 +314,16 @@ pub fn write_atomic(path: &Path, outcome: &Outcome) -> Result<(), ReportError> {
             Err(e) => last = e,
         }
     }
-    let written = match made {
-        Some((tmp, mut f)) => match f.write_all(&json).and_then(|()| f.sync_all()) {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        },
-        None => Err(last),
-    };
-    // A full disk (the step filled it): the space set aside when the run started.
-    let tmp = match written {
-        Ok(tmp) => {
-            let _ = std::fs::remove_file(&reserve);
-            tmp
-        }
-        Err(e) => match write_into_reserve(&reserve, &json) {
-            Ok(()) => reserve.clone(),
-            Err(_) => {
-                return Err(ReportError::Write {
-                    path: path.to_owned(),
-                    source: e,
-                });
-            }
-        },
-    };
-    if let Err(source) = std::fs::rename(&tmp, path) {
+    let (tmp, mut f) = made.ok_or_else(|| fail(last))?;
+    if let Err(e) = f.write_all(&json).and_then(|()| f.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(ReportError::Write {
-            path: path.to_owned(),
-            source,
-        });
+        return Err(fail(e));
     }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    let _ = std::fs::remove_file(&reserve);
     Ok(())
 }
 
@@ -351,7 +343,9 @@ pub fn reserve(path: &Path) -> io::Result<()> {
 }
 
 /// The result written into the reserved file's allocated blocks (no new space needed),
-/// then cut to its length.
+/// then cut to its length. Only into the file set aside: a regular file of ours, of the
+/// reserved length with its blocks allocated, linked once (a step's symlink or hard
+/// link to another file in its place is refused).
 fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if json.len() as u64 > RESERVE_BYTES {
@@ -367,12 +361,12 @@ fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
     // The file set aside, not one put in its place (a link to another file).
     let m = f.metadata()?;
     let ours = m.uid() == nix::unistd::geteuid().as_raw();
-    if !m.is_file() || m.nlink() != 1 || m.len() != RESERVE_BYTES || !ours {
+    let allocated = m.blocks() * 512 >= RESERVE_BYTES;
+    if !m.is_file() || m.nlink() != 1 || m.len() != RESERVE_BYTES || !ours || !allocated {
         return Err(io::Error::other("the reserved space was replaced"));
     }
     f.write_all(json)?;
-    f.set_len(json.len() as u64)?;
-    f.sync_all()
+    f.set_len(json.len() as u64)
 }
 
 /// The summary for stderr, wrapped at 80 columns: how the run ended and what it used,

@@ -560,18 +560,50 @@ fn planted_temporaries_and_a_full_disk() {
     let back: Outcome = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(back, success());
 
-    // The reserve, used when nothing new can be written (here: no write permission on
-    // the folder stands in for no space; root ignores permissions, so a full tmpfs is
-    // tested end to end in `tests/it`).
+    // The reserve, written first (a full disk is tested end to end in `tests/it`): the
+    // result lands in it and it becomes `result.json`; no temporary is made.
     let reserve = dir.path().join(".result.reserve");
+    reserve_file(&reserve);
+    use std::os::unix::fs::MetadataExt;
+    let reserved = std::fs::metadata(&reserve).unwrap().ino();
+    let before = names(dir.path());
+    write_atomic(&path, &success()).unwrap();
+    let back: Outcome = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(back, success());
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), reserved);
+    let after = names(dir.path());
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|n| n != ".result.reserve")
+            .collect::<Vec<_>>()
+    );
     reserve_file(&reserve);
     write_into_reserve(&reserve, b"{}\n").unwrap();
     assert_eq!(std::fs::read(&reserve).unwrap(), b"{}\n");
+    // A file of the reserve's length with no blocks behind it (a step's sparse stand-in,
+    // which a full disk would not take) is not used.
+    let sparse = dir.path().join(".sparse.reserve");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(RESERVE_BYTES)
+        .unwrap();
+    assert!(write_into_reserve(&sparse, b"x").is_err());
     // A reserve replaced by a link to another file is not written.
     let linked = dir.path().join(".linked.reserve");
     std::fs::hard_link(&victim, &linked).unwrap();
     assert!(write_into_reserve(&linked, b"x").is_err());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn reserve_file(p: &Path) {
