@@ -40,11 +40,11 @@ pub fn first_use<'t>(
 
 /// What the flavor ignores: what it declares, and what no template uses although it
 /// declares nothing for it (which `runner validate` reports).
-pub fn effective(flavor: &Flavor) -> BTreeMap<String, String> {
+/// `templates` are the flavor's ([`Flavor::templates`]).
+pub fn effective(flavor: &Flavor, templates: &[TemplateRef]) -> BTreeMap<String, String> {
     let mut out = flavor.ignores.clone();
-    let templates = flavor.templates();
     for field in FIELDS {
-        if !out.contains_key(*field) && first_use(&templates, field).is_none() {
+        if !out.contains_key(*field) && first_use(templates, field).is_none() {
             out.insert(
                 field.to_string(),
                 "no template of the flavor uses it (and it declares no reason)".into(),

@@ -58,10 +58,12 @@ pub fn render(
     at: &Where<'_>,
 ) -> Result<Plan, RenderError> {
     let settings = settings::resolve(src, flavor, &info.settings).map_err(RenderError)?;
+    // Walked once for the checks below (each walk copies the flavor).
+    let templates = flavor.templates();
     if info.entrypoint.is_empty() {
-        no_entrypoint(src, flavor)?;
+        no_entrypoint(src, &templates)?;
     }
-    secrets_unprinted(src, flavor, info)?;
+    secrets_unprinted(src, &templates, info)?;
     let run = at
         .run_dir
         .clone()
@@ -265,6 +267,9 @@ pub fn render(
         prepare,
         launch,
         cleanup,
-        ignored: crate::ignores::set_but_ignored(&crate::ignores::effective(flavor), info),
+        ignored: crate::ignores::set_but_ignored(
+            &crate::ignores::effective(flavor, &templates),
+            info,
+        ),
     })
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
-use crate::manifest::{Flavor, Source};
+use crate::manifest::{Source, TemplateRef};
 use crate::plan::{CommandPlan, Run};
 use crate::step_info::StepInfo;
 use crate::template::{self, template_pos};
@@ -44,11 +44,11 @@ pub(super) fn rendered_key_parts(
 /// `plan.json`, an argument list and `render`'s output. Refused, located.
 pub(super) fn secrets_unprinted(
     src: &Source,
-    flavor: &Flavor,
+    templates: &[TemplateRef],
     info: &StepInfo,
 ) -> Result<(), RenderError> {
     let mut diags = Vec::new();
-    for t in flavor.templates() {
+    for t in templates {
         for name in info.environment.keys() {
             let found = template::find_word(&t.text, &format!("env.{name}")).or_else(|| {
                 [format!("env['{name}']"), format!("env[\"{name}\"]")]
@@ -81,8 +81,8 @@ pub(super) fn secrets_unprinted(
 
 /// A launch that runs the entrypoint needs one: without it, say so before any work
 /// (a prepare that builds an image for a step that was never named).
-pub(super) fn no_entrypoint(src: &Source, flavor: &Flavor) -> Result<(), RenderError> {
-    let uses = flavor.templates().into_iter().find_map(|t| {
+pub(super) fn no_entrypoint(src: &Source, templates: &[TemplateRef]) -> Result<(), RenderError> {
+    let uses = templates.iter().find_map(|t| {
         let at = template::find_variable(&t.text, "entrypoint")?;
         t.pointer.starts_with("/launch/").then_some((t, at))
     });
