@@ -211,6 +211,17 @@ def bench_launch(a, tmp, out):
         Case("`runner launch` of a manifest text not seen before (validated in full)", fresh_text),
     ]
     skipped = []
+    # The same launch with its runner home (run folder, logs, result) on a tmpfs: what
+    # the runner itself costs, without the disk's inode allocation (the C launcher
+    # below makes no files).
+    shm = tmpfs_dir()
+    shm_home = Path(tempfile.mkdtemp(prefix="steprunner-bench-home-", dir=shm)) if shm else None
+    if shm_home:
+        cases.append(Case("the same, its runner home on a tmpfs",
+                          checked([a.runner, "launch", "-q", "manifests/local.yaml", *limits, "--", "true"],
+                                  dict(env, RUNNER_HOME=str(shm_home)))))
+    else:
+        skipped.append("the launch with its home on a tmpfs: /dev/shm is not a writable tmpfs here")
     v1 = any(":memory:" in l for l in open("/proc/self/cgroup"))
     if a.cglaunch and v1:
         cases.append(Case("`cglaunch` (C: mkdir 5 v1 cgroups, 3 limits, fork, join, exec, wait, rmdir) `true`",
@@ -231,6 +242,8 @@ def bench_launch(a, tmp, out):
         skipped.append("`systemd-run --wait`: not usable here (systemd is not PID 1)")
     alternate(cases, a.launch_rounds)
     shutil.rmtree(home, ignore_errors=True)
+    if shm_home:
+        shutil.rmtree(shm_home, ignore_errors=True)
     tp = cases[1]
     over = cases[2].median - tp.median
     out.append("## 1. Launch overhead\n")
@@ -249,6 +262,7 @@ def bench_launch(a, tmp, out):
                f"(`$RUNNER_HOME/validated`); the first launch of a new or edited text validates it "
                f"in full, {fmt_ms(cases[4].median - cases[2].median)} more.\n")
     cg = next((c for c in cases if c.name.startswith("`cglaunch`")), None)
+    on_shm = next((c for c in cases if c.name.endswith("on a tmpfs")), None)
     if cg:
         ratio = cases[2].median / cg.median
         out.append(f"**Runner against the minimal C launcher: {ratio:.2f}×** its time "
@@ -256,6 +270,10 @@ def bench_launch(a, tmp, out):
                    f"{'met' if ratio <= 2 else 'missed'}). The C program does the cgroup work "
                    "and nothing else: no manifest, plan, run folder, logs, containment, "
                    "records or result.\n")
+        if on_shm:
+            out.append(f"With the runner home on a tmpfs: {fmt_ms(on_shm.median)}, "
+                       f"{on_shm.median / cg.median:.2f}× the C launcher; the run folder's "
+                       f"files on this disk cost {fmt_ms(cases[2].median - on_shm.median)}.\n")
     for s in skipped:
         out.append(f"- not measured: {s}")
     out.append("")
