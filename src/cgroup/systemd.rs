@@ -120,13 +120,13 @@ pub fn start_delegated_scope(
     });
     // a(sa(sv)): no auxiliary units.
     body.array(8, |_| {});
-    conn.call(
-        "/org/freedesktop/systemd1",
-        "org.freedesktop.systemd1.Manager",
-        "StartTransientUnit",
-        "ssa(sv)a(sa(sv))",
-        &body.buf,
-    )?;
+    conn.call(&Call {
+        path: "/org/freedesktop/systemd1",
+        interface: "org.freedesktop.systemd1.Manager",
+        member: "StartTransientUnit",
+        signature: "ssa(sv)a(sa(sv))",
+        body: &body.buf,
+    })?;
     // The job moves us when it runs, just after the reply.
     let deadline = Instant::now() + TIMEOUT;
     let suffix = format!("/{unit}");
@@ -161,13 +161,13 @@ pub fn unit_delegated(manager: Manager, unit: &str) -> Result<bool, SystemdError
     let mut body = Writer::default();
     body.string(interface);
     body.string("Delegate");
-    let reply = Connection::open(manager)?.call(
-        &unit_path(unit),
-        "org.freedesktop.DBus.Properties",
-        "Get",
-        "ss",
-        &body.buf,
-    )?;
+    let reply = Connection::open(manager)?.call(&Call {
+        path: &unit_path(unit),
+        interface: "org.freedesktop.DBus.Properties",
+        member: "Get",
+        signature: "ss",
+        body: &body.buf,
+    })?;
     reply
         .variant_bool
         .ok_or_else(|| SystemdError::Protocol("`Delegate` is not a boolean".into()))
@@ -241,13 +241,13 @@ impl Connection {
             authenticated: false,
         };
         if bus {
-            c.send(
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "Hello",
-                "",
-                &[],
-            );
+            c.send(&Call {
+                path: "/org/freedesktop/DBus",
+                interface: "org.freedesktop.DBus",
+                member: "Hello",
+                signature: "",
+                body: &[],
+            });
         }
         c
     }
@@ -311,43 +311,20 @@ impl Connection {
 
     /// Queue a call of a method of systemd's manager object (or the bus's); returns its
     /// serial.
-    fn send(
-        &mut self,
-        path: &str,
-        interface: &str,
-        member: &str,
-        signature: &str,
-        body: &[u8],
-    ) -> u32 {
+    fn send(&mut self, call: &Call<'_>) -> u32 {
         self.serial += 1;
-        let destination = if self.bus && interface == "org.freedesktop.DBus" {
+        let destination = if self.bus && call.interface == "org.freedesktop.DBus" {
             "org.freedesktop.DBus"
         } else {
             "org.freedesktop.systemd1"
         };
-        let msg = method_call(
-            self.serial,
-            path,
-            interface,
-            member,
-            destination,
-            signature,
-            body,
-        );
-        self.unsent.extend(msg);
+        self.unsent.extend(call.encode(self.serial, destination));
         self.serial
     }
 
     /// Call a method and wait for its reply (what was queued before goes with it).
-    fn call(
-        &mut self,
-        path: &str,
-        interface: &str,
-        member: &str,
-        signature: &str,
-        body: &[u8],
-    ) -> Result<Message, SystemdError> {
-        let serial = self.send(path, interface, member, signature, body);
+    fn call(&mut self, call: &Call<'_>) -> Result<Message, SystemdError> {
+        let serial = self.send(call);
         let out = std::mem::take(&mut self.unsent);
         self.stream.write_all(&out).map_err(|e| self.io(e))?;
         self.authenticated()?;
@@ -457,34 +434,46 @@ impl Writer {
     }
 }
 
-fn method_call(
-    serial: u32,
-    path: &str,
-    interface: &str,
-    member: &str,
-    destination: &str,
-    signature: &str,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut w = Writer::default();
-    w.u8(b'l');
-    w.u8(MSG_METHOD_CALL);
-    w.u8(0);
-    w.u8(1);
-    w.u32(body.len() as u32);
-    w.u32(serial);
-    w.array(8, |w| {
-        w.field(1, "o", |w| w.string(path));
-        w.field(2, "s", |w| w.string(interface));
-        w.field(3, "s", |w| w.string(member));
-        w.field(6, "s", |w| w.string(destination));
-        if !signature.is_empty() {
-            w.field(8, "g", |w| w.signature(signature));
-        }
-    });
-    w.align(8);
-    w.buf.extend_from_slice(body);
-    w.buf
+/// One method call: what to call and with what.
+struct Call<'a> {
+    path: &'a str,
+    interface: &'a str,
+    member: &'a str,
+    /// The body's signature (empty: no body).
+    signature: &'a str,
+    body: &'a [u8],
+}
+
+impl Call<'_> {
+    /// The message on the wire, with its serial, sent to `destination`.
+    fn encode(&self, serial: u32, destination: &str) -> Vec<u8> {
+        let Call {
+            path,
+            interface,
+            member,
+            signature,
+            body,
+        } = *self;
+        let mut w = Writer::default();
+        w.u8(b'l');
+        w.u8(MSG_METHOD_CALL);
+        w.u8(0);
+        w.u8(1);
+        w.u32(body.len() as u32);
+        w.u32(serial);
+        w.array(8, |w| {
+            w.field(1, "o", |w| w.string(path));
+            w.field(2, "s", |w| w.string(interface));
+            w.field(3, "s", |w| w.string(member));
+            w.field(6, "s", |w| w.string(destination));
+            if !signature.is_empty() {
+                w.field(8, "g", |w| w.signature(signature));
+            }
+        });
+        w.align(8);
+        w.buf.extend_from_slice(body);
+        w.buf
+    }
 }
 
 /// What a reply says, as far as this client cares.
@@ -596,19 +585,27 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
+    /// A call with nothing in it, for the tests of the exchange.
+    const M: Call<'static> = Call {
+        path: "/o",
+        interface: "i.f",
+        member: "M",
+        signature: "",
+        body: &[],
+    };
+
     /// The `Hello` call of the D-Bus specification's examples, byte for byte as
     /// `dbus-send`/sd-bus put it on the wire (serial 1, no body).
     #[test]
     fn a_method_call_is_marshalled_as_the_specification_says() {
-        let msg = method_call(
-            1,
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "Hello",
-            "org.freedesktop.DBus",
-            "",
-            &[],
-        );
+        let msg = Call {
+            path: "/org/freedesktop/DBus",
+            interface: "org.freedesktop.DBus",
+            member: "Hello",
+            signature: "",
+            body: &[],
+        }
+        .encode(1, "org.freedesktop.DBus");
         let mut want = vec![b'l', 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0];
         let fields: &[(u8, &str)] = &[
             (1, "/org/freedesktop/DBus"),
@@ -737,12 +734,12 @@ mod tests {
 
     #[test]
     fn the_handshake_and_the_call_leave_in_one_write_and_answers_are_read_in_any_pieces() {
-        let call = method_call(1, "/o", "i.f", "M", "org.freedesktop.systemd1", "", &[]);
+        let call = M.encode(1, "org.freedesktop.systemd1");
         for slowly in [false, true] {
             let mut answer = b"OK 0123456789abcdef0123456789abcdef\r\n".to_vec();
             answer.extend(reply(MSG_METHOD_RETURN, 1));
             let (mut c, t) = server(handshake_len() + call.len(), answer, slowly);
-            c.call("/o", "i.f", "M", "", &[]).unwrap();
+            c.call(&M).unwrap();
             let (got, reads) = t.join().unwrap();
             assert_eq!(reads, 1, "the handshake and the call came in {reads} reads");
             assert!(got.starts_with(b"\0AUTH EXTERNAL "), "{got:?}");
@@ -752,13 +749,13 @@ mod tests {
 
     #[test]
     fn a_refused_authentication_and_an_error_reply_are_said() {
-        let call_len = method_call(1, "/o", "i.f", "M", "org.freedesktop.systemd1", "", &[]).len();
+        let call_len = M.encode(1, "org.freedesktop.systemd1").len();
         let (mut c, t) = server(
             handshake_len() + call_len,
             b"REJECTED EXTERNAL\r\n".to_vec(),
             false,
         );
-        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        let e = c.call(&M).unwrap_err();
         t.join().unwrap();
         assert!(
             e.to_string()
@@ -769,7 +766,7 @@ mod tests {
         let mut answer = b"OK 0123456789abcdef0123456789abcdef\r\n".to_vec();
         answer.extend(reply(MSG_ERROR, 1));
         let (mut c, t) = server(handshake_len() + call_len, answer, false);
-        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        let e = c.call(&M).unwrap_err();
         t.join().unwrap();
         assert!(
             matches!(&e, SystemdError::Refused { name, message }
@@ -779,7 +776,7 @@ mod tests {
 
         // The server hangs up before answering: an error, not a hang or a panic.
         let (mut c, t) = server(handshake_len() + call_len, Vec::new(), false);
-        let e = c.call("/o", "i.f", "M", "", &[]).unwrap_err();
+        let e = c.call(&M).unwrap_err();
         t.join().unwrap();
         assert!(matches!(e, SystemdError::Io { .. }), "{e:?}");
     }
