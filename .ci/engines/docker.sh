@@ -95,7 +95,7 @@ build_base_image() {
         say "debootstrap bookworm (minbase + python3) from $MIRROR"
         mkdir -p "$(dirname "$ROOTFS_TAR")"
         local rootfs
-        rootfs=$(mktemp -d "$ENGINES/rootfs.XXXXXX")
+        rootfs=$(mktemp -d "$ENGINES_DIR/rootfs.XXXXXX")
         if ! debootstrap --variant=minbase --include=python3 bookworm "$rootfs" "$MIRROR" >&2; then
             rm -rf "$rootfs"
             say "debootstrap failed"
