@@ -62,7 +62,7 @@ if [ "${BENCH_GUEST:-1}" != 0 ]; then
     mkdir -p "$work/payload/manifests"
     strip --strip-debug -o "$work/payload/runner" "$target_dir/release/runner"
     cp manifests/local.yaml manifests/venv.yaml "$work/payload/manifests/"
-    cp tests/guest/run tests/guest/bench_guest.py "$work/payload/"
+    cp tests/guest/run tests/guest/bench_guest.py tests/guest/guest_user.py "$work/payload/"
     if [ -n "${QUICK:-}" ]; then echo 5 >"$work/payload/rounds"; fi
     echo bench >"$work/payload/mode"
     echo "bench: the cgroup v2 case, in the guest (a few minutes under emulation)…" >&2

@@ -21,22 +21,21 @@ import subprocess
 import sys
 import time
 
+from guest_user import USER, as_user
+
 PAYLOAD = "/payload"
 RUNNER = f"{PAYLOAD}/runner"
-USER_ENV = ["XDG_RUNTIME_DIR=/run/user/1001", "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus",
-            "HOME=/home/steprunner", "PATH=/usr/local/bin:/usr/bin:/bin"]
 ROUNDS = int(open(f"{PAYLOAD}/rounds").read()) if os.path.exists(f"{PAYLOAD}/rounds") else 30
 LIMITS = ["-p", "MemoryMax=256M", "-p", "CPUQuota=100%"]
 
 
 def home(user):
-    return "/home/steprunner/bench-home" if user else "/root/bench-home"
+    return f"/home/{USER}/bench-home" if user else "/root/bench-home"
 
 
-def as_user(argv, user):
-    env = [f"RUNNER_HOME={home(user)}"] + (USER_ENV if user else [])
-    argv = ["env", *env, *argv]
-    return ["runuser", "-u", "steprunner", "--", *argv] if user else argv
+def with_home(argv, user):
+    """`argv` as root or as the user, with the bench's runner home."""
+    return as_user(argv, user, {"RUNNER_HOME": home(user)})
 
 
 def launch():
@@ -47,13 +46,13 @@ def launch():
 def service_cases(user):
     user_flag = ["--user"] if user else []
     return {
-        "runner launch (memory 256 MiB, cpus 1) -- true": as_user(launch(), user),
-        "systemd-run --scope (same limits) true": as_user(
+        "runner launch (memory 256 MiB, cpus 1) -- true": with_home(launch(), user),
+        "systemd-run --scope (same limits) true": with_home(
             ["systemd-run", *user_flag, "--scope", "--quiet", *LIMITS, "true"], user),
-        "systemd-run --wait (same limits) true": as_user(
+        "systemd-run --wait (same limits) true": with_home(
             ["systemd-run", *user_flag, "--wait", "--quiet", *LIMITS, "true"], user),
         # What starting a process costs here, and what runuser adds for the user.
-        "true": as_user(["true"], user),
+        "true": with_home(["true"], user),
     }
 
 
@@ -98,9 +97,7 @@ def beside(user):
     inner = [sys.executable, os.path.abspath(__file__), "--in-leaf", "user" if user else "root"]
     argv = ["systemd-run", *(["--user"] if user else []), "--quiet", "--wait", "--pipe",
             "-p", "Delegate=yes", "-E", f"RUNNER_HOME={home(user)}", *inner]
-    if user:
-        argv = ["runuser", "-u", "steprunner", "--", "env", *USER_ENV, *argv]
-    p = subprocess.run(argv, capture_output=True, text=True, cwd="/tmp")
+    p = subprocess.run(as_user(argv, user), capture_output=True, text=True, cwd="/tmp")
     if p.returncode != 0:
         raise SystemExit(f"bench: the delegated service failed ({p.returncode}): {p.stderr[-800:]}")
     return json.loads(p.stdout)

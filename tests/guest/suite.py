@@ -20,17 +20,11 @@ import sys
 import time
 import traceback
 
+from guest_user import UID, USER, as_user
+
 PAYLOAD = "/payload"
 RUNNER = f"{PAYLOAD}/runner"
 MANIFESTS = f"{PAYLOAD}/manifests"
-USER = "steprunner"
-UID = 1001
-USER_ENV = {
-    "XDG_RUNTIME_DIR": f"/run/user/{UID}",
-    "DBUS_SESSION_BUS_ADDRESS": f"unix:path=/run/user/{UID}/bus",
-    "HOME": f"/home/{USER}",
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-}
 CGROUP = "/sys/fs/cgroup"
 
 results = []
@@ -48,12 +42,7 @@ def home(user, name):
 def command(user, args, name):
     """`runner ARGS` as root or as the user (with the user's session variables), with a
     RUNNER_HOME of its own called `name`."""
-    env = {"RUNNER_HOME": home(user, name)}
-    if user:
-        env.update(USER_ENV)
-    vars = [f"{k}={v}" for k, v in env.items()]
-    argv = ["env", *vars, RUNNER, *args]
-    return ["runuser", "-u", USER, "--", *argv] if user else argv
+    return as_user([RUNNER, *args], user, {"RUNNER_HOME": home(user, name)})
 
 
 def runner(user, args, name, timeout=600, cwd=PAYLOAD):
@@ -388,9 +377,7 @@ def beside_its_leaf_in_a_delegated_service_no_manager_is_asked(user):
     os.chmod(path, 0o644)
     argv = ["systemd-run", *(["--user"] if user else []), "--quiet", "--wait", "--pipe",
             "-p", "Delegate=yes", "sh", path]
-    if user:
-        argv = ["runuser", "-u", USER, "--", "env", *[f"{k}={v}" for k, v in USER_ENV.items()], *argv]
-    p = subprocess.run(argv, capture_output=True, text=True, cwd="/tmp", timeout=300)
+    p = subprocess.run(as_user(argv, user), capture_output=True, text=True, cwd="/tmp", timeout=300)
     doctor, _, rest = p.stdout.partition("-- launch\n")
     launched, _, code = rest.rpartition("-- exit ")
     try:

@@ -59,7 +59,7 @@ fn payload(dir: &Path, mode: &str) -> String {
         copy_into(&src, &dir.join("manifests").join(f));
         key.update(&std::fs::read(&src).unwrap());
     }
-    for f in ["suite.py", "run", "bench_guest.py"] {
+    for f in ["suite.py", "guest_user.py", "run", "bench_guest.py"] {
         let src = root().join("tests/guest").join(f);
         if src.exists() {
             copy_into(&src, &dir.join(f));
