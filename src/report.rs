@@ -278,10 +278,11 @@ pub enum ReportError {
 ///
 /// Into the space set aside when the run started (`.result.reserve` beside `path`,
 /// see [`reserve`]), then renamed to `path`: its blocks are allocated, so the write
-/// cannot meet a full disk (a step that filled it still gets its result) and no fsync is
-/// needed to learn that it did not; no file is made or removed (on an ext4 without a
-/// journal each new inode scans past those freed in the last seconds). Without a usable reserve (none, replaced, too small), into a new
-/// `<path>.tmp.<pid>.<n>`, fsynced so that a full disk shows here, then renamed.
+/// cannot meet a full disk (a step that filled it still gets its result) and no fsync
+/// is needed to learn that it did not; no file is made or removed (on an ext4 without
+/// a journal each new inode scans past those freed in the last seconds). Without a
+/// usable reserve (none, replaced, too small), into a new `<path>.tmp.<pid>.<n>`,
+/// fsynced so that a full disk shows here, then renamed.
 ///
 /// No fsync for power loss: the two it took (file and directory) were 1.2 ms of a
 /// 14 ms launch. They only matter if the machine loses power within seconds of the
@@ -344,26 +345,33 @@ pub fn reserve(path: &Path) -> io::Result<()> {
 
 /// The result written into the reserved file's allocated blocks (no new space needed),
 /// then cut to its length. Only into the file set aside: a regular file of ours, of the
-/// reserved length with its blocks allocated, linked once (a step's symlink or hard
-/// link to another file in its place is refused).
+/// reserved length with its blocks allocated, linked once. What a step may have put in
+/// its place is refused without being opened for writing (a symlink, a hard link to
+/// another file, a FIFO that would block the open until someone reads it, a device).
 fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     if json.len() as u64 > RESERVE_BYTES {
         return Err(io::Error::other(
             "the result is larger than the reserved space",
         ));
     }
     use std::os::unix::fs::MetadataExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(reserve)?;
+    let replaced = || io::Error::other("the reserved space was replaced");
+    // Looked at before it is opened (a device is not opened at all), opened as a step
+    // may have left it, and what was opened must be what was looked at.
+    let named = std::fs::symlink_metadata(reserve)?;
+    if !named.file_type().is_file() {
+        return Err(replaced());
+    }
+    let mut f = crate::util::open_regular(OpenOptions::new().write(true), reserve)?;
     // The file set aside, not one put in its place (a link to another file).
     let m = f.metadata()?;
+    if (m.dev(), m.ino()) != (named.dev(), named.ino()) {
+        return Err(replaced());
+    }
     let ours = m.uid() == nix::unistd::geteuid().as_raw();
     let allocated = m.blocks() * 512 >= RESERVE_BYTES;
     if !m.is_file() || m.nlink() != 1 || m.len() != RESERVE_BYTES || !ours || !allocated {
-        return Err(io::Error::other("the reserved space was replaced"));
+        return Err(replaced());
     }
     f.write_all(json)?;
     f.set_len(json.len() as u64)

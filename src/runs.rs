@@ -40,7 +40,8 @@ pub fn write_pid(dir: &RunDir, pid: i32) -> std::io::Result<()> {
 
 /// The supervisor's pid, if it is still the same process.
 pub fn live_supervisor(dir: &RunDir) -> Option<i32> {
-    let text = std::fs::read_to_string(dir.pid()).ok()?;
+    let bytes = crate::util::read_run_file(&dir.pid(), 4096, None).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let mut it = text.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
     let start: u64 = it.next()?.parse().ok()?;
@@ -123,6 +124,9 @@ fn elapsed(dir: &RunDir) -> Option<Duration> {
     started.elapsed().ok()
 }
 
+/// The most of `result.json` or `plan.json` read (either is a few KiB).
+const RUN_FILE_LIMIT: u64 = 16 << 20;
+
 pub fn read_result(dir: &RunDir) -> Option<Outcome> {
     try_read_result(dir).ok().flatten()
 }
@@ -131,7 +135,7 @@ pub fn read_result(dir: &RunDir) -> Option<Outcome> {
 /// be read (damaged, or written by another version).
 pub fn try_read_result(dir: &RunDir) -> Result<Option<Outcome>, String> {
     let path = dir.result();
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::util::read_run_file(&path, RUN_FILE_LIMIT, None) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
@@ -146,9 +150,11 @@ pub fn try_read_result(dir: &RunDir) -> Result<Option<Outcome>, String> {
 
 pub fn read_plan(dir: &RunDir) -> Result<Plan, RunError> {
     let path = dir.plan();
-    let bytes = std::fs::read(&path).map_err(|source| RunError::Read {
-        path: path.clone(),
-        source,
+    let bytes = crate::util::read_run_file(&path, RUN_FILE_LIMIT, None).map_err(|source| {
+        RunError::Read {
+            path: path.clone(),
+            source,
+        }
     })?;
     serde_json::from_slice(&bytes).map_err(|e| RunError::Read {
         path,

@@ -88,6 +88,54 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Resul
     written
 }
 
+/// Open `path` with `options` as a step may have left it (in its run folder, beside a
+/// cache entry): only a regular file, not followed through a symlink (to `/dev/zero`,
+/// or to a file of someone else's), never waited on (a FIFO in its place would block
+/// the open until someone opened its other end), never a controlling terminal. An
+/// error otherwise.
+pub fn open_regular(
+    options: &mut std::fs::OpenOptions,
+    path: &std::path::Path,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+/// A file of a run folder, opened to read ([`open_regular`]).
+pub fn open_run_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    open_regular(std::fs::OpenOptions::new().read(true), path)
+}
+
+/// [`open_run_file`], read: at most `limit` bytes, or from `tail` bytes before its end
+/// to the end (a log can be larger than memory). An error otherwise.
+pub fn read_run_file(
+    path: &std::path::Path,
+    limit: u64,
+    tail: Option<u64>,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = open_run_file(path)?;
+    let len = f.metadata()?.len();
+    if let Some(keep) = tail
+        && len > keep
+    {
+        f.seek(SeekFrom::Start(len - keep))?;
+    } else if len > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    let mut bytes = Vec::new();
+    // A file that grows while it is read still stops at the limit.
+    f.take(limit.max(tail.unwrap_or(0)))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if std::fs::File::open("/dev/urandom")
@@ -143,6 +191,41 @@ pub fn start_time(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a step can leave where the runner reads a run file: a FIFO (read at once as
+    /// an error, not waited on), a symlink to a file elsewhere or to an endless device
+    /// (not followed), a file larger than the limit (refused, or only its tail read).
+    #[test]
+    fn run_files_are_read_as_regular_files_only_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || tx.send(read_run_file(&f, 100, None).is_err()));
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the read returned (it did not wait on the FIFO)");
+        assert!(refused);
+
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "elsewhere").unwrap();
+        for (name, target) in [
+            ("link", secret.as_path()),
+            ("zero", std::path::Path::new("/dev/zero")),
+        ] {
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            assert!(read_run_file(&link, 100, None).is_err(), "{name}");
+        }
+
+        let big = dir.path().join("big");
+        std::fs::write(&big, b"0123456789").unwrap();
+        assert!(read_run_file(&big, 9, None).is_err());
+        assert_eq!(read_run_file(&big, 10, None).unwrap(), b"0123456789");
+        assert_eq!(read_run_file(&big, 4, Some(4)).unwrap(), b"6789");
+        assert_eq!(read_run_file(&big, 100, Some(100)).unwrap(), b"0123456789");
+    }
 
     #[test]
     fn start_time_survives_odd_comm() {

@@ -237,7 +237,8 @@ pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError>
 /// Copy what `path` holds past `offset` to `out`. `Err` when the reader went away.
 fn copy_new(path: &Path, offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
-    let Ok(mut f) = std::fs::File::open(path) else {
+    // As the step may have left it: a FIFO or a link to `/dev/zero` is not followed.
+    let Ok(mut f) = steprunner::util::open_run_file(path) else {
         return Ok(());
     };
     f.seek(SeekFrom::Start(*offset))?;

@@ -59,7 +59,17 @@ impl EngineOutcome {
     /// The engine's own report, if the launch command wrote one; what is wrong in it
     /// is a warning and left out, never taken.
     fn read(path: &Path, warnings: &mut Vec<String>) -> Option<EngineOutcome> {
-        let text = std::fs::read(path).ok()?;
+        let text = match crate::util::read_run_file(path, 1 << 20, None) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warnings.push(format!(
+                    "ignored the engine's report `{}`: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        };
         let mut parsed: EngineOutcome = match serde_json::from_slice(&text) {
             Ok(p) => p,
             Err(e) => {

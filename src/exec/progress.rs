@@ -113,18 +113,42 @@ impl Drop for Spinner {
 }
 
 /// The last `lines` lines of a log, for a failure shown on a terminal.
+/// Only the log's last 64 KiB are read (a log can be larger than memory); a line cut
+/// there is dropped.
 pub fn tail(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    const KEEP: u64 = 64 << 10;
+    let Ok(bytes) = crate::util::read_run_file(path, KEEP, Some(KEEP)) else {
         return String::new();
     };
+    let cut = std::fs::metadata(path).is_ok_and(|m| m.len() > KEEP);
     let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text.lines().skip(usize::from(cut)).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed command's last lines come from the end of its log alone, however large
+    /// the log (no line cut by the 64 KiB window is shown).
+    #[test]
+    fn a_tail_reads_the_end_of_a_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("prepare-1.log");
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, &text).unwrap();
+        assert_eq!(tail(&log, 2), "line 99998\nline 99999");
+        let shown = tail(&log, 1_000_000);
+        assert!(shown.len() <= 64 << 10, "{} bytes", shown.len());
+        assert!(
+            shown.lines().all(|l| l.starts_with("line ")),
+            "a cut line is dropped"
+        );
+        assert!(shown.ends_with("line 99999"));
+        std::fs::write(&log, "a\nb\n").unwrap();
+        assert_eq!(tail(&log, 5), "a\nb");
+    }
 
     #[test]
     fn a_line_fits_the_width_and_keeps_its_time() {

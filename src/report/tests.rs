@@ -597,6 +597,28 @@ fn planted_temporaries_and_a_full_disk() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
 }
 
+/// A step that leaves a FIFO where the reserve was does not hang the runner at the
+/// end of the run (opening a FIFO to write waits for a reader): the result is written
+/// the other way.
+#[test]
+fn a_fifo_in_place_of_the_reserve_does_not_block_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("result.json");
+    let fifo = dir.path().join(".result.reserve");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || tx.send(write_atomic(&p, &success()).is_ok()));
+    let written = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("write_atomic returned (it did not block on the FIFO)");
+    assert!(written);
+    let back: Outcome = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(back, success());
+    // With the result in place, the name the reserve had is cleared.
+    assert!(std::fs::symlink_metadata(&fifo).is_err());
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

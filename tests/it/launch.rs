@@ -664,6 +664,31 @@ fn an_engine_outcome_file_reports_what_only_the_engine_knows() {
         r["warnings"].to_string().contains("unknown status `bogus`"),
         "{r}"
     );
+
+    // What a hostile step can leave there instead: a FIFO (a read would wait for a
+    // writer forever), an endless device, a file far larger than any report. The run
+    // ends as the step did, the report ignored with a warning.
+    for (leave, why) in [
+        (r#"mkfifo "$RUNNER_ENGINE_OUTCOME""#, "not a regular file"),
+        (
+            r#"ln -s /dev/zero "$RUNNER_ENGINE_OUTCOME""#,
+            "ignored the engine's report",
+        ),
+        (
+            r#"head -c 3000000 /dev/zero | tr '\0' ' ' > "$RUNNER_ENGINE_OUTCOME""#,
+            "larger than 1048576 bytes",
+        ),
+    ] {
+        let step = format!("{leave}; exit 4");
+        let (out, r) = launch(&["manifests/local.yaml", "--", "sh", "-c", &step]);
+        out.expect_code(4);
+        assert_eq!(r["status"], "failed", "{leave}: {r}");
+        let warnings = r["warnings"].to_string();
+        assert!(
+            warnings.contains("ignored the engine's report") && warnings.contains(why),
+            "{leave}: {warnings}"
+        );
+    }
 }
 
 #[test]

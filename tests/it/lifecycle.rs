@@ -622,3 +622,61 @@ fn the_step_cannot_redirect_cancel_or_hide_its_run() {
     assert_eq!(st["result"]["status"], "cancelled", "{st}");
     assert!(!alive("sleep 1000.6262"));
 }
+
+/// The run folder is the step's to write in: a log it replaced with a FIFO (which an
+/// open for reading would wait on forever) or with a link to `/dev/zero` (endless)
+/// does not hang or flood `runner logs` and `runner status` afterwards.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn logs_the_step_replaced_do_not_hang_or_flood_their_readers() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let attack = "d=\"$RUNNER_RUN_DIR\"; echo before; \
+        rm -f \"$d/stdout.log\" && mkfifo \"$d/stdout.log\"; \
+        rm -f \"$d/stderr.log\" && ln -s /dev/zero \"$d/stderr.log\"";
+    let out = runner(
+        home.path(),
+        &[
+            "launch",
+            "--json",
+            "-q",
+            "manifests/local.yaml",
+            "--",
+            "sh",
+            "-c",
+            attack,
+        ],
+    );
+    out.expect_code(0);
+    let id = out.json()["run_id"].as_str().unwrap().to_string();
+    let run = home.path().join("runs").join(&id);
+    assert!(
+        std::fs::symlink_metadata(run.join("stdout.log")).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_fifo()
+        })
+    );
+    let bin = assert_cmd::cargo::cargo_bin("runner");
+    for args in [
+        vec!["logs", &id],
+        vec!["logs", "--stderr", &id],
+        vec!["status", &id],
+    ] {
+        let o = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(&bin)
+            .args(&args)
+            .env("RUNNER_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(124), "`runner {args:?}` hung");
+        assert!(
+            o.stdout.len() < 4096,
+            "`runner {args:?}`: {} bytes",
+            o.stdout.len()
+        );
+    }
+}
