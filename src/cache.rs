@@ -61,6 +61,15 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// An entry's lock file, opened (`create`: made if missing) to lock. A prepare command
+/// can write beside its entry: what it put at the lock's name instead — a FIFO, whose
+/// open would wait for a reader forever, a symlink, a device — is an error, not a hang.
+fn open_lock(path: &Path, create: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(create).truncate(false).write(true);
+    crate::util::open_regular(&mut options, path)
+}
+
 fn same_file(f: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (f.metadata(), std::fs::metadata(path)) {
@@ -83,7 +92,7 @@ impl Lease {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         let lp = lock_path(dir);
         if dir.join(MARKER).is_file()
-            && let Ok(lock) = OpenOptions::new().write(true).open(&lp)
+            && let Ok(lock) = open_lock(&lp, false)
             && lock.try_lock_shared().is_ok()
             // Still the entry at the path, still complete: a shared lock keeps prune out.
             && same_file(&lock, &lp)
@@ -97,12 +106,7 @@ impl Lease {
         }
         let mut waiting = Some(waiting);
         loop {
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lp)
-                .map_err(io_err(&lp))?;
+            let lock = open_lock(&lp, true).map_err(io_err(&lp))?;
             if lock.try_lock().is_err() {
                 if let Some(w) = waiting.take() {
                     w();
@@ -195,7 +199,7 @@ pub fn dir_size(path: &Path) -> u64 {
 }
 
 fn try_lock(path: &Path) -> Option<File> {
-    let f = OpenOptions::new().write(true).open(path).ok()?;
+    let f = open_lock(path, false).ok()?;
     f.try_lock().ok()?;
     same_file(&f, path).then_some(f)
 }
@@ -264,12 +268,7 @@ pub fn prune(
         let guard = if lock.exists() {
             try_lock(&lock)
         } else {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock)
-                .ok()
+            open_lock(&lock, true).ok()
         };
         let Some(_guard) = guard else { continue };
         if !dry_run {
@@ -287,6 +286,40 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prepare command can write beside its cache entry: a FIFO or a symlink it left
+    /// at the entry's lock is a clear error for the next launch (and skipped by prune),
+    /// never a wait for a reader that does not come.
+    #[test]
+    fn a_fifo_or_a_link_at_the_lock_is_an_error_not_a_hang() {
+        let cache = tempfile::tempdir().unwrap();
+        let fifo_entry = cache.path().join("venv-fifo");
+        nix::unistd::mkfifo(
+            &lock_path(&fifo_entry),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let link_entry = cache.path().join("venv-link");
+        let elsewhere = cache.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&link_entry)).unwrap();
+        for entry in [fifo_entry, link_entry] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let e = entry.clone();
+            std::thread::spawn(move || {
+                tx.send(
+                    Lease::acquire(&e, || {}, || false)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                )
+            });
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("acquire returned (it did not wait on the FIFO)");
+            assert!(got.is_err(), "{entry:?}: {got:?}");
+            assert!(try_lock(&lock_path(&entry)).is_none());
+        }
+    }
 
     #[test]
     fn entry_is_complete_only_after_commit() {
