@@ -67,7 +67,7 @@ pub fn lock_path(dir: &Path) -> PathBuf {
 fn open_lock(path: &Path, create: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(create).truncate(false).write(true);
-    crate::util::open_regular(&mut options, path)
+    crate::util::open_regular(&mut options, path).map(|(f, _)| f)
 }
 
 fn same_file(f: &File, path: &Path) -> bool {

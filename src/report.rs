@@ -362,9 +362,8 @@ fn write_into_reserve(reserve: &Path, json: &[u8]) -> io::Result<()> {
     if !named.file_type().is_file() {
         return Err(replaced());
     }
-    let mut f = crate::util::open_regular(OpenOptions::new().write(true), reserve)?;
+    let (mut f, m) = crate::util::open_regular(OpenOptions::new().write(true), reserve)?;
     // The file set aside, not one put in its place (a link to another file).
-    let m = f.metadata()?;
     if (m.dev(), m.ino()) != (named.dev(), named.ino()) {
         return Err(replaced());
     }

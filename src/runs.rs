@@ -40,7 +40,7 @@ pub fn write_pid(dir: &RunDir, pid: i32) -> std::io::Result<()> {
 
 /// The supervisor's pid, if it is still the same process.
 pub fn live_supervisor(dir: &RunDir) -> Option<i32> {
-    let bytes = crate::util::read_run_file(&dir.pid(), 4096, None).ok()?;
+    let bytes = crate::util::read_run_file(&dir.pid(), 4096).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let mut it = text.split_whitespace();
     let pid: i32 = it.next()?.parse().ok()?;
@@ -135,7 +135,7 @@ pub fn read_result(dir: &RunDir) -> Option<Outcome> {
 /// be read (damaged, or written by another version).
 pub fn try_read_result(dir: &RunDir) -> Result<Option<Outcome>, String> {
     let path = dir.result();
-    let bytes = match crate::util::read_run_file(&path, RUN_FILE_LIMIT, None) {
+    let bytes = match crate::util::read_run_file(&path, RUN_FILE_LIMIT) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
@@ -150,12 +150,11 @@ pub fn try_read_result(dir: &RunDir) -> Result<Option<Outcome>, String> {
 
 pub fn read_plan(dir: &RunDir) -> Result<Plan, RunError> {
     let path = dir.plan();
-    let bytes = crate::util::read_run_file(&path, RUN_FILE_LIMIT, None).map_err(|source| {
-        RunError::Read {
+    let bytes =
+        crate::util::read_run_file(&path, RUN_FILE_LIMIT).map_err(|source| RunError::Read {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| RunError::Read {
         path,
         source: std::io::Error::other(e),

@@ -92,47 +92,38 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Resul
 /// cache entry): only a regular file, not followed through a symlink (to `/dev/zero`,
 /// or to a file of someone else's), never waited on (a FIFO in its place would block
 /// the open until someone opened its other end), never a controlling terminal. An
-/// error otherwise.
+/// error otherwise. With the file, what `fstat` said of it.
 pub fn open_regular(
     options: &mut std::fs::OpenOptions,
     path: &std::path::Path,
-) -> std::io::Result<std::fs::File> {
+) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    Ok(f)
+    Ok((f, meta))
 }
 
 /// A file of a run folder, opened to read ([`open_regular`]).
-pub fn open_run_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub fn open_run_file(
+    path: &std::path::Path,
+) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     open_regular(std::fs::OpenOptions::new().read(true), path)
 }
 
-/// [`open_run_file`], read: at most `limit` bytes, or from `tail` bytes before its end
-/// to the end (a log can be larger than memory). An error otherwise.
-pub fn read_run_file(
-    path: &std::path::Path,
-    limit: u64,
-    tail: Option<u64>,
-) -> std::io::Result<Vec<u8>> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = open_run_file(path)?;
-    let len = f.metadata()?.len();
-    if let Some(keep) = tail
-        && len > keep
-    {
-        f.seek(SeekFrom::Start(len - keep))?;
-    } else if len > limit {
+/// [`open_run_file`], read whole: at most `limit` bytes. An error otherwise.
+pub fn read_run_file(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let (f, meta) = open_run_file(path)?;
+    if meta.len() > limit {
         return Err(std::io::Error::other(format!("larger than {limit} bytes")));
     }
     let mut bytes = Vec::new();
     // A file that grows while it is read still stops at the limit.
-    f.take(limit.max(tail.unwrap_or(0)))
-        .read_to_end(&mut bytes)?;
+    f.take(limit).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -194,7 +185,7 @@ mod tests {
 
     /// What a step can leave where the runner reads a run file: a FIFO (read at once as
     /// an error, not waited on), a symlink to a file elsewhere or to an endless device
-    /// (not followed), a file larger than the limit (refused, or only its tail read).
+    /// (not followed), a file larger than the limit (refused).
     #[test]
     fn run_files_are_read_as_regular_files_only_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
@@ -202,7 +193,7 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let f = fifo.clone();
-        std::thread::spawn(move || tx.send(read_run_file(&f, 100, None).is_err()));
+        std::thread::spawn(move || tx.send(read_run_file(&f, 100).is_err()));
         let refused = rx
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the read returned (it did not wait on the FIFO)");
@@ -216,15 +207,13 @@ mod tests {
         ] {
             let link = dir.path().join(name);
             std::os::unix::fs::symlink(target, &link).unwrap();
-            assert!(read_run_file(&link, 100, None).is_err(), "{name}");
+            assert!(read_run_file(&link, 100).is_err(), "{name}");
         }
 
         let big = dir.path().join("big");
         std::fs::write(&big, b"0123456789").unwrap();
-        assert!(read_run_file(&big, 9, None).is_err());
-        assert_eq!(read_run_file(&big, 10, None).unwrap(), b"0123456789");
-        assert_eq!(read_run_file(&big, 4, Some(4)).unwrap(), b"6789");
-        assert_eq!(read_run_file(&big, 100, Some(100)).unwrap(), b"0123456789");
+        assert!(read_run_file(&big, 9).is_err());
+        assert_eq!(read_run_file(&big, 10).unwrap(), b"0123456789");
     }
 
     #[test]

@@ -238,7 +238,7 @@ pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError>
 fn copy_new(path: &Path, offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     // As the step may have left it: a FIFO or a link to `/dev/zero` is not followed.
-    let Ok(mut f) = steprunner::util::open_run_file(path) else {
+    let Ok((mut f, _)) = steprunner::util::open_run_file(path) else {
         return Ok(());
     };
     f.seek(SeekFrom::Start(*offset))?;

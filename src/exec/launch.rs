@@ -59,7 +59,7 @@ impl EngineOutcome {
     /// The engine's own report, if the launch command wrote one; what is wrong in it
     /// is a warning and left out, never taken.
     fn read(path: &Path, warnings: &mut Vec<String>) -> Option<EngineOutcome> {
-        let text = match crate::util::read_run_file(path, 1 << 20, None) {
+        let text = match crate::util::read_run_file(path, 1 << 20) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {

@@ -116,11 +116,19 @@ impl Drop for Spinner {
 /// Only the log's last 64 KiB are read (a log can be larger than memory); a line cut
 /// there is dropped.
 pub fn tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
     const KEEP: u64 = 64 << 10;
-    let Ok(bytes) = crate::util::read_run_file(path, KEEP, Some(KEEP)) else {
+    let Ok((mut f, meta)) = crate::util::open_run_file(path) else {
         return String::new();
     };
-    let cut = std::fs::metadata(path).is_ok_and(|m| m.len() > KEEP);
+    let cut = meta.len() > KEEP;
+    let mut bytes = Vec::new();
+    let read = f
+        .seek(SeekFrom::Start(meta.len().saturating_sub(KEEP)))
+        .and_then(|_| f.take(KEEP).read_to_end(&mut bytes));
+    if read.is_err() {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().skip(usize::from(cut)).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
