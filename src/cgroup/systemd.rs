@@ -454,26 +454,42 @@ impl Call<'_> {
             signature,
             body,
         } = *self;
-        let mut w = Writer::default();
-        w.u8(b'l');
-        w.u8(MSG_METHOD_CALL);
-        w.u8(0);
-        w.u8(1);
-        w.u32(body.len() as u32);
-        w.u32(serial);
-        w.array(8, |w| {
+        frame(MSG_METHOD_CALL, 0, serial, signature, body, |w| {
             w.field(1, "o", |w| w.string(path));
             w.field(2, "s", |w| w.string(interface));
             w.field(3, "s", |w| w.string(member));
             w.field(6, "s", |w| w.string(destination));
-            if !signature.is_empty() {
-                w.field(8, "g", |w| w.signature(signature));
-            }
-        });
-        w.align(8);
-        w.buf.extend_from_slice(body);
-        w.buf
+        })
     }
+}
+
+/// A whole message: the fixed header (little-endian, `kind`, `flags`, version 1), the
+/// header fields `fields` writes and the body's signature (when there is a body), then
+/// the body.
+fn frame(
+    kind: u8,
+    flags: u8,
+    serial: u32,
+    signature: &str,
+    body: &[u8],
+    fields: impl FnOnce(&mut Writer),
+) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(b'l');
+    w.u8(kind);
+    w.u8(flags);
+    w.u8(1);
+    w.u32(body.len() as u32);
+    w.u32(serial);
+    w.array(8, |w| {
+        fields(w);
+        if !signature.is_empty() {
+            w.field(8, "g", |w| w.signature(signature));
+        }
+    });
+    w.align(8);
+    w.buf.extend_from_slice(body);
+    w.buf
 }
 
 /// What a reply says, as far as this client cares.
@@ -664,25 +680,13 @@ mod tests {
         signature: &str,
         body: &[u8],
     ) -> Vec<u8> {
-        let mut w = Writer::default();
-        w.u8(b'l');
-        w.u8(kind);
-        w.u8(1);
-        w.u8(1);
-        w.u32(body.len() as u32);
-        w.u32(90 + serial);
-        w.array(8, |w| {
+        // Flags 1: no reply expected.
+        frame(kind, 1, 90 + serial, signature, body, |w| {
             if let Some(name) = error_name {
                 w.field(4, "s", |w| w.string(name));
             }
             w.field(5, "u", |w| w.u32(serial));
-            if !signature.is_empty() {
-                w.field(8, "g", |w| w.signature(signature));
-            }
-        });
-        w.align(8);
-        w.buf.extend(body);
-        w.buf
+        })
     }
 
     /// A reply of `kind` to `serial` (an error carries a name and a message).
