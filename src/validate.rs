@@ -17,8 +17,36 @@ use crate::{schemas, settings};
 /// A trial render with a made-up step (required settings given a value of their
 /// type): a template that runs away (an endless loop, a value doubling in a loop) is
 /// an error of the manifest whatever the step, found here rather than at launch.
-/// Only such errors are reported; the rest depend on the step.
-pub fn trial_render(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
+/// Only such errors are reported; the rest depend on the step. For each manifest, in
+/// order; many manifests share a bounded child ([`crate::render::check_bounded`]).
+pub fn trial_renders(manifests: &[(&Source, &Flavor)]) -> Vec<Vec<Diagnostic>> {
+    let home = crate::home::Home::new("/nonexistent/steprunner-trial");
+    let at = crate::render::Where {
+        home: &home,
+        run_dir: None,
+        run_id: "20260101T000000-trial-00000000".into(),
+        cwd: std::path::PathBuf::from("/"),
+        env: std::collections::BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
+    };
+    let infos: Vec<_> = manifests.iter().map(|(_, f)| trial_step(f)).collect();
+    let jobs: Vec<crate::render::Job<'_>> = manifests
+        .iter()
+        .zip(&infos)
+        .filter_map(|((src, flavor), info)| Some((*src, *flavor, info.as_ref()?, &at)))
+        .collect();
+    let mut outcomes = crate::render::check_bounded(&jobs).into_iter();
+    infos
+        .iter()
+        .map(|info| match info.as_ref().map(|_| outcomes.next()) {
+            Some(Some(Err(e))) => e.0.into_iter().filter(crate::render::over_budget).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The made-up step of a trial render: required settings without a default get a
+/// value of their type.
+fn trial_step(flavor: &Flavor) -> Option<crate::step_info::StepInfo> {
     use crate::step_info::{Overrides, StepInfo};
     let mut set = Vec::new();
     if let Some(Value::Object(props)) = flavor.settings.as_ref().and_then(|s| s.get("properties")) {
@@ -46,7 +74,7 @@ pub fn trial_render(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
             set.push(format!("{name}={sample}"));
         }
     }
-    let Ok(info) = StepInfo::resolve(
+    StepInfo::resolve(
         None,
         &Overrides {
             step: Some("trial".into()),
@@ -57,21 +85,8 @@ pub fn trial_render(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
             set,
             ..Default::default()
         },
-    ) else {
-        return Vec::new();
-    };
-    let home = crate::home::Home::new("/nonexistent/steprunner-trial");
-    let at = crate::render::Where {
-        home: &home,
-        run_dir: None,
-        run_id: "20260101T000000-trial-00000000".into(),
-        cwd: std::path::PathBuf::from("/"),
-        env: std::collections::BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
-    };
-    match crate::render::render_bounded(src, flavor, &info, &at) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.0.into_iter().filter(crate::render::over_budget).collect(),
-    }
+    )
+    .ok()
 }
 
 /// What review needs beyond what a launch needs: every step-info field is used by a

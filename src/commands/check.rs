@@ -165,6 +165,9 @@ pub fn test(
     })
 }
 
+/// How many manifests `validate` checks together (see there).
+const TRIAL_CHUNK: usize = 256;
+
 pub fn validate(
     paths: &[PathBuf],
     format: Format,
@@ -174,23 +177,33 @@ pub fn validate(
     let files = manifest_files(paths)?;
     let mut all = Vec::new();
     let mut bad_files = 0;
-    for f in &files {
-        let diags = match validate::check_file(f) {
-            Err(diags) => diags,
-            // Valid to launch: is it complete for review, and does a template run away
-            // whatever the step?
-            Ok((source, flavor)) => {
-                let mut diags = validate::trial_render(&source, &flavor);
-                diags.extend(validate::check_review(&source, &flavor));
-                if let Some(p) = &policy {
-                    diags.extend(p.check_manifest(&source, &flavor));
+    // A chunk of manifests at a time: their trial renders share a bounded child, and
+    // what is held at once stays bounded however many files there are.
+    for chunk in files.chunks(TRIAL_CHUNK) {
+        let checked: Vec<_> = chunk.iter().map(|f| validate::check_file(f)).collect();
+        let valid: Vec<_> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().map(|(source, flavor)| (source, flavor)))
+            .collect();
+        let mut trials = validate::trial_renders(&valid).into_iter();
+        for c in checked {
+            let diags = match c {
+                Err(diags) => diags,
+                // Valid to launch: is it complete for review, and does a template run
+                // away whatever the step?
+                Ok((source, flavor)) => {
+                    let mut diags = trials.next().unwrap_or_default();
+                    diags.extend(validate::check_review(&source, &flavor));
+                    if let Some(p) = &policy {
+                        diags.extend(p.check_manifest(&source, &flavor));
+                    }
+                    diags
                 }
-                diags
+            };
+            if !diags.is_empty() {
+                bad_files += 1;
+                all.extend(diags);
             }
-        };
-        if !diags.is_empty() {
-            bad_files += 1;
-            all.extend(diags);
         }
     }
     diag::emit(&all, format);

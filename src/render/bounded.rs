@@ -37,21 +37,58 @@ pub fn render_bounded(
     info: &StepInfo,
     at: &Where<'_>,
 ) -> Result<Plan, RenderError> {
-    use crate::bounded::{self, Exceeded};
-    let outcome = bounded::run(bounded::RENDER, || {
-        render(src, flavor, info, at).map_err(|e| {
-            e.0.into_iter()
-                .map(|d| Wire {
-                    file: d.file,
-                    line: d.line,
-                    col: d.col,
-                    message: d.message,
-                    hint: d.hint,
-                    source_line: d.source_line,
-                })
-                .collect::<Vec<_>>()
+    match crate::bounded::run(crate::bounded::RENDER, || {
+        render(src, flavor, info, at).map_err(wire)
+    }) {
+        Ok(outcome) => settle(src, outcome),
+        // The child could not be made: render here (no bound, but no worse than before).
+        Err(_) => render(src, flavor, info, at),
+    }
+}
+
+/// One render to check: the manifest, the step and where it would run.
+pub type Job<'a> = (&'a Source, &'a Flavor, &'a StepInfo, &'a Where<'a>);
+
+/// [`render_bounded`] of each job, in as few children as they allow
+/// ([`crate::bounded::run_each`]), keeping only whether each rendered: the plans stay
+/// in the child. For checking many manifests (`runner validate`).
+pub fn check_bounded(jobs: &[Job<'_>]) -> Vec<Result<(), RenderError>> {
+    let outcomes =
+        crate::bounded::run_each(crate::bounded::RENDER, jobs, |(src, flavor, info, at)| {
+            render(src, flavor, info, at).map(drop).map_err(wire)
+        });
+    match outcomes {
+        Ok(outcomes) => jobs
+            .iter()
+            .zip(outcomes)
+            .map(|((src, ..), outcome)| settle(src, outcome))
+            .collect(),
+        Err(_) => jobs
+            .iter()
+            .map(|(src, flavor, info, at)| render(src, flavor, info, at).map(drop))
+            .collect(),
+    }
+}
+
+fn wire(e: RenderError) -> Vec<Wire> {
+    e.0.into_iter()
+        .map(|d| Wire {
+            file: d.file,
+            line: d.line,
+            col: d.col,
+            message: d.message,
+            hint: d.hint,
+            source_line: d.source_line,
         })
-    });
+        .collect()
+}
+
+/// What a bounded render's outcome means for the manifest.
+fn settle<T>(
+    src: &Source,
+    outcome: Result<Result<T, Vec<Wire>>, crate::bounded::Exceeded>,
+) -> Result<T, RenderError> {
+    use crate::bounded::{self, Exceeded};
     let located = |at: &str, message: String| {
         RenderError(vec![
             Diagnostic::new(&src.path, Some(&src.text), src.doc.index.nearest(at), message)
@@ -59,8 +96,8 @@ pub fn render_bounded(
         ])
     };
     match outcome {
-        Ok(Ok(Ok(plan))) => Ok(plan),
-        Ok(Ok(Err(wire))) => Err(RenderError(
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(wire)) => Err(RenderError(
             wire.into_iter()
                 .map(|w| Diagnostic {
                     file: w.file,
@@ -72,25 +109,23 @@ pub fn render_bounded(
                 })
                 .collect(),
         )),
-        Ok(Err(Exceeded::Memory { at })) => Err(located(
+        Err(Exceeded::Memory { at }) => Err(located(
             &at,
             format!(
                 "rendering this template took more than {} of memory",
                 crate::units::Bytes(bounded::RENDER.memory_bytes)
             ),
         )),
-        Ok(Err(Exceeded::Time { at })) => Err(located(
+        Err(Exceeded::Time { at }) => Err(located(
             &at,
             format!(
                 "rendering this template took more than {} s",
                 bounded::RENDER.seconds
             ),
         )),
-        Ok(Err(Exceeded::Panicked { message })) => Err(RenderError(vec![Diagnostic::file(
+        Err(Exceeded::Panicked { message }) => Err(RenderError(vec![Diagnostic::file(
             &src.path,
             format!("internal error while rendering (a bug; please report it): {message}"),
         )])),
-        // The child could not be made: render here (no bound, but no worse than before).
-        Err(_) => render(src, flavor, info, at),
     }
 }

@@ -393,6 +393,75 @@ fn runaway_templates_end_in_located_errors() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// One `runner validate` of a folder where each runaway template sits between valid
+/// manifests (their trial renders share bounded children): each runaway gets its own
+/// located error, and every manifest after one is still checked, and found valid.
+#[test]
+fn runaway_templates_among_valid_ones_are_each_found_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bombs = fixtures("tests/fixtures/bombs");
+    let mut want = Vec::new();
+    for (i, bomb) in bombs.iter().enumerate() {
+        for (j, valid) in ["local", "venv"].iter().enumerate() {
+            std::fs::copy(
+                root().join(format!("manifests/{valid}.yaml")),
+                dir.path().join(format!("{i}{j}-{valid}.yaml")),
+            )
+            .unwrap();
+        }
+        let name = format!("{i}2-{}", bomb.file_name().unwrap().to_string_lossy());
+        let copy = dir.path().join(&name);
+        std::fs::copy(root().join(bomb), &copy).unwrap();
+        let e = crate::common::expectation(&root().join(bomb));
+        want.push((
+            format!("{}:{}:{}", copy.display(), e.line, e.col),
+            e.message,
+        ));
+    }
+    std::fs::copy(
+        root().join("manifests/local.yaml"),
+        dir.path().join("9-local.yaml"),
+    )
+    .unwrap();
+    let out = runner(["validate".as_ref(), dir.path().as_os_str()]);
+    out.expect_code(2);
+    let found: Vec<(&str, &str)> = out
+        .stderr
+        .lines()
+        .zip(out.stderr.lines().skip(1))
+        .filter_map(|(message, at)| {
+            Some((
+                at.trim_start().strip_prefix("--> ")?,
+                message.strip_prefix("error: ")?,
+            ))
+        })
+        .collect();
+    // Each bomb also lacks `ignores:` (a review finding); no valid manifest has any.
+    let runaway: Vec<_> = found
+        .iter()
+        .filter(|(_, message)| message.contains("more than"))
+        .collect();
+    assert_eq!(runaway.len(), want.len(), "{}", out.stderr);
+    for ((at, message), (want_at, want_message)) in runaway.into_iter().zip(&want) {
+        assert_eq!(at, want_at, "{}", out.stderr);
+        assert!(message.contains(want_message.as_str()), "{}", out.stderr);
+    }
+    assert!(
+        found.iter().all(|(at, _)| at.contains("-nested-")
+            || at.contains("-chained-")
+            || at.contains("-macro-")
+            || at.contains("-namespace-")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .ends_with("checked 13 manifests: 8 errors in 4 files\n"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// Input caps hold for streams, alias expansion is bounded by bytes, and a folder walk
 /// survives a symlink loop.
 #[test]
