@@ -25,6 +25,31 @@ pub struct Root {
     /// The directory itself is ours to remove (else its manager removes it once empty:
     /// a systemd scope).
     pub owned: bool,
+    /// The device and inode of the cgroup mount `path` is under, as the recording
+    /// runner saw it. A cleaner whose mount there is another directory (it is in
+    /// another cgroup namespace: its `/sys/fs/cgroup` shows another subtree) would find
+    /// other cgroups at the same path, or none, and must not take a missing directory
+    /// for a removed one: it leaves the record to a runner that sees these cgroups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<(u64, u64)>,
+}
+
+impl Root {
+    /// `path`, with the mount it is under as this runner sees it.
+    pub fn new(fs: &CgroupFs, path: PathBuf, owned: bool) -> Root {
+        let view = mount_view(fs, &path);
+        Root { path, owned, view }
+    }
+}
+
+/// The device and inode of the cgroup mount `path` is under, as seen here.
+fn mount_view(fs: &CgroupFs, path: &Path) -> Option<(u64, u64)> {
+    let mount = fs
+        .mounts()
+        .iter()
+        .filter(|m| path.starts_with(m) && path != m.as_path())
+        .max_by_key(|m| m.as_os_str().len())?;
+    std::fs::metadata(mount).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,17 +190,47 @@ fn stale_records(dir: &Path) -> Vec<Stale> {
 /// hierarchy, named after `run` as the runner names them — and nothing else? A record
 /// is data from disk: only such a directory is ever killed or removed.
 fn allowed(fs: &CgroupFs, run: &str, root: &Path) -> bool {
-    let plain = root.is_absolute()
-        && root
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     let in_mount = fs
         .mounts()
         .iter()
         .any(|m| root.starts_with(m) && root != m.as_path());
+    in_mount && named_ours(run, root)
+}
+
+/// Is `root` a plain absolute path named as a runner names run `run`'s cgroups?
+fn named_ours(run: &str, root: &Path) -> bool {
+    let plain = root.is_absolute()
+        && root
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let ours = name == super::root::scope_unit(run) || name == super::root::run_dir_name(run);
-    plain && in_mount && ours && !run.is_empty() && !run.contains('/')
+    plain && ours && !run.is_empty() && !run.contains('/')
+}
+
+/// What a cleaner may do with a recorded root.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    /// A run's cgroup, in the mount it was made in: kill and remove it (or find it gone).
+    Ours,
+    /// Named as a run's cgroup, but this cleaner does not see the mount it was made in
+    /// (another cgroup or mount namespace): left, with its record, to one that does.
+    Elsewhere,
+    /// Not a run's cgroup: never acted on.
+    Never,
+}
+
+fn standing(fs: &CgroupFs, run: &str, root: &Root) -> Standing {
+    if allowed(fs, run, &root.path) {
+        match root.view {
+            Some(v) if mount_view(fs, &root.path) != Some(v) => Standing::Elsewhere,
+            _ => Standing::Ours,
+        }
+    } else if named_ours(run, &root.path) {
+        Standing::Elsewhere
+    } else {
+        Standing::Never
+    }
 }
 
 /// Kill everything in the cgroups of dead runners and remove them (and their records).
@@ -186,11 +241,14 @@ pub fn clean_stale(fs: &CgroupFs, dir: &Path) -> Vec<String> {
         let mut done = true;
         if let Some(c) = &stale.content {
             for root in &c.roots {
-                if !allowed(fs, &c.run, &root.path) {
-                    continue;
-                }
-                if super::run::remove_tree(fs, &root.path, root.owned).is_err() {
-                    done = false;
+                match standing(fs, &c.run, root) {
+                    Standing::Never => {}
+                    Standing::Elsewhere => done = false,
+                    Standing::Ours => {
+                        if super::run::remove_tree(fs, &root.path, root.owned).is_err() {
+                            done = false;
+                        }
+                    }
                 }
             }
             if done {
@@ -216,6 +274,7 @@ mod tests {
         let roots = [Root {
             path: PathBuf::from("/sys/fs/cgroup/x/steprunner-r1"),
             owned: true,
+            view: None,
         }];
         let live = Record::create(&dir, "r1", &roots).unwrap();
         assert!(

@@ -272,13 +272,7 @@ impl RunRoot {
         dir: PathBuf,
         placement: Placement,
     ) -> Result<(), CgroupError> {
-        self.record(
-            run,
-            vec![Root {
-                path: dir.clone(),
-                owned: true,
-            }],
-        )?;
+        self.record(run, vec![Root::new(&self.fs, dir.clone(), true)])?;
         make_dir(self.fs.ops, &dir)?;
         enable(&dir, &v2::WANTED)?;
         self.unified = Some(dir);
@@ -309,15 +303,9 @@ impl RunRoot {
                 .flatten();
             let mut recorded: Vec<Root> = roots
                 .iter()
-                .map(|(p, _)| Root {
-                    path: p.clone(),
-                    owned: true,
-                })
+                .map(|(p, _)| Root::new(&self.fs, p.clone(), true))
                 .collect();
-            recorded.extend(unified.iter().map(|p| Root {
-                path: p.clone(),
-                owned: true,
-            }));
+            recorded.extend(unified.iter().map(|p| Root::new(&self.fs, p.clone(), true)));
             self.record(run, recorded)?;
             for dir in roots.iter().map(|(p, _)| p).chain(unified.iter()) {
                 make_dir(ops, dir)?;
@@ -367,13 +355,7 @@ impl RunRoot {
                     })?;
             let dir = u.mount.join(path.trim_start_matches('/'));
             self.owned = false;
-            self.record(
-                run,
-                vec![Root {
-                    path: dir.clone(),
-                    owned: false,
-                }],
-            )?;
+            self.record(run, vec![Root::new(&self.fs, dir.clone(), false)])?;
             let leaf = dir.join(SCOPE_SUPERVISOR);
             make_dir(ops, &leaf)?;
             move_self(&leaf)?;

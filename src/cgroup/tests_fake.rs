@@ -735,6 +735,80 @@ fn v1_requested_controller_missing_is_an_error() {
     assert!(matches!(err, CgroupError::InvalidCpus { .. }), "{err}");
 }
 
+/// A cleaner that does not see the mounts a dead run's cgroups were made in (in
+/// another cgroup namespace the same path shows another subtree, or nothing) leaves
+/// them and their record to a cleaner that does, instead of taking a directory it
+/// cannot see for one removed; that cleaner then removes them.
+#[test]
+fn a_cleaner_in_another_view_leaves_a_dead_runs_cgroups_to_one_that_sees_them() {
+    use super::record::Root;
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (fs, [mem, cpu, pids, freezer]) = fake_v1(tmp.path(), false);
+    let dirs = [&mem, &cpu, &pids, &freezer];
+    let write = |run: &str, roots: Vec<Root>| {
+        fs::write(
+            tmp.path().join("records").join(run),
+            serde_json::json!({"run": run, "roots": roots}).to_string(),
+        )
+        .unwrap();
+    };
+    fs::create_dir_all(tmp.path().join("records")).unwrap();
+    // What the dead runners saw: mounts that are other directories than ours.
+    let other = fs::metadata(tmp.path()).map(|m| (m.dev(), m.ino())).ok();
+    let seen_there = |path: PathBuf| Root {
+        view: other,
+        ..Root::new(&fs, path, true)
+    };
+    for d in dirs {
+        fs::create_dir_all(d.join("steprunner-here/launch")).unwrap();
+    }
+    write(
+        "here",
+        dirs.iter()
+            .map(|d| seen_there(d.join("steprunner-here")))
+            .collect(),
+    );
+    // Its cgroups are not at these paths in our view at all.
+    write(
+        "unseen",
+        dirs.iter()
+            .map(|d| seen_there(d.join("steprunner-unseen")))
+            .collect(),
+    );
+    // Named as a run's cgroup, in a mount we do not have.
+    write(
+        "unmounted",
+        vec![Root {
+            path: tmp.path().join("elsewhere/steprunner-unmounted"),
+            owned: true,
+            view: other,
+        }],
+    );
+    assert!(super::clean_stale(&fs).is_empty());
+    for run in ["here", "unseen", "unmounted"] {
+        assert!(
+            tmp.path().join("records").join(run).exists(),
+            "the record of `{run}` is kept for a cleaner that sees its cgroups"
+        );
+    }
+    for d in dirs {
+        assert!(d.join("steprunner-here/launch").is_dir(), "{}", d.display());
+    }
+    // Recorded as we see the mounts: ours to remove.
+    write(
+        "here",
+        dirs.iter()
+            .map(|d| Root::new(&fs, d.join("steprunner-here"), true))
+            .collect(),
+    );
+    assert_eq!(super::clean_stale(&fs), ["here"]);
+    for d in dirs {
+        assert!(!d.join("steprunner-here").exists(), "{}", d.display());
+    }
+    assert!(!tmp.path().join("records/here").exists());
+}
+
 #[test]
 fn stale_runs_are_removed_and_live_ones_and_strangers_left_alone() {
     let tmp = tempfile::tempdir().unwrap();

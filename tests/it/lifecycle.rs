@@ -112,18 +112,11 @@ fn cancel_stops_a_detached_step_runs_cleanup_and_leaves_nothing() {
     runner(home.path(), &["cancel", &id]).expect_code(0);
 }
 
-#[test]
-#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
-fn a_dead_supervisor_is_reported_as_lost_not_running() {
-    if !needs_root() {
-        return;
-    }
-    let home = tempfile::tempdir().unwrap();
-    let id = detach(
-        home.path(),
-        &["manifests/local.yaml", "--", "sleep", "1000.9191"],
-    );
-    let pid_file = home.path().join("runs").join(&id).join("supervisor.pid");
+/// Start `sleep SECS` detached, wait for it to run in its cgroups, and SIGKILL its
+/// supervisor. The run's id.
+fn kill_the_supervisor_of(home: &Path, secs: &str) -> String {
+    let id = detach(home, &["manifests/local.yaml", "--", "sleep", secs]);
+    let pid_file = home.join("runs").join(&id).join("supervisor.pid");
     let pid: i32 = std::fs::read_to_string(pid_file)
         .unwrap()
         .split_whitespace()
@@ -133,7 +126,7 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
         .unwrap();
     // Killed while its step runs (in its cgroups).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !alive("sleep 1000.9191") {
+    while !alive(&format!("sleep {secs}")) {
         assert!(Instant::now() < deadline, "the step never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -143,6 +136,17 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
     );
     // SAFETY: killing the supervisor this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    id
+}
+
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_dead_supervisor_is_reported_as_lost_not_running() {
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let id = kill_the_supervisor_of(home.path(), "1000.9191");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = runner(home.path(), &["status", &id, "--json"]).json();
@@ -175,6 +179,126 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
     .expect_code(0);
     let left = crate::launch::cgroups_of(&id);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Remount, in a new mount and cgroup namespace, each cgroup hierarchy given as
+/// `MOUNT|TYPE|OPTIONS` (up to `--`), then run the rest.
+const REMOUNT: &str = r#"set -eu
+while [ "$1" != -- ]; do
+  m=${1%%|*}; rest=${1#*|}; type=${rest%%|*}; opts=${rest#*|}
+  umount -l "$m"
+  if [ "$type" = cgroup2 ]; then mount -t cgroup2 none "$m"
+  else mount -t cgroup -o "$opts" none "$m"; fi
+  shift
+done
+shift
+exec "$@"
+"#;
+
+/// A runner in another cgroup namespace, where the paths a dead run recorded show
+/// another subtree, finds the run's record (the records folder is the same): it
+/// leaves the record and the cgroups it cannot see to a runner that sees them, and the
+/// next launch on the host removes everything. (Taking a directory missing from its
+/// view for one removed, it dropped the record, and the cgroups stayed for good.)
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_runner_in_another_cgroup_namespace_leaves_a_dead_runs_cgroups_to_the_host() {
+    use std::os::unix::process::CommandExt;
+    if !needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let id = kill_the_supervisor_of(home.path(), "1000.9292");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive("sleep 1000.9292") {
+        assert!(
+            Instant::now() < deadline,
+            "the step outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let record = Path::new("/run/steprunner/cgroups").join(&id);
+    assert!(record.is_file(), "the dead run is recorded");
+    let left = crate::launch::cgroups_of(&id);
+    assert!(!left.is_empty(), "the dead run left cgroups");
+
+    // The hierarchies a run uses, each with a fresh cgroup the namespace is rooted at.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut specs = Vec::new();
+    let mut roots = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount = left.split(' ').nth(4).unwrap_or_default();
+        let mut r = right.split(' ');
+        let (kind, opts) = (r.next().unwrap_or_default(), r.nth(1).unwrap_or_default());
+        let opts: Vec<&str> = opts
+            .split(',')
+            .filter(|o| *o != "rw" && *o != "ro")
+            .collect();
+        let used = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+        if kind == "cgroup2" || (kind == "cgroup" && opts.iter().any(|o| used.contains(o))) {
+            specs.push(format!("{mount}|{kind}|{}", opts.join(",")));
+            roots.push(Path::new(mount).join(format!("steprunner-viewtest-{id}")));
+        }
+    }
+    let procs: Vec<std::ffi::CString> = roots
+        .iter()
+        .map(|r| {
+            std::fs::create_dir(r).unwrap();
+            std::ffi::CString::new(r.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                .unwrap()
+        })
+        .collect();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "-C", "sh", "-c", REMOUNT, "sh"])
+        .args(&specs)
+        .arg("--")
+        .arg(assert_cmd::cargo::cargo_bin("runner"))
+        .args(["launch", "-q", "manifests/local.yaml", "--", "true"])
+        .env("RUNNER_HOME", home.path());
+    // SAFETY: between fork and exec only open, write and close, on paths made before
+    // the fork. Writing `0` moves the writer.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the runner in the namespace: {stderr}"
+    );
+    for r in &roots {
+        std::fs::remove_dir(r).unwrap_or_else(|e| panic!("{}: {e}", r.display()));
+    }
+    assert!(
+        record.is_file(),
+        "the record is left to a runner that sees the cgroups"
+    );
+    assert_eq!(
+        crate::launch::cgroups_of(&id),
+        left,
+        "and so are the cgroups"
+    );
+
+    runner(
+        home.path(),
+        &["launch", "-q", "manifests/local.yaml", "--", "true"],
+    )
+    .expect_code(0);
+    let left = crate::launch::cgroups_of(&id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!record.exists(), "the record is removed with them");
 }
 
 #[test]
