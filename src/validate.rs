@@ -100,9 +100,10 @@ pub fn check_review(src: &Source, flavor: &Flavor) -> Vec<Diagnostic> {
 
 fn check_ignores(src: &Source, flavor: &Flavor, diags: &mut Vec<Diagnostic>) {
     let templates = flavor.templates();
+    let uses = crate::ignores::Uses::new(&templates);
     let mut undeclared = Vec::new();
     for field in crate::ignores::FIELDS {
-        let used = crate::ignores::first_use(&templates, field);
+        let used = uses.first_use(field);
         let ignored = flavor.ignores.contains_key(*field);
         let d = match (used, ignored) {
             (None, false) => {
