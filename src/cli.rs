@@ -33,6 +33,26 @@ fn age(s: &str) -> Result<Duration, units::UnitError> {
     units::parse_age(s)
 }
 
+/// An environment variable's name, as the step-info schema takes them.
+fn env_name(s: &str) -> Result<String, String> {
+    let mut chars = s.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Ok(s.to_string());
+    }
+    let hint = if s.contains('=') {
+        " (`--env` takes a name only: set the variable in the runner's environment)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "not an environment variable name: names are letters, digits and `_`, not starting \
+         with a digit{hint}"
+    ))
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "runner",
@@ -268,7 +288,7 @@ pub struct StepArgs {
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Pass the runner's environment variable NAME to the step (repeatable); its value is never printed
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", value_parser = env_name)]
     pub env: Vec<String>,
     /// The step's source folder (`dirs.source`; default: the current directory)
     #[arg(long, value_name = "DIR")]

@@ -206,6 +206,26 @@ fn describe(err: &ValidationError<'_>, instance: &Value, root: &Value, out: &mut
             }
             out.push(f);
         }
+        // The only names a schema here constrains are those of environment variables.
+        ValidationErrorKind::PropertyNames { error }
+            if let ValidationErrorKind::Pattern { pattern } = error.kind() =>
+        {
+            let name = error.instance().as_str().unwrap_or_default();
+            let key = format!("{ptr}/{}", name.replace('~', "~0").replace('/', "~1"));
+            let mut f = found(
+                key,
+                true,
+                format!(
+                    "{} in `{}` is not an environment variable name",
+                    Value::String(name.to_string()),
+                    dotted(&ptr)
+                ),
+            );
+            f.hint = Some(format!(
+                "names are letters, digits and `_`, not starting with a digit (`{pattern}`)"
+            ));
+            out.push(f);
+        }
         ValidationErrorKind::Pattern { pattern } if ptr == "/name" => {
             let value = instance.pointer(&ptr).unwrap_or(&Value::Null);
             let mut f = found(

@@ -408,6 +408,61 @@ fn a_step_info_of_the_wrong_type_is_located() {
     assert!(out.stderr.contains("\"many\""), "{}", out.stderr);
 }
 
+/// A variable name that is not one (`X=Y` would reach the step as `X` with the value
+/// `Y=…`; an empty name as `=…`) is refused before anything runs, at its key, in a
+/// step info and in `--env`.
+#[test]
+fn environment_names_that_are_not_names_are_refused_at_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info = dir.path().join("step.yaml");
+    std::fs::write(
+        &info,
+        "entrypoint: [\"true\"]\nenvironment:\n  GOOD: \"1\"\n  \"X=Y\": \"2\"\n\
+         requirements:\n  environment: {\"\": \"3\", \"a/b\": \"4\"}\n",
+    )
+    .expect("write step info");
+    let out = runner([
+        "render".as_ref(),
+        "manifests/local.yaml".as_ref(),
+        "--info".as_ref(),
+        info.as_os_str(),
+    ]);
+    out.expect_code(2);
+    for (at, name, map) in [
+        ("4:3", "\"X=Y\"", "`environment`"),
+        ("6:17", "\"\"", "`requirements.environment`"),
+        ("6:26", "\"a/b\"", "`requirements.environment`"),
+    ] {
+        let want = format!(
+            "error: {name} in {map} is not an environment variable name\n  --> {}:{at}\n",
+            info.display()
+        );
+        assert!(
+            out.stderr.contains(&want),
+            "no `{want}` in:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(out.stderr.matches("error: ").count(), 3, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "no plan: {}", out.stdout);
+
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--env",
+        "X=Y",
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("invalid value 'X=Y' for '--env <NAME>': not an environment variable name"),
+        "{}",
+        out.stderr
+    );
+}
+
 // ---- shell safety of `script:` ----
 
 const STEP: &str = "x'; touch PWNED; echo '";
