@@ -117,6 +117,10 @@ pub enum InfoError {
     Invalid(Vec<Diagnostic>),
     #[error("--set `{0}`: expected KEY=VALUE")]
     Set(String),
+    #[error(
+        "--set `{0}`: a key is names joined by `.` (`a.b.c`), at most {MAX_SET_DEPTH} of them, none empty"
+    )]
+    SetKey(String),
     #[error("--env `{0}`: not set in the runner's environment")]
     Env(String),
     #[error("invalid step name: {0}")]
@@ -224,6 +228,10 @@ impl StepInfo {
                 .split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .ok_or_else(|| InfoError::Set(kv.clone()))?;
+            // Each part is a level of nesting that everything after reads recursively.
+            if key.split('.').count() > MAX_SET_DEPTH || key.split('.').any(str::is_empty) {
+                return Err(InfoError::SetKey(cut(kv, 80)));
+            }
             set_path(&mut self.settings, key, parse_set_value(value));
         }
         for name in &f.env {
@@ -258,6 +266,19 @@ fn parse_set_value(raw: &str) -> Value {
     match serde_json::from_str::<Value>(raw) {
         Ok(v) => v,
         Err(_) => Value::String(raw.to_string()),
+    }
+}
+
+/// How many `.`-joined parts a `--set` key may have: far more than any flavor's
+/// settings nest, and with the value's own nesting (at most serde_json's 128) well
+/// within the depth a step-info file may have.
+pub const MAX_SET_DEPTH: usize = 64;
+
+/// The first `n` characters of `s`, and `…` if that is not all.
+fn cut(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

@@ -463,6 +463,66 @@ fn environment_names_that_are_not_names_are_refused_at_their_key() {
     );
 }
 
+/// A `--set` key is a path of nested settings: one of 10,000 levels overflowed the
+/// stack (the runner aborted); it is refused, as is an empty part, and a deep but
+/// bounded one renders.
+#[test]
+fn set_keys_nest_a_bounded_number_of_levels() {
+    let deep = vec!["a"; 10_000].join(".");
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--set",
+        &format!("{deep}=1"),
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("at most 64 of them, none empty"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.len() < 400, "the key is cut: {}", out.stderr);
+    let out = runner([
+        "render",
+        "manifests/local.yaml",
+        "--set",
+        "a..b=1",
+        "--",
+        "true",
+    ]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("none empty"), "{}", out.stderr);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("deep.yaml");
+    std::fs::write(
+        &manifest,
+        "version: 1\nname: deep\nsettings:\n  type: object\nlaunch:\n  \
+         run: [\"echo\", \"{{ settings | tojson }}\"]\n",
+    )
+    .expect("write manifest");
+    let key = vec!["a"; 64].join(".");
+    let value = format!("{}{}", "[".repeat(120), "]".repeat(120));
+    let out = runner([
+        "render".as_ref(),
+        manifest.as_os_str(),
+        "--set".as_ref(),
+        format!("{key}={value}").as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
+    out.expect_code(0);
+    let plan = out.json();
+    let arg = plan["launch"]["command"]["argv"][1]
+        .as_str()
+        .unwrap_or_default();
+    assert!(arg.starts_with(&"{\"a\":".repeat(64)), "{arg}");
+}
+
 // ---- shell safety of `script:` ----
 
 const STEP: &str = "x'; touch PWNED; echo '";
