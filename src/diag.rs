@@ -94,36 +94,41 @@ impl Diagnostic {
     ///    |         ^
     ///    = hint: ...
     /// ```
+    ///
+    /// What the manifest or the step put in a message, a path or the source line is
+    /// printed escaped where it would not show as itself ([`printable`]): no escape
+    /// sequence, bidirectional override or line break of theirs reaches the terminal.
     pub fn human(&self) -> String {
+        use crate::util::printable;
         let mut out = String::new();
-        let _ = writeln!(out, "error: {}", self.message);
+        let _ = writeln!(out, "error: {}", printable(&self.message));
+        let file = self.file.display().to_string();
         if self.line == 0 {
-            let _ = writeln!(out, "  --> {}", self.file.display());
+            let _ = writeln!(out, "  --> {}", printable(&file));
         } else {
-            let _ = writeln!(
-                out,
-                "  --> {}:{}:{}",
-                self.file.display(),
-                self.line,
-                self.col
-            );
+            let _ = writeln!(out, "  --> {}:{}:{}", printable(&file), self.line, self.col);
         }
+        let hint = self.hint.as_deref().map(printable);
         if let Some(src) = &self.source_line {
             let num = self.line.to_string();
             let pad = " ".repeat(num.len());
-            // Tabs would misalign the caret: show them as single spaces.
-            let shown: String = src
+            // Tabs would misalign the caret: show them as single spaces; escapes take
+            // the room they take before the caret too.
+            let shown_char = |c: char| if c == '\t' { ' ' } else { c };
+            let line: String = src.chars().map(shown_char).collect();
+            let before: String = line.chars().take(self.col.saturating_sub(1)).collect();
+            let shown = printable(&line);
+            let caret_at = printable(&before)
                 .chars()
-                .map(|c| if c == '\t' { ' ' } else { c })
-                .collect();
-            let caret_at = self.col.saturating_sub(1).min(shown.chars().count());
+                .count()
+                .min(shown.chars().count());
             let _ = writeln!(out, "{pad} |");
             let _ = writeln!(out, "{num} | {shown}");
             let _ = writeln!(out, "{pad} | {}^", " ".repeat(caret_at));
-            if let Some(h) = &self.hint {
+            if let Some(h) = &hint {
                 let _ = writeln!(out, "{pad} = hint: {h}");
             }
-        } else if let Some(h) = &self.hint {
+        } else if let Some(h) = &hint {
             let _ = writeln!(out, "  = hint: {h}");
         }
         out
@@ -264,6 +269,30 @@ pub fn emit(diags: &[Diagnostic], format: Format) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing of the manifest's reaches the terminal unescaped: not in the message,
+    /// the path, the source line or the hint; the caret still points at the column.
+    #[test]
+    fn human_escapes_what_would_not_show_as_itself() {
+        let text = "a: \"\u{1b}[2J\u{202e}x\"\n";
+        let d = Diagnostic::new(
+            Path::new("m\u{1b}]0;t\u{7}.yaml"),
+            Some(text),
+            Pos { line: 1, col: 10 },
+            "unknown key `k\u{1b}[31m`\nerror: forged",
+        )
+        .with_hint("see \u{9b}1m");
+        let shown = d.human();
+        assert!(
+            shown.chars().all(|c| c == '\n' || crate::util::is_shown(c)),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "error: unknown key `k\\x1b[31m`\\nerror: forged\n  --> m\\x1b]0;t\\x07.yaml:1:10\n  |\n\
+             1 | a: \"\\x1b[2J\\u{202e}x\"\n  |                    ^\n  = hint: see \\u{9b}1m\n"
+        );
+    }
 
     #[test]
     fn labels_are_coloured_and_nothing_else_changes() {

@@ -41,17 +41,22 @@ pub fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result
     }
 }
 
+/// Whether `c` is shown as itself on a terminal, and only as itself: not a control
+/// character (C0, DEL, C1), nor a bidirectional or zero-width format character, nor a
+/// byte-order mark. An allowlist, see [`printable`].
+pub fn is_shown(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c,
+            '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
 /// `text` safe to print on a terminal: printable characters as they are, everything
 /// else escaped (`\x1b`, `\n`, `\u{202e}`). An allowlist: control characters (C0, DEL,
 /// C1), bidirectional and zero-width format characters and the byte-order mark can
 /// neither move the cursor, recolour, retitle the terminal nor reorder what is shown.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    fn shown(c: char) -> bool {
-        !c.is_control()
-            && !matches!(c,
-                '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
-    }
+    let shown = is_shown;
     if text.chars().all(shown) {
         return std::borrow::Cow::Borrowed(text);
     }

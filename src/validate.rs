@@ -151,9 +151,93 @@ fn check_ignores(src: &Source, flavor: &Flavor, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// The names of the characters a manifest most likely hides something with.
+fn char_name(c: char) -> &'static str {
+    match c {
+        '\u{202a}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202b}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202c}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202d}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202e}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{200e}' => "LEFT-TO-RIGHT MARK",
+        '\u{200f}' => "RIGHT-TO-LEFT MARK",
+        '\u{061c}' => "ARABIC LETTER MARK",
+        '\u{200b}' => "ZERO WIDTH SPACE",
+        '\u{200c}' => "ZERO WIDTH NON-JOINER",
+        '\u{200d}' => "ZERO WIDTH JOINER",
+        '\u{2060}' => "WORD JOINER",
+        '\u{feff}' => "ZERO WIDTH NO-BREAK SPACE",
+        '\u{2028}' => "LINE SEPARATOR",
+        '\u{2029}' => "PARAGRAPH SEPARATOR",
+        '\r' => "CARRIAGE RETURN (not before a line feed)",
+        _ => "a control or invisible character",
+    }
+}
+
+/// What review sees is what runs: a character that is not shown as itself (a
+/// bidirectional override that reorders a line, a zero-width character, a control
+/// character, a carriage return that sends the cursor back over a line) makes what a
+/// reviewer reads differ from what runs — the "Trojan Source" attack. Refused
+/// wherever it is, comments included: a value that needs one writes it as an escape,
+/// which shows. Tabs, line ends and a byte-order mark that opens the file are not
+/// hidden. The first on each line, at most 10.
+fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
+    let text = &src.text;
+    if text
+        .chars()
+        .all(|c| crate::util::is_shown(c) || c == '\n' || c == '\t')
+    {
+        return Vec::new();
+    }
+    let mut diags = Vec::new();
+    let (mut line, mut col) = (1, 1);
+    let mut flagged_line = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        let line_end = c == '\n' || (c == '\r' && chars.peek().is_some_and(|(_, n)| *n == '\n'));
+        let opening_bom = c == '\u{feff}' && at == 0;
+        let hidden = !(crate::util::is_shown(c) || c == '\t' || line_end || opening_bom);
+        if hidden && flagged_line != line {
+            flagged_line = line;
+            diags.push(
+                Diagnostic::new(
+                    &src.path,
+                    Some(text),
+                    crate::yaml::Pos { line, col },
+                    format!(
+                        "hidden character U+{:04X} ({}): review would not see what runs",
+                        c as u32,
+                        char_name(c)
+                    ),
+                )
+                .with_hint(format!(
+                    "remove it; a value that needs it escapes it in double quotes: `\"\\u{:04x}\"`",
+                    c as u32
+                )),
+            );
+            if diags.len() == 10 {
+                break;
+            }
+        }
+        // A carriage return alone ends a line, for YAML and for the source lines shown.
+        if c == '\n' || (c == '\r' && chars.peek().is_none_or(|(_, n)| *n != '\n')) {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    diags
+}
+
 /// Everything `runner validate` checks about one manifest. On success, the typed flavor.
 pub fn check_flavor(src: &Source) -> Result<Flavor, Vec<Diagnostic>> {
-    let diags = schemas::check_flavor(src);
+    let mut diags = hidden_characters(src);
+    diags.extend(schemas::check_flavor(src));
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -500,6 +584,46 @@ pub fn load_diagnostic(path: &Path, e: &crate::manifest::LoadError) -> Diagnosti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where [`hidden_characters`] points, and at what.
+    fn hidden(text: &str) -> Vec<(usize, usize, String)> {
+        let src = Source::parse(Path::new("m.yaml"), text.to_string()).unwrap();
+        hidden_characters(&src)
+            .into_iter()
+            .map(|d| (d.line, d.col, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn characters_review_would_not_see_are_found_where_they_are() {
+        // Line ends, CRLF included, tabs and an opening byte-order mark are not hidden.
+        assert!(hidden("\u{feff}a: 1\r\nb: \"\tx\"\r\n# é 漢字 ok\n").is_empty());
+        let found = hidden(
+            "a: 1 # x\u{202e}y\u{2066}z\nb: \"q\u{200b}\"\n# cr\r# over it\nc: \"\u{feff}\"\n",
+        );
+        let at: Vec<(usize, usize)> = found.iter().map(|(l, c, _)| (*l, *c)).collect();
+        // The first on each line, columns in characters; a lone CR ends its line.
+        assert_eq!(at, [(1, 9), (2, 6), (3, 5), (5, 5)]);
+        assert!(
+            found[0].2.contains("U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+            "{}",
+            found[0].2
+        );
+        assert!(
+            found[1].2.contains("U+200B (ZERO WIDTH SPACE)"),
+            "{}",
+            found[1].2
+        );
+        assert!(
+            found[2].2.contains("U+000D (CARRIAGE RETURN"),
+            "{}",
+            found[2].2
+        );
+        assert!(found[3].2.contains("U+FEFF"), "{}", found[3].2);
+        // At most 10.
+        let many: String = (0..50).map(|i| format!("k{i}: \"\u{2067}\"\n")).collect();
+        assert_eq!(hidden(&many).len(), 10);
+    }
 
     #[test]
     fn words_match_whole_identifiers() {
