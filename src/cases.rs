@@ -169,6 +169,9 @@ pub fn working_tree(p: &Path) -> Result<String, String> {
 fn load(file: &Path, read: Reader<'_>) -> Result<Loaded, String> {
     let text = read(file)?;
     let case = Source::parse(file, text).map_err(|e| crate::diag::error_chain(&e))?;
+    if let Some(d) = crate::validate::hidden_characters(&case).first() {
+        return Err(located(d));
+    }
     let spec: CaseFile = serde_json::from_value(case.doc.value.clone())
         .map_err(|e| format!("not a test case: {e}"))?;
     let base = file.parent().unwrap_or(Path::new("."));
@@ -233,11 +236,7 @@ pub fn render_fixed(
 
 /// The plan as `runner render` prints it (YAML), for golden files and diffs.
 pub fn plan_yaml(plan: &Plan) -> String {
-    let mut s = serde_saphyr::to_string(plan).unwrap_or_else(|e| format!("# {e}\n"));
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s
+    plan.to_yaml().unwrap_or_else(|e| format!("# {e}\n"))
 }
 
 /// Run one case; with `update`, (re)write its golden plan instead of comparing.

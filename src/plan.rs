@@ -30,6 +30,22 @@ pub struct Plan {
     pub ignored: Vec<String>,
 }
 
+impl Plan {
+    /// The plan as `runner render` prints it and golden plans hold it (YAML). A
+    /// character of the step's that would not show as itself (a bidirectional override
+    /// in a step name, a zero-width space in a requirement) is shown escaped
+    /// (`\u{202e}`): the YAML printer escapes control characters only, and what a
+    /// reviewer reads is what runs. `--format json` keeps every character as it is.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        let s = serde_saphyr::to_string(self).map_err(|e| e.to_string())?;
+        let mut s = crate::util::printable_lines(&s).into_owned();
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        Ok(s)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dirs {
     pub run: PathBuf,

@@ -67,10 +67,12 @@ impl Policy {
             Source::read(path).map_err(|e| vec![crate::validate::load_diagnostic(path, &e)])?;
         let pos = |ptr: &str| src.doc.index.nearest(ptr);
         let diag = |ptr: &str, msg: String| Diagnostic::new(path, Some(&src.text), pos(ptr), msg);
-        let errors: Vec<Diagnostic> = validator()
-            .iter_errors(&src.doc.value)
-            .map(|e| diag(&e.instance_path().to_string(), format!("policy: {e}")))
-            .collect();
+        let mut errors = crate::validate::hidden_characters(&src);
+        errors.extend(
+            validator()
+                .iter_errors(&src.doc.value)
+                .map(|e| diag(&e.instance_path().to_string(), format!("policy: {e}"))),
+        );
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -56,8 +56,17 @@ pub fn is_shown(c: char) -> bool {
 /// C1), bidirectional and zero-width format characters and the byte-order mark can
 /// neither move the cursor, recolour, retitle the terminal nor reorder what is shown.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let shown = is_shown;
-    if text.chars().all(shown) {
+    escaped_unless(text, is_shown)
+}
+
+/// [`printable`] for a text of many lines: its line ends and tabs kept (a YAML plan
+/// with its scripts as block scalars).
+pub fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    escaped_unless(text, |c| is_shown(c) || c == '\n' || c == '\t')
+}
+
+fn escaped_unless(text: &str, shown: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if text.chars().all(&shown) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

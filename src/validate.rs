@@ -184,8 +184,9 @@ fn char_name(c: char) -> &'static str {
 /// reviewer reads differ from what runs — the "Trojan Source" attack. Refused
 /// wherever it is, comments included: a value that needs one writes it as an escape,
 /// which shows. Tabs, line ends and a byte-order mark that opens the file are not
-/// hidden. The first on each line, at most 10.
-fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
+/// hidden. The first on each line, at most 10. For every reviewed file: manifests,
+/// flavor test cases, policies.
+pub fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
     let text = &src.text;
     if text
         .chars()

@@ -344,13 +344,10 @@ pub fn render(
             serde_json::to_string_pretty(&plan).expect("plan serializes")
         ),
         PlanFormat::Yaml => {
-            let s = serde_saphyr::to_string(&plan)
+            let s = plan
+                .to_yaml()
                 .map_err(|e| CliError::runner(format!("cannot print the plan as YAML: {e}")))?;
-            if s.ends_with('\n') {
-                print!("{s}");
-            } else {
-                println!("{s}");
-            }
+            print!("{s}");
         }
     }
     Ok(Exit::Success)

@@ -146,6 +146,67 @@ fn a_refusal_is_a_case_too() {
     assert!(out.stdout.contains("not at t.yaml:9"), "{}", out.stdout);
 }
 
+/// What a reviewer reads is what runs, in every reviewed file: a case or a policy
+/// holding a hidden character is refused where it is, and a golden plan shows a
+/// step's hidden character escaped (its JSON form keeps it as it is).
+#[test]
+fn reviewed_files_hide_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "t.yaml", &format!("{MANIFEST}{IGNORES_ALL}"));
+    write(
+        d,
+        "h.case.yaml",
+        "manifest: t.yaml\ninfo:\n  entrypoint: [\"true\"]  # \u{202e}looks fine\n\
+         expect:\n  - {at: launch.limits.pids, equals: 4096}\n",
+    );
+    let out = Runner::new().arg("test").arg(d.join("h.case.yaml")).run();
+    out.expect_code(2);
+    assert!(
+        out.stdout.contains(&format!(
+            "{}:3:27: hidden character U+202E (RIGHT-TO-LEFT OVERRIDE)",
+            d.join("h.case.yaml").display()
+        )),
+        "{}",
+        out.stdout
+    );
+
+    write(d, "policy.yaml", "version: 1\nrules: []\n# \u{2066}note\n");
+    let out = Runner::new()
+        .args(["validate", "--policy"])
+        .arg(d.join("policy.yaml"))
+        .arg(d.join("t.yaml"))
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("hidden character U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("policy.yaml:3:3"), "{}", out.stderr);
+
+    write(
+        d,
+        "g.case.yaml",
+        "manifest: t.yaml\ninfo:\n  step: {name: \"ok\\u202egnp.exe\"}\n  entrypoint: [\"true\"]\n\
+         golden: g.plan.yaml\n",
+    );
+    Runner::new()
+        .args(["test", "--update"])
+        .arg(d.join("g.case.yaml"))
+        .run()
+        .expect_code(0);
+    let golden = std::fs::read_to_string(d.join("g.plan.yaml")).unwrap();
+    assert!(golden.contains("step: ok\\u{202e}gnp.exe\n"), "{golden}");
+    assert!(
+        golden
+            .chars()
+            .all(|c| c == '\n' || !c.is_control() && c != '\u{202e}'),
+        "{golden}"
+    );
+}
+
 /// `git …` in `dir`, as a test's own committer.
 fn git(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("git")
