@@ -139,6 +139,18 @@ fn kill_the_supervisor_of(home: &Path, secs: &str) -> String {
     id
 }
 
+/// Wait (5 s at most) for `sleep SECS`, whose supervisor was killed, to be gone.
+fn step_gone_with_its_supervisor(secs: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(&format!("sleep {secs}")) {
+        assert!(
+            Instant::now() < deadline,
+            "the step outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 #[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn a_dead_supervisor_is_reported_as_lost_not_running() {
@@ -163,14 +175,7 @@ fn a_dead_supervisor_is_reported_as_lost_not_running() {
     let c = runner(home.path(), &["cancel", &id]);
     c.expect_code(125);
     assert!(c.stderr.contains("is lost"), "{}", c.stderr);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive("sleep 1000.9191") {
-        assert!(
-            Instant::now() < deadline,
-            "the step outlived its supervisor"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    step_gone_with_its_supervisor("1000.9191");
     // The next launch removes the dead run's cgroups: nothing is left behind.
     runner(
         home.path(),
@@ -209,14 +214,7 @@ fn a_runner_in_another_cgroup_namespace_leaves_a_dead_runs_cgroups_to_the_host()
     }
     let home = tempfile::tempdir().unwrap();
     let id = kill_the_supervisor_of(home.path(), "1000.9292");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive("sleep 1000.9292") {
-        assert!(
-            Instant::now() < deadline,
-            "the step outlived its supervisor"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    step_gone_with_its_supervisor("1000.9292");
     let record = Path::new("/run/steprunner/cgroups").join(&id);
     assert!(record.is_file(), "the dead run is recorded");
     let left = crate::launch::cgroups_of(&id);

@@ -383,21 +383,24 @@ fn a_bad_memory_flag_lists_the_accepted_forms() {
     }
 }
 
-#[test]
-fn a_step_info_of_the_wrong_type_is_located() {
+/// `runner render manifests/local.yaml --info FILE` with `text` in FILE: the folder
+/// (kept while it is used), FILE, and what the runner did.
+fn render_info(text: &str) -> (tempfile::TempDir, std::path::PathBuf, crate::common::Output) {
     let dir = tempfile::tempdir().expect("tempdir");
     let info = dir.path().join("step.yaml");
-    std::fs::write(
-        &info,
-        "step:\n  name: hello\nresources:\n  cpu_count: many\n",
-    )
-    .expect("write step info");
+    std::fs::write(&info, text).expect("write step info");
     let out = runner([
         "render".as_ref(),
         "manifests/local.yaml".as_ref(),
         "--info".as_ref(),
         info.as_os_str(),
     ]);
+    (dir, info, out)
+}
+
+#[test]
+fn a_step_info_of_the_wrong_type_is_located() {
+    let (_dir, info, out) = render_info("step:\n  name: hello\nresources:\n  cpu_count: many\n");
     out.expect_code(2);
     let want = format!("--> {}:4:14", info.display());
     assert!(
@@ -413,20 +416,10 @@ fn a_step_info_of_the_wrong_type_is_located() {
 /// step info and in `--env`.
 #[test]
 fn environment_names_that_are_not_names_are_refused_at_their_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let info = dir.path().join("step.yaml");
-    std::fs::write(
-        &info,
+    let (_dir, info, out) = render_info(
         "entrypoint: [\"true\"]\nenvironment:\n  GOOD: \"1\"\n  \"X=Y\": \"2\"\n\
          requirements:\n  environment: {\"\": \"3\", \"a/b\": \"4\"}\n",
-    )
-    .expect("write step info");
-    let out = runner([
-        "render".as_ref(),
-        "manifests/local.yaml".as_ref(),
-        "--info".as_ref(),
-        info.as_os_str(),
-    ]);
+    );
     out.expect_code(2);
     for (at, name, map) in [
         ("4:3", "\"X=Y\"", "`environment`"),
