@@ -180,7 +180,11 @@ fn load(file: &Path, read: Reader<'_>) -> Result<Loaded, String> {
         None => StepInfo::parse(file, "{}".into()),
         Some(Value::String(f)) => {
             let f = base.join(f);
-            StepInfo::parse(&f, read(&f)?)
+            let text = read(&f)?;
+            if let Some(d) = crate::validate::hidden_characters_in(&f, &text).first() {
+                return Err(located(d));
+            }
+            StepInfo::parse(&f, text)
         }
         Some(v) => StepInfo::parse(file, v.to_string()),
     };

@@ -187,7 +187,11 @@ fn char_name(c: char) -> &'static str {
 /// hidden. The first on each line, at most 10. For every reviewed file: manifests,
 /// flavor test cases, policies.
 pub fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
-    let text = &src.text;
+    hidden_characters_in(&src.path, &src.text)
+}
+
+/// [`hidden_characters`] of the text of `path`.
+pub fn hidden_characters_in(path: &Path, text: &str) -> Vec<Diagnostic> {
     if text
         .chars()
         .all(|c| crate::util::is_shown(c) || c == '\n' || c == '\t')
@@ -206,7 +210,7 @@ pub fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
             flagged_line = line;
             diags.push(
                 Diagnostic::new(
-                    &src.path,
+                    path,
                     Some(text),
                     crate::yaml::Pos { line, col },
                     format!(

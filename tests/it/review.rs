@@ -171,6 +171,28 @@ fn reviewed_files_hide_nothing() {
         out.stdout
     );
 
+    // A case's step info in a file of its own is reviewed too.
+    write(
+        d,
+        "info.yaml",
+        "entrypoint: [\"true\"]\nstep: {name: a\u{200b}b}\n",
+    );
+    write(
+        d,
+        "i.case.yaml",
+        "manifest: t.yaml\ninfo: info.yaml\nexpect:\n  - {at: launch.limits.pids, equals: 4096}\n",
+    );
+    let out = Runner::new().arg("test").arg(d.join("i.case.yaml")).run();
+    out.expect_code(2);
+    assert!(
+        out.stdout.contains(&format!(
+            "{}:2:15: hidden character U+200B (ZERO WIDTH SPACE)",
+            d.join("info.yaml").display()
+        )),
+        "{}",
+        out.stdout
+    );
+
     write(d, "policy.yaml", "version: 1\nrules: []\n# \u{2066}note\n");
     let out = Runner::new()
         .args(["validate", "--policy"])
