@@ -3,13 +3,17 @@
 //! or PID namespace.
 //!
 //! A run writes one small file naming its cgroup roots before it creates them, and
-//! holds an exclusive `flock` on it for as long as it lives. The kernel drops the lock
-//! when the process dies, however it dies, so a lock anyone can take marks a dead
-//! owner — no pid is compared, and a live run's cgroups are never touched. The folder
+//! holds a lock on its first byte for as long as it lives (an open-file-description
+//! lock, `F_OFD_SETLK`). The kernel drops the lock when the process dies, however it
+//! dies, so a lock anyone can take marks a dead owner — no pid is compared, and a live
+//! run's cgroups are never touched. A cleaner holds the second byte while it looks at
+//! a record and cleans up after it: a second cleaner waits for the first instead of
+//! taking a record being cleaned for a live run's (the launch that comes next then
+//! finds the dead run's cgroups gone, whoever removed them). The folder
 //! is per user and private (`/run/steprunner/cgroups` for root, else
 //! `$XDG_RUNTIME_DIR/steprunner/cgroups`): records are not shared across users.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -62,7 +66,8 @@ struct Content {
 #[derive(Debug)]
 pub struct Record {
     path: PathBuf,
-    file: File,
+    /// Held open: the run's lock on the record lives as long as this file.
+    _lock: File,
 }
 
 /// Where this user's records live.
@@ -106,31 +111,75 @@ impl Record {
     pub fn create(dir: &Path, run: &str, roots: &[Root]) -> io::Result<Record> {
         ensure_dir(dir)?;
         let path = dir.join(run);
+        // Made whole and locked under a name cleaners pass over, then linked into
+        // place: a cleaner never sees a record that is not yet locked or not yet
+        // written (it took an empty, unlocked one for garbage and removed it, and the
+        // run then had no record when it was killed).
+        let new = dir.join(format!(".{run}.new"));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
-        file.lock()?;
-        let content = Content {
-            run: run.to_string(),
-            roots: roots.to_vec(),
-        };
-        let json = serde_json::to_vec(&content).map_err(io::Error::other)?;
-        if let Err(e) = file.write_all(&json) {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(Record { path, file })
+            .open(&new)?;
+        let made = (|| {
+            if !lock_byte(&file, LIVE)? {
+                return Err(io::Error::other("a new record is locked by someone else"));
+            }
+            let content = Content {
+                run: run.to_string(),
+                roots: roots.to_vec(),
+            };
+            file.write_all(&serde_json::to_vec(&content).map_err(io::Error::other)?)?;
+            // Not over another record of the same run.
+            std::fs::hard_link(&new, &path)
+        })();
+        let _ = std::fs::remove_file(&new);
+        made?;
+        Ok(Record { path, _lock: file })
     }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
+        // The lock goes when the file is closed, after the removal.
         let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
     }
 }
+
+/// The byte of a record its run holds while it lives.
+const LIVE: i64 = 0;
+/// The byte a cleaner holds while it looks at the record and cleans after its run.
+const CLEANING: i64 = 1;
+
+/// Take the write lock on byte `byte` of `file` (an open-file-description lock: tied
+/// to this open file, not to the process, so two opens in one process conflict too),
+/// without waiting. Whether it was free.
+fn lock_byte(file: &File, byte: i64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: byte,
+        l_len: 1,
+        l_pid: 0,
+    };
+    loop {
+        // SAFETY: `fl` is a valid flock for the duration of the call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// How long a cleaner waits for another one to be done with a record: far more than
+/// removing a run's cgroups takes (each is retried for ~2 s when busy).
+const CLEANER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A record whose owner died, with its lock now held by us.
 struct Stale {
@@ -146,44 +195,70 @@ fn same_file(f: &File, path: &Path) -> bool {
     }
 }
 
-/// Records in `dir` whose owner is gone (their lock can be taken).
-fn stale_records(dir: &Path) -> Vec<Stale> {
+/// The record at `path`, if its owner is gone: with its cleaning lock (and its run's)
+/// held by us. A record another cleaner holds is waited for, up to [`CLEANER_WAIT`].
+fn take_stale(path: &Path) -> Option<Stale> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + CLEANER_WAIT;
+    while !lock_byte(&file, CLEANING).ok()? {
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Its run is alive.
+    if !lock_byte(&file, LIVE).ok()? {
+        return None;
+    }
+    // Another cleaner may have removed it before we had it.
+    if !same_file(&file, path) {
+        return None;
+    }
+    // A record is a few hundred bytes; anything else is not one of ours.
+    let content = (file.metadata().map(|m| m.len()).unwrap_or(u64::MAX) <= 64 << 10)
+        .then(|| std::fs::read(path).ok())
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<Content>(&b).ok());
+    Some(Stale {
+        path: path.to_path_buf(),
+        content,
+        _lock: file,
+    })
+}
+
+/// The records in `dir`, in name order (every cleaner goes through them in the same
+/// order). A runner killed while it made its record leaves a `.RUN.new` of a few bytes
+/// and no cgroups: passed over, never removed (it cannot be told from one being made).
+fn record_paths(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        let Ok(file) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-        else {
-            continue;
-        };
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) | Err(TryLockError::Error(_)) => continue,
-        }
-        // Another cleaner may have removed it between our open and our lock.
-        if !same_file(&file, &path) {
-            continue;
-        }
-        // A record is a few hundred bytes; anything else is not one of ours.
-        let content = (file.metadata().map(|m| m.len()).unwrap_or(u64::MAX) <= 64 << 10)
-            .then(|| std::fs::read(&path).ok())
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<Content>(&b).ok());
-        out.push(Stale {
-            path,
-            content,
-            _lock: file,
-        });
-    }
-    out
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        // A record being made (`.RUN.new`).
+        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Records in `dir` whose owner is gone (their lock can be taken).
+#[cfg(test)]
+fn stale_records(dir: &Path) -> Vec<Stale> {
+    record_paths(dir)
+        .iter()
+        .filter_map(|p| take_stale(p))
+        .collect()
 }
 
 /// Is `root` a cgroup root a runner of this project makes — inside a mounted cgroup
@@ -237,7 +312,8 @@ fn standing(fs: &CgroupFs, run: &str, root: &Root) -> Standing {
 /// Returns the runs cleaned.
 pub fn clean_stale(fs: &CgroupFs, dir: &Path) -> Vec<String> {
     let mut cleaned = Vec::new();
-    for stale in stale_records(dir) {
+    // One at a time: a cleaner never holds one record while it waits for another.
+    for stale in record_paths(dir).iter().filter_map(|p| take_stale(p)) {
         let mut done = true;
         if let Some(c) = &stale.content {
             for root in &c.roots {
@@ -298,6 +374,91 @@ mod tests {
         // The run ended: its record goes.
         drop(live);
         assert!(!dir.join("r1").exists());
+    }
+
+    /// A cleaner that finds another cleaner at a dead run's record waits for it, and
+    /// does not take the record for a live run's and go on: the launch it cleans for
+    /// then finds the dead run cleaned up, whoever did it.
+    #[test]
+    fn a_cleaner_waits_for_another_at_the_same_record() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("records");
+        ensure_dir(&dir).unwrap();
+        let json = serde_json::to_vec(&Content {
+            run: "dead".into(),
+            roots: Vec::new(),
+        })
+        .unwrap();
+        std::fs::write(dir.join("dead"), json).unwrap();
+        // The first cleaner has it.
+        let first = take_stale(&dir.join("dead")).expect("a dead run's record is stale");
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let second = {
+            let (dir, released) = (dir.clone(), released.clone());
+            std::thread::spawn(move || {
+                let found = stale_records(&dir).len();
+                (found, released.load(Ordering::SeqCst))
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // It is done: the record goes, then its locks.
+        std::fs::remove_file(&first.path).unwrap();
+        released.store(true, Ordering::SeqCst);
+        drop(first);
+        let (found, after_release) = second.join().unwrap();
+        assert!(after_release, "the second cleaner waited for the first");
+        assert_eq!(found, 0, "and found the record gone");
+
+        // A live run's record is not waited for: its cleaning byte is free.
+        let live = Record::create(&dir, "live", &[]).unwrap();
+        assert!(stale_records(&dir).is_empty());
+        drop(live);
+    }
+
+    /// A cleaner that runs while records are made never takes one for garbage: each
+    /// record is there, whole and locked, from the moment it has its name. (A record
+    /// was made empty and unlocked, then locked and written; a cleaner in between
+    /// removed it, and its run, killed later, left its cgroups with no record.)
+    #[test]
+    fn records_being_made_are_never_cleaned_away() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("records");
+        ensure_dir(&dir).unwrap();
+        let fs = CgroupFs::from_texts(
+            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            "0::/\n",
+            None,
+        )
+        .unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cleaner = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    clean_stale(&fs, &dir);
+                }
+            })
+        };
+        let mut lost = 0;
+        for i in 0..3000 {
+            let run = format!("r{i}");
+            let rec = Record::create(&dir, &run, &[]).unwrap();
+            let text = std::fs::read(dir.join(&run)).unwrap_or_default();
+            if serde_json::from_slice::<Content>(&text).is_err() {
+                lost += 1;
+            }
+            drop(rec);
+        }
+        stop.store(true, Ordering::Relaxed);
+        cleaner.join().unwrap();
+        assert_eq!(
+            lost, 0,
+            "records removed or read half-made while being made"
+        );
+        // Nothing is left: no record, no record being made.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]
