@@ -397,14 +397,7 @@ fn holds(hay: &Value, needle: &Value) -> bool {
 /// What is wrong with `e` in `plan`, if anything.
 fn check(plan: &Value, e: &Expect) -> Option<String> {
     let got = lookup(plan, &e.at).filter(|v| !v.is_null());
-    let show = |v: &Value| {
-        let s = v.to_string();
-        if s.chars().count() > 200 {
-            format!("{}…", s.chars().take(199).collect::<String>())
-        } else {
-            s
-        }
-    };
+    let show = |v: &Value| crate::util::shorten(&v.to_string(), 200);
     if let Some(absent) = e.absent {
         return match (absent, got) {
             (true, Some(v)) => Some(format!("`{}` should be absent, and is {}", e.at, show(v))),

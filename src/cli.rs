@@ -35,11 +35,7 @@ fn age(s: &str) -> Result<Duration, units::UnitError> {
 
 /// An environment variable's name, as the step-info schema takes them.
 fn env_name(s: &str) -> Result<String, String> {
-    let mut chars = s.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if crate::util::is_variable_name(s) {
         return Ok(s.to_string());
     }
     let hint = if s.contains('=') {

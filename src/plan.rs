@@ -216,12 +216,7 @@ impl CommandPlan {
             }
         };
         // A step's name or requirement may hold escape sequences: shown, never obeyed.
-        let text = crate::util::printable(&text).into_owned();
-        if text.chars().count() > 120 {
-            format!("{}…", text.chars().take(119).collect::<String>())
-        } else {
-            text
-        }
+        crate::util::shorten(&crate::util::printable(&text), 120)
     }
 
     /// Short form for messages: the program name.

@@ -230,7 +230,7 @@ impl StepInfo {
                 .ok_or_else(|| InfoError::Set(kv.clone()))?;
             // Each part is a level of nesting that everything after reads recursively.
             if key.split('.').count() > MAX_SET_DEPTH || key.split('.').any(str::is_empty) {
-                return Err(InfoError::SetKey(cut(kv, 80)));
+                return Err(InfoError::SetKey(crate::util::shorten(kv, 81)));
             }
             set_path(&mut self.settings, key, parse_set_value(value));
         }
@@ -273,14 +273,6 @@ fn parse_set_value(raw: &str) -> Value {
 /// settings nest, and with the value's own nesting (at most serde_json's 128) well
 /// within the depth a step-info file may have.
 pub const MAX_SET_DEPTH: usize = 64;
-
-/// The first `n` characters of `s`, and `…` if that is not all.
-fn cut(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
 
 /// `a.b=c` sets nested objects.
 fn set_path(map: &mut Map<String, Value>, key: &str, value: Value) {

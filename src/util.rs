@@ -41,6 +41,25 @@ pub fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result
     }
 }
 
+/// Whether `s` is a variable name as shells take them: letters, digits and `_`, not
+/// starting with a digit (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_variable_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// At most `max` characters of `s`, the last one `…` when it was cut.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Whether `c` is shown as itself on a terminal, and only as itself: not a control
 /// character (C0, DEL, C1), nor a bidirectional or zero-width format character, nor a
 /// byte-order mark. An allowlist, see [`printable`].
@@ -59,10 +78,15 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     escaped_unless(text, is_shown)
 }
 
+/// [`is_shown`], in a text of many lines: line feeds and tabs too.
+pub fn is_shown_in_lines(c: char) -> bool {
+    is_shown(c) || c == '\n' || c == '\t'
+}
+
 /// [`printable`] for a text of many lines: its line ends and tabs kept (a YAML plan
 /// with its scripts as block scalars).
 pub fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
-    escaped_unless(text, |c| is_shown(c) || c == '\n' || c == '\t')
+    escaped_unless(text, is_shown_in_lines)
 }
 
 fn escaped_unless(text: &str, shown: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {

@@ -192,10 +192,7 @@ pub fn hidden_characters(src: &Source) -> Vec<Diagnostic> {
 
 /// [`hidden_characters`] of the text of `path`.
 pub fn hidden_characters_in(path: &Path, text: &str) -> Vec<Diagnostic> {
-    if text
-        .chars()
-        .all(|c| crate::util::is_shown(c) || c == '\n' || c == '\t')
-    {
+    if text.chars().all(crate::util::is_shown_in_lines) {
         return Vec::new();
     }
     let mut diags = Vec::new();
@@ -203,9 +200,9 @@ pub fn hidden_characters_in(path: &Path, text: &str) -> Vec<Diagnostic> {
     let mut flagged_line = 0;
     let mut chars = text.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
-        let line_end = c == '\n' || (c == '\r' && chars.peek().is_some_and(|(_, n)| *n == '\n'));
+        let crlf = c == '\r' && chars.peek().is_some_and(|(_, n)| *n == '\n');
         let opening_bom = c == '\u{feff}' && at == 0;
-        let hidden = !(crate::util::is_shown(c) || c == '\t' || line_end || opening_bom);
+        let hidden = !(crate::util::is_shown_in_lines(c) || crlf || opening_bom);
         if hidden && flagged_line != line {
             flagged_line = line;
             diags.push(

@@ -134,16 +134,6 @@ fn chart_width() -> usize {
         .min(100)
 }
 
-/// At most `max` characters of `s`, the last one `…` when it was cut.
-fn short(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
-
 pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError> {
     let dir = resolve(run)?;
     let s = runs::status(&dir);
@@ -202,7 +192,7 @@ pub fn show(run: &str, svg: Option<&Path>, json: bool) -> Result<Exit, CliError>
     println!(
         "run {} · step `{}`\n{first}",
         r.run_id,
-        short(&steprunner::util::printable(&r.step), 40)
+        steprunner::util::shorten(&steprunner::util::printable(&r.step), 40)
     );
     match &suggestion {
         Some(s) => println!("memory: {s}"),

@@ -230,12 +230,7 @@ fn integer_attributes(text: &str) -> bool {
     })
 }
 
-fn is_name(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+use crate::util::is_variable_name as is_name;
 
 /// One word being read: its text with quotes removed (for keywords and names), whether
 /// anything in it is decided at run time, and its holes.
