@@ -46,14 +46,19 @@ impl Root {
     }
 }
 
-/// The device and inode of the cgroup mount `path` is under, as seen here.
-fn mount_view(fs: &CgroupFs, path: &Path) -> Option<(u64, u64)> {
-    let mount = fs
-        .mounts()
+/// The cgroup mount `path` is under (inside, not the mount itself), as seen here.
+fn mount_of<'f>(fs: &'f CgroupFs, path: &Path) -> Option<&'f Path> {
+    fs.mounts()
         .iter()
         .filter(|m| path.starts_with(m) && path != m.as_path())
-        .max_by_key(|m| m.as_os_str().len())?;
-    std::fs::metadata(mount).ok().map(|m| (m.dev(), m.ino()))
+        .max_by_key(|m| m.as_os_str().len())
+        .map(PathBuf::as_path)
+}
+
+/// The device and inode of the cgroup mount `path` is under, as seen here.
+fn mount_view(fs: &CgroupFs, path: &Path) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(mount_of(fs, path)?).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -198,15 +203,8 @@ fn same_file(f: &File, path: &Path) -> bool {
 /// The record at `path`, if its owner is gone: with its cleaning lock (and its run's)
 /// held by us. A record another cleaner holds is waited for, up to [`CLEANER_WAIT`].
 fn take_stale(path: &Path) -> Option<Stale> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return None;
-    }
+    let (mut file, meta) =
+        crate::util::open_regular(OpenOptions::new().read(true).write(true), path).ok()?;
     let deadline = std::time::Instant::now() + CLEANER_WAIT;
     while !lock_byte(&file, CLEANING).ok()? {
         if std::time::Instant::now() >= deadline {
@@ -222,11 +220,13 @@ fn take_stale(path: &Path) -> Option<Stale> {
     if !same_file(&file, path) {
         return None;
     }
-    // A record is a few hundred bytes; anything else is not one of ours.
-    let content = (file.metadata().map(|m| m.len()).unwrap_or(u64::MAX) <= 64 << 10)
-        .then(|| std::fs::read(path).ok())
+    // A record is a few hundred bytes; anything else is not one of ours. Read from
+    // the file just checked (records are written before they have their name).
+    let mut bytes = Vec::new();
+    let content = (meta.len() <= 64 << 10)
+        .then(|| std::io::Read::read_to_end(&mut file, &mut bytes).ok())
         .flatten()
-        .and_then(|b| serde_json::from_slice::<Content>(&b).ok());
+        .and_then(|_| serde_json::from_slice::<Content>(&bytes).ok());
     Some(Stale {
         path: path.to_path_buf(),
         content,
@@ -265,11 +265,7 @@ fn stale_records(dir: &Path) -> Vec<Stale> {
 /// hierarchy, named after `run` as the runner names them — and nothing else? A record
 /// is data from disk: only such a directory is ever killed or removed.
 fn allowed(fs: &CgroupFs, run: &str, root: &Path) -> bool {
-    let in_mount = fs
-        .mounts()
-        .iter()
-        .any(|m| root.starts_with(m) && root != m.as_path());
-    in_mount && named_ours(run, root)
+    mount_of(fs, root).is_some() && named_ours(run, root)
 }
 
 /// Is `root` a plain absolute path named as a runner names run `run`'s cgroups?
