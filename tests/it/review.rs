@@ -160,15 +160,18 @@ fn reviewed_files_hide_nothing() {
         "manifest: t.yaml\ninfo:\n  entrypoint: [\"true\"]  # \u{202e}looks fine\n\
          expect:\n  - {at: launch.limits.pids, equals: 4096}\n",
     );
-    let out = Runner::new().arg("test").arg(d.join("h.case.yaml")).run();
-    out.expect_code(2);
-    assert!(
-        out.stdout.contains(&format!(
-            "{}:3:27: hidden character U+202E (RIGHT-TO-LEFT OVERRIDE)",
-            d.join("h.case.yaml").display()
-        )),
-        "{}",
-        out.stdout
+    // `runner test CASE` refuses it (exit 2), at `FILE:AT` with `what`.
+    let refused = |case: &str, file: &str, at: &str, what: &str| {
+        let out = Runner::new().arg("test").arg(d.join(case)).run();
+        out.expect_code(2);
+        let want = format!("{}:{at}: hidden character {what}", d.join(file).display());
+        assert!(out.stdout.contains(&want), "no `{want}` in {}", out.stdout);
+    };
+    refused(
+        "h.case.yaml",
+        "h.case.yaml",
+        "3:27",
+        "U+202E (RIGHT-TO-LEFT OVERRIDE)",
     );
 
     // A case's step info in a file of its own is reviewed too.
@@ -182,15 +185,11 @@ fn reviewed_files_hide_nothing() {
         "i.case.yaml",
         "manifest: t.yaml\ninfo: info.yaml\nexpect:\n  - {at: launch.limits.pids, equals: 4096}\n",
     );
-    let out = Runner::new().arg("test").arg(d.join("i.case.yaml")).run();
-    out.expect_code(2);
-    assert!(
-        out.stdout.contains(&format!(
-            "{}:2:15: hidden character U+200B (ZERO WIDTH SPACE)",
-            d.join("info.yaml").display()
-        )),
-        "{}",
-        out.stdout
+    refused(
+        "i.case.yaml",
+        "info.yaml",
+        "2:15",
+        "U+200B (ZERO WIDTH SPACE)",
     );
 
     write(d, "policy.yaml", "version: 1\nrules: []\n# \u{2066}note\n");
