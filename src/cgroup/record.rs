@@ -235,27 +235,54 @@ fn take_stale(path: &Path) -> Option<Stale> {
 }
 
 /// The records in `dir`, in name order (every cleaner goes through them in the same
-/// order). A runner killed while it made its record leaves a `.RUN.new` of a few bytes
-/// and no cgroups: passed over, never removed (it cannot be told from one being made).
-fn record_paths(dir: &Path) -> Vec<PathBuf> {
+/// order), and the records being made (`.RUN.new`), also in name order.
+fn record_paths(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut paths: Vec<PathBuf> = entries
+    let (mut making, mut records): (Vec<PathBuf>, Vec<PathBuf>) = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        // A record being made (`.RUN.new`).
-        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
         .map(|e| e.path())
-        .collect();
-    paths.sort();
-    paths
+        .filter(|p| {
+            let n = p.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
+            !n.starts_with(b".") || n.ends_with(b".new")
+        })
+        .partition(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        });
+    records.sort();
+    making.sort();
+    (records, making)
+}
+
+/// How old a record being made (`.RUN.new`) with no runner holding it must be to be
+/// taken for abandoned: its runner was killed between making the file and giving it
+/// its name, which takes microseconds.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove a record being made that its runner abandoned. Such a file names no cgroup
+/// that exists (a run makes its cgroups only once its record has its name), or is a
+/// second name of a record (its runner died between the link and the removal), which
+/// is cleaned through that name: the file is only removed, never acted on.
+fn remove_abandoned(path: &Path) {
+    let age = |m: std::fs::Metadata| m.modified().ok()?.elapsed().ok();
+    // Looked at before any lock is taken: a runner making its record is never held up.
+    let old = |m| age(m).is_some_and(|a| a >= ABANDONED_AFTER);
+    if !std::fs::symlink_metadata(path).is_ok_and(old) {
+        return;
+    }
+    if let Some(taken) = take_stale(path) {
+        let _ = std::fs::remove_file(&taken.path);
+    }
 }
 
 /// Records in `dir` whose owner is gone (their lock can be taken).
 #[cfg(test)]
 fn stale_records(dir: &Path) -> Vec<Stale> {
     record_paths(dir)
+        .0
         .iter()
         .filter_map(|p| take_stale(p))
         .collect()
@@ -308,8 +335,9 @@ fn standing(fs: &CgroupFs, run: &str, root: &Root) -> Standing {
 /// Returns the runs cleaned.
 pub fn clean_stale(fs: &CgroupFs, dir: &Path) -> Vec<String> {
     let mut cleaned = Vec::new();
+    let (records, making) = record_paths(dir);
     // One at a time: a cleaner never holds one record while it waits for another.
-    for stale in record_paths(dir).iter().filter_map(|p| take_stale(p)) {
+    for stale in records.iter().filter_map(|p| take_stale(p)) {
         let mut done = true;
         if let Some(c) = &stale.content {
             for root in &c.roots {
@@ -331,6 +359,10 @@ pub fn clean_stale(fs: &CgroupFs, dir: &Path) -> Vec<String> {
         if done {
             let _ = std::fs::remove_file(&stale.path);
         }
+    }
+    // After the records: a second name of one is removed once the record was cleaned.
+    for path in &making {
+        remove_abandoned(path);
     }
     cleaned
 }
@@ -455,6 +487,58 @@ mod tests {
         );
         // Nothing is left: no record, no record being made.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    /// A runner killed while it made its record leaves `.RUN.new`; cleaners remove it
+    /// once it is old and no runner holds it, and touch nothing else.
+    #[test]
+    fn records_abandoned_while_being_made_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("records");
+        ensure_dir(&dir).unwrap();
+        let fs = CgroupFs::from_texts(
+            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            "0::/\n",
+            None,
+        )
+        .unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
+        let make = |name: &str, old: bool| {
+            let f = File::create(dir.join(name)).unwrap();
+            if old {
+                f.set_modified(long_ago).unwrap();
+            }
+            f
+        };
+        make(".killed.new", true);
+        make(".making.new", false);
+        make(".other", true);
+        // A runner that has held its file for long (stopped, say): its lock says so.
+        let held = make(".held.new", true);
+        assert!(lock_byte(&held, LIVE).unwrap());
+        // Killed between the link and the removal: two names of one dead record.
+        std::fs::write(
+            dir.join("linked"),
+            serde_json::to_vec(&Content {
+                run: "linked".into(),
+                roots: Vec::new(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        std::fs::hard_link(dir.join("linked"), dir.join(".linked.new")).unwrap();
+        File::open(dir.join("linked"))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+
+        assert_eq!(clean_stale(&fs, &dir), ["linked"]);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".held.new", ".making.new", ".other"]);
     }
 
     #[test]
