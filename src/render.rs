@@ -22,7 +22,7 @@ mod bounded;
 mod checks;
 mod renderer;
 
-pub use bounded::{Job, check_bounded, over_budget, render_bounded};
+pub use bounded::{Job, check_bounded, over_budget, render_bounded, unbounded};
 use checks::{no_entrypoint, rendered_key_parts, secrets_unprinted};
 use renderer::Renderer;
 

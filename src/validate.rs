@@ -38,7 +38,12 @@ pub fn trial_renders(manifests: &[(&Source, &Flavor)]) -> Vec<Vec<Diagnostic>> {
     infos
         .iter()
         .map(|info| match info.as_ref().map(|_| outcomes.next()) {
-            Some(Some(Err(e))) => e.0.into_iter().filter(crate::render::over_budget).collect(),
+            // A trial that could not be bounded is said, not taken for a pass.
+            Some(Some(Err(e))) => {
+                e.0.into_iter()
+                    .filter(|d| crate::render::over_budget(d) || crate::render::unbounded(d))
+                    .collect()
+            }
             _ => Vec::new(),
         })
         .collect()

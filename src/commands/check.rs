@@ -323,8 +323,13 @@ pub fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<Plan, CliErro
         cwd,
         env: std::env::vars().collect(),
     };
-    render::render_bounded(&l.source, &l.flavor, &l.info, &at)
-        .map_err(|e| CliError::Diagnostics(e.0))
+    render::render_bounded(&l.source, &l.flavor, &l.info, &at).map_err(|e| {
+        // Not the manifest's fault: the runner's error (125), not an invalid input (2).
+        match e.0.iter().find(|d| render::unbounded(d)) {
+            Some(d) => CliError::runner(d.message.clone()).hint(d.hint.clone().unwrap_or_default()),
+            None => CliError::Diagnostics(e.0),
+        }
+    })
 }
 
 pub fn render(

@@ -17,6 +17,24 @@ pub fn over_budget(d: &Diagnostic) -> bool {
             .starts_with("rendering this template took more than")
 }
 
+/// The message of a render that could not be bounded (the system refused the child):
+/// not the manifest's fault, and never rendered without the bound instead.
+const UNBOUNDED: &str = "cannot render under a memory and time bound";
+
+/// Whether a render error is that the render could not be bounded (see [`UNBOUNDED`]).
+pub fn unbounded(d: &Diagnostic) -> bool {
+    d.message.starts_with(UNBOUNDED)
+}
+
+fn refused(src: &Source, e: &std::io::Error) -> RenderError {
+    RenderError(vec![
+        Diagnostic::file(&src.path, format!("{UNBOUNDED}: fork: {e}")).with_hint(
+            "templates render in a child process, so that one cannot take all memory; \
+         free processes or raise their limit (`ulimit -u`, `pids.max`)",
+        ),
+    ])
+}
+
 /// A diagnostic as it crosses from the bounded child (with its source line).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Wire {
@@ -41,8 +59,7 @@ pub fn render_bounded(
         render(src, flavor, info, at).map_err(wire)
     }) {
         Ok(outcome) => settle(src, outcome),
-        // The child could not be made: render here (no bound, but no worse than before).
-        Err(_) => render(src, flavor, info, at),
+        Err(e) => Err(refused(src, &e)),
     }
 }
 
@@ -63,10 +80,7 @@ pub fn check_bounded(jobs: &[Job<'_>]) -> Vec<Result<(), RenderError>> {
             .zip(outcomes)
             .map(|((src, ..), outcome)| settle(src, outcome))
             .collect(),
-        Err(_) => jobs
-            .iter()
-            .map(|(src, flavor, info, at)| render(src, flavor, info, at).map(drop))
-            .collect(),
+        Err(e) => jobs.iter().map(|(src, ..)| Err(refused(src, &e))).collect(),
     }
 }
 

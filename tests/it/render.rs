@@ -962,3 +962,69 @@ fn every_valid_manifest_renders_with_every_valid_step() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Where the system refuses the child process a render is bounded in (a user at its
+/// process limit), the render is refused with the cause and exit 125 — never done
+/// without the bound, where a hostile template could take all memory — and
+/// `runner validate` says its trial render could not be made rather than passing it.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (to become another user)")]
+fn a_render_that_cannot_be_bounded_is_refused_not_done_unbounded() {
+    use std::os::unix::process::CommandExt;
+    if !crate::common::needs_root() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let at_process_limit = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("runner"));
+        cmd.current_dir(root())
+            .env("RUNNER_HOME", home.path())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .uid(65534)
+            .gid(65534);
+        // SAFETY: only setrlimit, between fork and exec. The runner is then the one
+        // process its user may have: it cannot fork.
+        unsafe {
+            cmd.pre_exec(|| {
+                let one = libc::rlimit {
+                    rlim_cur: 1,
+                    rlim_max: 1,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &one) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) =
+        at_process_limit(&["render", "manifests/local.yaml", "--", "true"]);
+    assert_eq!(code, Some(125), "{stdout}{stderr}");
+    assert_eq!(stdout, "", "no plan is printed");
+    for want in [
+        "cannot render under a memory and time bound",
+        "Resource temporarily unavailable",
+        "ulimit -u",
+    ] {
+        assert!(stderr.contains(want), "no `{want}` in: {stderr}");
+    }
+    let (code, stdout, stderr) = at_process_limit(&["validate", "manifests/local.yaml"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot render under a memory and time bound"),
+        "{stdout}{stderr}"
+    );
+}
