@@ -170,9 +170,15 @@ pub enum LimitError {
     NotEnoughGpus { requested: u32, detected: usize },
     #[error("memory limit of {} exceeds the machine's {} of RAM", crate::units::exact_bytes(*.requested), crate::units::Bytes(*.total))]
     MemoryAboveTotal { requested: u64, total: u64 },
-    #[error("cpus limit of {requested} exceeds the machine's {cores} logical cores")]
+    #[error("cpus limit of {} exceeds the machine's {cores} logical cores", crate::units::Cores(*.requested))]
     CpusAboveCores { requested: f64, cores: usize },
+    #[error("cpus limit of {} is below the {MIN_CPUS} of a core a cgroup can enforce", crate::units::Cores(*.requested))]
+    CpusBelowLeast { requested: f64 },
 }
+
+/// The least share of a core a cgroup enforces: a quota of 1 ms (the kernel's least)
+/// in a period of 1 s (its most).
+pub const MIN_CPUS: f64 = 0.001;
 
 /// Per-process resource limits for a step; each set value becomes soft = hard.
 /// A fixed array, so applying them in `pre_exec` allocates nothing.
@@ -332,6 +338,9 @@ pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), Limi
         }
     }
     if let Some(requested) = cpus {
+        if requested < MIN_CPUS {
+            return Err(LimitError::CpusBelowLeast { requested });
+        }
         // SAFETY: sysconf has no preconditions.
         let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize;
         if cores > 0 && requested > cores as f64 {

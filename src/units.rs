@@ -162,6 +162,21 @@ impl fmt::Display for Elapsed {
     }
 }
 
+/// A number of cores as given (`0.5`, `2`), in scientific notation where it has more
+/// digits than a line holds (`1e308`: `--cpus` takes any finite number).
+pub struct Cores(pub f64);
+
+impl fmt::Display for Cores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = self.0.to_string();
+        if plain.len() <= 16 {
+            f.write_str(&plain)
+        } else {
+            write!(f, "{:e}", self.0)
+        }
+    }
+}
+
 /// A byte count for people: `1536` → `1.5 KiB`, `512` → `512 B`; binary units, one
 /// decimal.
 pub struct Bytes(pub u64);

@@ -24,9 +24,24 @@ pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const RMDIR_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `quota = cpus * period`, rounded, at least 1000 µs (the kernel minimum is 1 ms).
-pub(crate) fn cpu_quota(cpus: f64) -> u64 {
-    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
+/// The longest period the kernel takes (1 s), for shares too small for [`CPU_PERIOD_US`].
+const LONG_CPU_PERIOD_US: u64 = 1_000_000;
+/// The least quota the kernel takes (1 ms).
+const MIN_CPU_QUOTA_US: u64 = 1000;
+
+/// `(quota, period)` in µs for `cpus` cores: `quota = cpus * period`, rounded, in a
+/// period of 100 ms — or of 1 s where 100 ms would need a quota under the kernel's least
+/// (1 ms, below 0.01 of a core), so that what is enforced is what was asked, down to
+/// [`crate::limits::MIN_CPUS`] (refused below it). The quota was raised to 1 ms in
+/// 100 ms: `--cpus 0.001` gave the step 0.01 of a core and reported 0.001.
+pub(crate) fn cpu_max(cpus: f64) -> (u64, u64) {
+    let period = if cpus * CPU_PERIOD_US as f64 >= MIN_CPU_QUOTA_US as f64 {
+        CPU_PERIOD_US
+    } else {
+        LONG_CPU_PERIOD_US
+    };
+    let quota = ((cpus * period as f64).round() as u64).max(MIN_CPU_QUOTA_US);
+    (quota, period)
 }
 
 /// One stage's cgroup, in every hierarchy it needs.
@@ -583,9 +598,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quota_rounds_and_has_a_floor() {
-        assert_eq!(cpu_quota(0.5), 50_000);
-        assert_eq!(cpu_quota(1.234567), 123_457);
-        assert_eq!(cpu_quota(0.001), 1000);
+    fn quota_rounds_and_small_shares_take_a_longer_period() {
+        assert_eq!(cpu_max(0.5), (50_000, 100_000));
+        assert_eq!(cpu_max(1.234567), (123_457, 100_000));
+        assert_eq!(cpu_max(0.01), (1000, 100_000));
+        // Below 0.01 of a core the quota would be under the kernel's least in 100 ms.
+        assert_eq!(cpu_max(0.005), (5000, 1_000_000));
+        assert_eq!(cpu_max(0.001), (1000, 1_000_000));
+        assert_eq!(cpu_max(crate::limits::MIN_CPUS), (1000, 1_000_000));
     }
 }

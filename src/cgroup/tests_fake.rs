@@ -252,6 +252,14 @@ fn v2_in_a_cgroup_of_its_own_the_runner_steps_into_a_leaf() {
     assert_eq!(read(&dir.join("memory.oom.group")), "1");
     assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
     assert_eq!(read(&dir.join("pids.max")), "20");
+    // A share too small for a 100 ms period gets a 1 s one.
+    let small = Request {
+        cpus: Some(0.005),
+        ..Request::default()
+    };
+    let prep = root.create("prepare", &small).unwrap();
+    assert_eq!(read(&run.join("prepare").join("cpu.max")), "5000 1000000");
+    prep.remove().unwrap();
     assert_eq!(
         rcg.enforcement(),
         [

@@ -21,12 +21,9 @@ pub(super) fn write_memory(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
 }
 
 pub(super) fn write_cpu(dir: &Path, cpus: f64) -> Result<(), CgroupError> {
-    let period = super::run::CPU_PERIOD_US;
+    let (quota, period) = super::run::cpu_max(cpus);
     write_value(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
-    write_value(
-        &dir.join("cpu.cfs_quota_us"),
-        &super::run::cpu_quota(cpus).to_string(),
-    )
+    write_value(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
 }
 
 pub(super) fn write_pids(dir: &Path, n: u64) -> Result<(), CgroupError> {

@@ -44,11 +44,8 @@ pub(super) fn write_limits(dir: &Path, req: &Request) -> Result<(), CgroupError>
         write_value(&dir.join("memory.oom.group"), "1")?;
     }
     if let Some(cpus) = req.cpus {
-        let quota = super::run::cpu_quota(cpus);
-        write_value(
-            &dir.join("cpu.max"),
-            &format!("{quota} {}", super::run::CPU_PERIOD_US),
-        )?;
+        let (quota, period) = super::run::cpu_max(cpus);
+        write_value(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
     }
     if let Some(n) = req.pids {
         write_value(&dir.join("pids.max"), &n.to_string())?;

@@ -95,6 +95,12 @@ pub fn stage(
     warnings: &mut Vec<String>,
 ) -> Result<(Option<RunCgroup>, Contain), Refusal> {
     let name = stage.as_str();
+    limits::check_capacity(limits.memory_bytes, limits.cpus).map_err(|e| {
+        refuse(
+            Ending::LaunchError(LaunchFailure::Other),
+            format!("the {name} stage's {e}"),
+        )
+    })?;
     let cgroup = match root.map(|r| r.create(name, &request(limits))) {
         Some(Ok(cg)) => Some(cg),
         Some(Err(e))

@@ -807,7 +807,12 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     let touch = format!("touch {}", marker.display());
-    for flag in [["--memory", "64TiB"], ["--cpus", "4096"]] {
+    // Above the machine, or below the least share of a core a cgroup enforces.
+    for flag in [
+        ["--memory", "64TiB"],
+        ["--cpus", "4096"],
+        ["--cpus", "0.0005"],
+    ] {
         let (out, r) = launch(&[
             "manifests/local.yaml",
             flag[0],
@@ -821,6 +826,40 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
         assert_eq!(r["status"], "launch_error", "{r}");
         assert!(!marker.exists(), "nothing ran for {flag:?}");
     }
+    let (_, r) = launch(&["manifests/local.yaml", "--cpus", "0.0005", "--", "true"]);
+    assert_eq!(
+        r["message"],
+        "cpus limit of 0.0005 is below the 0.001 of a core a cgroup can enforce"
+    );
+}
+
+/// A share of a core too small for the usual 100 ms period (under 0.01: its quota
+/// would be under the kernel's least, 1 ms) is enforced as asked, in a period of 1 s:
+/// the step's cgroup holds `--cpus 0.005` as 5 ms in 1 s (it held 1 ms in 100 ms,
+/// twice the share asked for, while the result listed 0.005).
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_small_share_of_a_core_is_enforced_as_asked() {
+    if !needs_root() {
+        return;
+    }
+    // The step finds its own cgroup in the (read-only) cpu hierarchy and prints it.
+    let show = "d=$(find /sys/fs/cgroup/cpu/ -type d -path \"*/steprunner-$RUNNER_RUN_ID/launch\"); \
+                cat \"$d/cpu.cfs_quota_us\" \"$d/cpu.cfs_period_us\"";
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--cpus",
+        "0.005",
+        "--",
+        "sh",
+        "-c",
+        show,
+    ]);
+    out.expect_code(0);
+    let logged = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    assert_eq!(logged, "5000\n1000000\n", "{r}");
+    assert_eq!(limit(&r, "cpus")["value"], 0.005);
+    assert_eq!(limit(&r, "cpus")["enforced_by"], "cgroup-v1");
 }
 
 /// `-- python train.py` works with `--source DIR`: the step runs in its source folder.
