@@ -371,10 +371,27 @@ pub fn clean_stale(fs: &CgroupFs, dir: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_live_record_is_locked_and_a_dead_ones_is_not() {
+    /// A records folder of a test's own (gone with the returned guard).
+    fn records_dir() -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("records");
+        ensure_dir(&dir).unwrap();
+        (tmp, dir)
+    }
+
+    /// A runner at the root of a cgroup v2 mount.
+    fn unified_root() -> CgroupFs {
+        CgroupFs::from_texts(
+            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            "0::/\n",
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_live_record_is_locked_and_a_dead_ones_is_not() {
+        let (_tmp, dir) = records_dir();
         let roots = [Root {
             path: PathBuf::from("/sys/fs/cgroup/x/steprunner-r1"),
             owned: true,
@@ -410,9 +427,7 @@ mod tests {
     #[test]
     fn a_cleaner_waits_for_another_at_the_same_record() {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("records");
-        ensure_dir(&dir).unwrap();
+        let (_tmp, dir) = records_dir();
         let json = serde_json::to_vec(&Content {
             run: "dead".into(),
             roots: Vec::new(),
@@ -451,15 +466,8 @@ mod tests {
     #[test]
     fn records_being_made_are_never_cleaned_away() {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("records");
-        ensure_dir(&dir).unwrap();
-        let fs = CgroupFs::from_texts(
-            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
-            "0::/\n",
-            None,
-        )
-        .unwrap();
+        let (_tmp, dir) = records_dir();
+        let fs = unified_root();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let cleaner = {
             let (dir, stop) = (dir.clone(), stop.clone());
@@ -493,15 +501,8 @@ mod tests {
     /// once it is old and no runner holds it, and touch nothing else.
     #[test]
     fn records_abandoned_while_being_made_are_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("records");
-        ensure_dir(&dir).unwrap();
-        let fs = CgroupFs::from_texts(
-            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
-            "0::/\n",
-            None,
-        )
-        .unwrap();
+        let (_tmp, dir) = records_dir();
+        let fs = unified_root();
         let long_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
         let make = |name: &str, old: bool| {
             let f = File::create(dir.join(name)).unwrap();
@@ -565,17 +566,10 @@ mod tests {
 
     #[test]
     fn garbage_in_the_records_folder_is_skipped_and_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("records");
-        ensure_dir(&dir).unwrap();
+        let (_tmp, dir) = records_dir();
         std::fs::write(dir.join("junk"), b"\xff not json").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
-        let fs = CgroupFs::from_texts(
-            "30 21 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
-            "0::/\n",
-            None,
-        )
-        .unwrap();
+        let fs = unified_root();
         assert!(clean_stale(&fs, &dir).is_empty());
         assert!(!dir.join("junk").exists());
         // A symbolic link is not followed, nor removed as a record.

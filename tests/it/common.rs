@@ -213,6 +213,17 @@ pub const IGNORES_ALL: &str = "ignores:\n  resources.cpu_count: unused\n  \
     requirements.environment: unused\n";
 
 /// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
+/// A runner home that another user (the tests become `nobody`) can write.
+pub fn home_for_anyone() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    home
+}
+
 pub fn needs_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

@@ -1004,12 +1004,7 @@ fn an_unprivileged_user_is_told_why_and_what_to_do() {
     if !needs_root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        home.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let home = crate::common::home_for_anyone();
     let as_nobody = |extra: &[&str]| {
         let out = Command::new(assert_cmd::cargo::cargo_bin("runner"))
             .current_dir(root())

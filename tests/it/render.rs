@@ -974,12 +974,7 @@ fn a_render_that_cannot_be_bounded_is_refused_not_done_unbounded() {
     if !crate::common::needs_root() {
         return;
     }
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        home.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let home = crate::common::home_for_anyone();
     let at_process_limit = |args: &[&str]| {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("runner"));
         cmd.current_dir(root())
