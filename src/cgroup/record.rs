@@ -237,21 +237,22 @@ fn take_stale(path: &Path) -> Option<Stale> {
 /// The records in `dir`, in name order (every cleaner goes through them in the same
 /// order), and the records being made (`.RUN.new`), also in name order.
 fn record_paths(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut records, mut making) = (Vec::new(), Vec::new());
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return (Vec::new(), Vec::new());
+        return (records, making);
     };
-    let (mut making, mut records): (Vec<PathBuf>, Vec<PathBuf>) = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
-            !n.starts_with(b".") || n.ends_with(b".new")
-        })
-        .partition(|p| {
-            p.file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
-        });
+    for e in entries.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = e.file_name();
+        let name = name.as_encoded_bytes();
+        if !name.starts_with(b".") {
+            records.push(e.path());
+        } else if name.ends_with(b".new") {
+            making.push(e.path());
+        }
+    }
     records.sort();
     making.sort();
     (records, making)
@@ -267,10 +268,12 @@ const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// second name of a record (its runner died between the link and the removal), which
 /// is cleaned through that name: the file is only removed, never acted on.
 fn remove_abandoned(path: &Path) {
-    let age = |m: std::fs::Metadata| m.modified().ok()?.elapsed().ok();
     // Looked at before any lock is taken: a runner making its record is never held up.
-    let old = |m| age(m).is_some_and(|a| a >= ABANDONED_AFTER);
-    if !std::fs::symlink_metadata(path).is_ok_and(old) {
+    let age = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    if age.is_none_or(|a| a < ABANDONED_AFTER) {
         return;
     }
     if let Some(taken) = take_stale(path) {

@@ -212,7 +212,6 @@ pub const IGNORES_ALL: &str = "ignores:\n  resources.cpu_count: unused\n  \
     requirements.apt: unused\n  requirements.parent_image: unused\n  \
     requirements.environment: unused\n";
 
-/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
 /// A runner home that another user (the tests become `nobody`) can write.
 pub fn home_for_anyone() -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
@@ -224,6 +223,7 @@ pub fn home_for_anyone() -> tempfile::TempDir {
     home
 }
 
+/// Root is needed to create cgroups. Outside CI a non-root run skips, loudly.
 pub fn needs_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
