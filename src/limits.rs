@@ -174,6 +174,22 @@ pub enum LimitError {
     CpusAboveCores { requested: f64, cores: usize },
     #[error("cpus limit of {} is below the {MIN_CPUS} of a core a cgroup can enforce", crate::units::Cores(*.requested))]
     CpusBelowLeast { requested: f64 },
+    #[error("memory limit of {} is below one page ({}), the least a cgroup can enforce", crate::units::exact_bytes(*.requested), crate::units::exact_bytes(*.page))]
+    MemoryBelowPage { requested: u64, page: u64 },
+}
+
+/// The size of a memory page: the unit in which the kernel counts a cgroup's memory.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+/// A memory limit as a cgroup holds it: the kernel counts memory in whole pages and
+/// rounds a limit down to them (`--memory 100MB` is held as 99,999,744 bytes with
+/// 4 KiB pages), so that is the limit the step gets and the result lists.
+pub fn whole_pages(bytes: u64) -> u64 {
+    bytes - bytes % page_size()
 }
 
 /// The least share of a core a cgroup enforces: a quota of 1 ms (the kernel's least)
@@ -327,11 +343,16 @@ pub fn select_gpus(n: u32, detected: &[Gpu]) -> Result<String, LimitError> {
         .join(","))
 }
 
-/// Refuse limits the machine cannot satisfy: memory above total RAM, cpus above cores.
+/// Refuse limits the machine cannot satisfy: memory above total RAM or below a page,
+/// cpus above cores or below the least share.
 pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), LimitError> {
     // Two system calls (sysinfo(2), sysconf): a system-information library read
     // /proc/stat and more here, for two numbers.
     if let Some(requested) = memory {
+        let page = page_size();
+        if requested < page {
+            return Err(LimitError::MemoryBelowPage { requested, page });
+        }
         let total = nix::sys::sysinfo::sysinfo().map_or(0, |si| si.ram_total());
         if total > 0 && requested > total {
             return Err(LimitError::MemoryAboveTotal { requested, total });

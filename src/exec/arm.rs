@@ -69,9 +69,10 @@ fn protected(run: &crate::home::RunDir) -> Vec<std::path::PathBuf> {
     vec![run.plan(), run.pid()]
 }
 
+/// The cgroup limits of a stage, as the kernel will hold them.
 fn request(l: &Limits) -> cgroup::Request {
     cgroup::Request {
-        memory: l.memory_bytes,
+        memory: l.memory_bytes.map(limits::whole_pages),
         cpus: l.cpus,
         pids: l.pids,
     }
@@ -260,7 +261,12 @@ pub fn arm(
         Ok(cg) => {
             let by = cg.enforcement();
             for kind in LimitKind::CGROUP {
-                if let Some(v) = l.value(kind) {
+                // Memory as the cgroup holds it (whole pages), not as it was asked.
+                let value = match kind {
+                    LimitKind::Memory => req.memory.map(|b| json!(b)),
+                    _ => l.value(kind),
+                };
+                if let Some(v) = value {
                     let how = by
                         .iter()
                         .find(|(k, _)| *k == kind)

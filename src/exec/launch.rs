@@ -11,7 +11,7 @@ use super::arm::Armed;
 use super::child::{self, Ended, Step};
 use super::command::{self, Job, Output, StartError};
 use super::supervise::{Policy, Stop};
-use crate::limits::{Enforcement, LimitKind};
+use crate::limits::{self, Enforcement, LimitKind};
 use crate::logs::{Live, LogSpec};
 use crate::plan::MeasuredBy;
 use crate::profile::{Profile, Sampler};
@@ -328,7 +328,7 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
                 .launch
                 .limits
                 .memory_bytes
-                .map(|b| format!(" of {}", crate::units::Bytes(b)))
+                .map(|b| format!(" of {}", crate::units::Bytes(limits::whole_pages(b))))
                 .unwrap_or_default();
             (
                 Ending::OomKilled { signal: killer },

@@ -179,6 +179,23 @@ fn capacity_checks_against_this_machine() {
     );
 }
 
+/// A memory limit is held in whole pages: one page is the least, and what is not a
+/// whole number of them is rounded down, as the kernel does.
+#[test]
+fn memory_is_held_in_whole_pages() {
+    let page = page_size();
+    assert!(page >= 4096 && page.is_power_of_two(), "{page}");
+    assert_eq!(whole_pages(page), page);
+    assert_eq!(whole_pages(3 * page - 1), 2 * page);
+    assert_eq!(whole_pages(100_000_000), 100_000_000 - 100_000_000 % page);
+    check_capacity(Some(page), None).unwrap();
+    let err = check_capacity(Some(page - 1), None).unwrap_err();
+    assert!(
+        matches!(err, LimitError::MemoryBelowPage { page: p, .. } if p == page),
+        "{err}"
+    );
+}
+
 /// The edges are exactly the machine's: all of `MemTotal` and every online core fit,
 /// one byte or half a core more does not.
 #[test]

@@ -812,6 +812,7 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
         ["--memory", "64TiB"],
         ["--cpus", "4096"],
         ["--cpus", "0.0005"],
+        ["--memory", "1000"],
     ] {
         let (out, r) = launch(&[
             "manifests/local.yaml",
@@ -831,7 +832,48 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
                 "cpus limit of 0.0005 is below the 0.001 of a core a cgroup can enforce"
             );
         }
+        if flag[1] == "1000" {
+            let message = r["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("memory limit of 1000 B is below one page ("),
+                "{message}"
+            );
+        }
     }
+}
+
+/// A memory limit that is not a whole number of pages is held by the kernel rounded
+/// down to whole pages; the result lists what the step's cgroup holds (it listed the
+/// bytes asked for, which the step never had).
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_memory_limit_is_listed_as_the_cgroup_holds_it() {
+    if !needs_root() {
+        return;
+    }
+    let show = "d=$(find /sys/fs/cgroup/memory/ -type d -path \"*/steprunner-$RUNNER_RUN_ID/launch\"); \
+                cat \"$d/memory.limit_in_bytes\"";
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap() as u64;
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--memory",
+        "100MB",
+        "--",
+        "sh",
+        "-c",
+        show,
+    ]);
+    out.expect_code(0);
+    let held: u64 = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(held, 100_000_000 - 100_000_000 % page, "{r}");
+    assert_eq!(limit(&r, "memory")["value"], held, "{r}");
+    assert_eq!(limit(&r, "memory")["enforced_by"], "cgroup-v1");
 }
 
 /// A share of a core too small for the usual 100 ms period (under 0.01: its quota
