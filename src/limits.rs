@@ -176,7 +176,15 @@ pub enum LimitError {
     CpusBelowLeast { requested: f64 },
     #[error("memory limit of {} is below one page ({}), the least a cgroup can enforce", crate::units::exact_bytes(*.requested), crate::units::exact_bytes(*.page))]
     MemoryBelowPage { requested: u64, page: u64 },
+    #[error(
+        "pids limit of {requested} exceeds the {PIDS_MOST} processes a kernel can have at once (a cgroup refuses more)"
+    )]
+    PidsAboveMost { requested: u64 },
 }
+
+/// The most processes and threads a Linux kernel can have (`PID_MAX_LIMIT` on 64-bit
+/// kernels), so the highest `pids.max` a cgroup takes.
+pub const PIDS_MOST: u64 = 1 << 22;
 
 /// The size of a memory page: the unit in which the kernel counts a cgroup's memory.
 pub fn page_size() -> u64 {
@@ -343,12 +351,18 @@ pub fn select_gpus(n: u32, detected: &[Gpu]) -> Result<String, LimitError> {
         .join(","))
 }
 
-/// Refuse limits the machine cannot satisfy: memory above total RAM or below a page,
-/// cpus above cores or below the least share.
-pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), LimitError> {
+/// Refuse limits the machine cannot satisfy, before anything runs: memory above total
+/// RAM or below a page, cpus above cores or below the least share, pids above what a
+/// kernel can have.
+pub fn check_capacity(limits: &Limits) -> Result<(), LimitError> {
     // Two system calls (sysinfo(2), sysconf): a system-information library read
     // /proc/stat and more here, for two numbers.
-    if let Some(requested) = memory {
+    if let Some(requested) = limits.pids
+        && requested > PIDS_MOST
+    {
+        return Err(LimitError::PidsAboveMost { requested });
+    }
+    if let Some(requested) = limits.memory_bytes {
         let page = page_size();
         if requested < page {
             return Err(LimitError::MemoryBelowPage { requested, page });
@@ -358,7 +372,7 @@ pub fn check_capacity(memory: Option<u64>, cpus: Option<f64>) -> Result<(), Limi
             return Err(LimitError::MemoryAboveTotal { requested, total });
         }
     }
-    if let Some(requested) = cpus {
+    if let Some(requested) = limits.cpus {
         if requested < MIN_CPUS {
             return Err(LimitError::CpusBelowLeast { requested });
         }

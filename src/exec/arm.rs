@@ -96,7 +96,7 @@ pub fn stage(
     warnings: &mut Vec<String>,
 ) -> Result<(Option<RunCgroup>, Contain), Refusal> {
     let name = stage.as_str();
-    limits::check_capacity(limits.memory_bytes, limits.cpus).map_err(|e| {
+    limits::check_capacity(limits).map_err(|e| {
         refuse(
             Ending::LaunchError(LaunchFailure::Other),
             format!("the {name} stage's {e}"),
@@ -149,7 +149,7 @@ pub fn arm(
     let mut records = Vec::new();
     let mut warnings = Vec::new();
     let mut extra_env = BTreeMap::new();
-    limits::check_capacity(l.memory_bytes, l.cpus)
+    limits::check_capacity(l)
         .map_err(|e| refuse(Ending::LaunchError(LaunchFailure::Other), e.to_string()))?;
 
     // Containment first: whether the step could undo a limit decides how it is recorded.

@@ -167,16 +167,45 @@ fn select_gpus_picks_the_first_n_or_fails_naming_both_numbers() {
     assert_eq!(err, "1 GPU requested but 0 detected");
 }
 
+/// [`check_capacity`] of a memory and a cpus limit.
+fn capacity(memory_bytes: Option<u64>, cpus: Option<f64>) -> Result<(), LimitError> {
+    check_capacity(&Limits {
+        memory_bytes,
+        cpus,
+        ..Limits::default()
+    })
+}
+
 #[test]
 fn capacity_checks_against_this_machine() {
-    check_capacity(Some(1 << 20), Some(0.5)).unwrap();
-    let err = check_capacity(Some(u64::MAX), None).unwrap_err();
+    capacity(Some(1 << 20), Some(0.5)).unwrap();
+    let err = capacity(Some(u64::MAX), None).unwrap_err();
     assert!(matches!(err, LimitError::MemoryAboveTotal { .. }), "{err}");
-    let err = check_capacity(None, Some(100_000.0)).unwrap_err();
+    let err = capacity(None, Some(100_000.0)).unwrap_err();
     assert!(
         matches!(err, LimitError::CpusAboveCores { cores, .. } if cores >= 1),
         "{err}"
     );
+}
+
+/// A cgroup takes a pids limit up to the kernel's most processes, 2^22, and refuses
+/// one above (EINVAL, or ERANGE past 2^63): refused before anything runs instead.
+#[test]
+fn pids_up_to_what_a_kernel_can_have() {
+    let pids = |n| {
+        check_capacity(&Limits {
+            pids: Some(n),
+            ..Limits::default()
+        })
+    };
+    pids(PIDS_MOST).unwrap();
+    for n in [PIDS_MOST + 1, u64::MAX] {
+        let err = pids(n).unwrap_err();
+        assert!(
+            matches!(err, LimitError::PidsAboveMost { requested } if requested == n),
+            "{err}"
+        );
+    }
 }
 
 /// A memory limit is held in whole pages: one page is the least, and what is not a
@@ -188,8 +217,8 @@ fn memory_is_held_in_whole_pages() {
     assert_eq!(whole_pages(page), page);
     assert_eq!(whole_pages(3 * page - 1), 2 * page);
     assert_eq!(whole_pages(100_000_000), 100_000_000 - 100_000_000 % page);
-    check_capacity(Some(page), None).unwrap();
-    let err = check_capacity(Some(page - 1), None).unwrap_err();
+    capacity(Some(page), None).unwrap();
+    let err = capacity(Some(page - 1), None).unwrap_err();
     assert!(
         matches!(err, LimitError::MemoryBelowPage { page: p, .. } if p == page),
         "{err}"
@@ -207,8 +236,8 @@ fn capacity_edges_are_memtotal_and_online_cores() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     let total = kib * 1024;
-    check_capacity(Some(total), None).unwrap();
-    let err = check_capacity(Some(total + 1), None).unwrap_err();
+    capacity(Some(total), None).unwrap();
+    let err = capacity(Some(total + 1), None).unwrap_err();
     assert!(
         matches!(err, LimitError::MemoryAboveTotal { total: t, .. } if t == total),
         "{err}"
@@ -222,8 +251,8 @@ fn capacity_edges_are_memtotal_and_online_cores() {
             None => 1,
         })
         .sum();
-    check_capacity(None, Some(cores as f64)).unwrap();
-    let err = check_capacity(None, Some(cores as f64 + 0.5)).unwrap_err();
+    capacity(None, Some(cores as f64)).unwrap();
+    let err = capacity(None, Some(cores as f64 + 0.5)).unwrap_err();
     assert!(
         matches!(err, LimitError::CpusAboveCores { cores: c, .. } if c == cores),
         "{err}"

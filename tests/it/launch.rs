@@ -807,12 +807,23 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     let touch = format!("touch {}", marker.display());
-    // Above the machine, or below the least share of a core a cgroup enforces.
+    // The most a cgroup takes is enforced.
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--set",
+        "pids=4194304",
+        "--",
+        "true",
+    ]);
+    out.expect_code(0);
+    assert_eq!(limit(&r, "pids")["value"], 4194304);
+    // Above the machine or a kernel, or below the least a cgroup enforces.
     for flag in [
         ["--memory", "64TiB"],
         ["--cpus", "4096"],
         ["--cpus", "0.0005"],
         ["--memory", "1000"],
+        ["--set", "pids=4194305"],
     ] {
         let (out, r) = launch(&[
             "manifests/local.yaml",
@@ -830,6 +841,12 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
             assert_eq!(
                 r["message"],
                 "cpus limit of 0.0005 is below the 0.001 of a core a cgroup can enforce"
+            );
+        }
+        if flag[1] == "pids=4194305" {
+            assert_eq!(
+                r["message"],
+                "pids limit of 4194305 exceeds the 4194304 processes a kernel can have at once (a cgroup refuses more)"
             );
         }
         if flag[1] == "1000" {
