@@ -428,6 +428,22 @@ impl StepArgs {
     }
 }
 
+/// Print a command-line error (or the help or version asked for) and exit, as clap
+/// does, except that an error too wide for the terminal it goes to is printed broken
+/// to fit, through the runner's own error printer ([`crate::diag::eprint_styled`]).
+pub fn exit_with(e: clap::Error) -> ! {
+    if e.use_stderr()
+        && let Some(width) = crate::wrap::stderr_width()
+    {
+        let text = e.render().to_string();
+        if text.lines().any(|l| l.chars().count() > width) {
+            crate::diag::eprint_styled(&text);
+            std::process::exit(e.exit_code());
+        }
+    }
+    e.exit()
+}
+
 /// Tips clap cannot know to give. A word after the manifest of `launch` or `render`
 /// is the step's command with its `--` forgotten: show where it goes.
 pub fn with_tips(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {

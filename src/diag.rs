@@ -211,19 +211,24 @@ pub enum Format {
     Json,
 }
 
-/// Print all diagnostics in one format to stdout (json, github) or stderr (human).
-/// Print `text` (lines starting `error:`, `  = hint:`) on stderr, with the labels in
-/// clap's colours (bold red `error:`, bold `hint:`) when stderr is a terminal that
-/// can show them: not under `NO_COLOR`, nor `TERM=dumb`.
+/// Print `text` (lines starting `error:`, `  = hint:`) on stderr. On a terminal, its
+/// long labelled lines are broken to fit 80 columns (or a narrower terminal) and the
+/// labels are in clap's colours (bold red `error:`, bold `hint:`) where it can show
+/// them: not under `NO_COLOR`, nor `TERM=dumb`. Elsewhere (a log, a pipe) each
+/// message stays on one line, whole for `grep`.
 pub fn eprint_styled(text: &str) {
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-        || std::env::var("TERM").is_ok_and(|t| t == "dumb");
-    if !tty || plain {
+    let Some(width) = crate::wrap::stderr_width() else {
         eprint!("{text}");
         return;
+    };
+    let text = crate::wrap::labelled(text, width);
+    let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    if plain {
+        eprint!("{text}");
+    } else {
+        eprint!("{}", styled(&text));
     }
-    eprint!("{}", styled(text));
 }
 
 /// `text` with its `error:` and `hint:` labels in colour.
@@ -246,6 +251,7 @@ fn styled(text: &str) -> String {
         .collect()
 }
 
+/// Print all diagnostics in one format to stdout (json, github) or stderr (human).
 pub fn emit(diags: &[Diagnostic], format: Format) {
     match format {
         Format::Human => {

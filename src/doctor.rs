@@ -412,45 +412,9 @@ pub fn human(r: &Report) -> String {
     out
 }
 
-/// `text` wrapped at 80 columns on spaces, later lines indented by `indent`.
+/// `text` wrapped at 80 columns on spaces, later lines indented by `indent`; a line.
 fn wrap(text: &str, indent: usize) -> String {
-    const WIDTH: usize = 80;
-    let mut out = String::new();
-    let mut col = 0;
-    for (i, word) in text.split(' ').enumerate() {
-        let len = word.chars().count();
-        if i > 0 {
-            if col + 1 + len > WIDTH && col > indent {
-                out.push('\n');
-                out.push_str(&" ".repeat(indent));
-                col = indent;
-            } else {
-                out.push(' ');
-                col += 1;
-            }
-        }
-        out.push_str(word);
-        col += len;
-    }
+    let mut out = crate::wrap::words(text, crate::wrap::WIDTH, &" ".repeat(indent));
     out.push('\n');
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn long_lines_wrap_at_80_columns() {
-        let text = format!("{:<12}{}", "label", "word ".repeat(40));
-        let wrapped = super::wrap(text.trim_end(), 12);
-        assert!(
-            wrapped.lines().all(|l| l.chars().count() <= 80),
-            "{wrapped}"
-        );
-        assert!(
-            wrapped
-                .lines()
-                .skip(1)
-                .all(|l| l.starts_with("            w"))
-        );
-    }
 }

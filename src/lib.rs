@@ -38,4 +38,5 @@ pub mod template;
 pub mod units;
 pub mod util;
 pub mod validate;
+pub mod wrap;
 pub mod yaml;

@@ -17,8 +17,8 @@ fn main() -> ExitCode {
         .var(steprunner::complete::VAR)
         .complete();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli =
-        Cli::try_parse_from(&args).unwrap_or_else(|e| steprunner::cli::with_tips(e, &args).exit());
+    let cli = Cli::try_parse_from(&args)
+        .unwrap_or_else(|e| steprunner::cli::exit_with(steprunner::cli::with_tips(e, &args)));
     if !matches!(cli.command, Cmd::Launch { .. } | Cmd::Supervise { .. }) {
         // Printing commands end quietly when their reader goes away (`runner ps | head`).
         // `launch` keeps SIGPIPE ignored: a closed stdout must not kill a supervisor.

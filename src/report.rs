@@ -496,7 +496,7 @@ pub fn summary(outcome: &Outcome) -> String {
         1 => parts.push("1 warning".to_owned()),
         n => parts.push(format!("{n} warnings")),
     }
-    let mut text = wrap(&parts, " · ", 80, "        ");
+    let mut text = crate::wrap::parts(&parts, " · ", crate::wrap::WIDTH, "        ");
     // Where the run is: its folder, and what in it exists.
     let logs = &outcome.logs;
     if !outcome.run_dir.is_empty() {
@@ -524,66 +524,13 @@ pub fn summary(outcome: &Outcome) -> String {
     text
 }
 
-/// `parts` joined by `sep`, broken before a part that would pass `width` columns;
-/// later lines start with `indent`.
-/// `parts` joined by `sep` in lines of at most `width` columns, continued after
-/// `indent`: a part goes whole to the next line when it does not fit, and one longer
-/// than a line is broken at its spaces (a word longer than a line, such as a path,
-/// stays whole).
 /// `runner: warning: TEXT`, wrapped at spaces to 80 columns.
 pub fn warning_line(text: &str) -> String {
-    let words: Vec<String> = format!("runner: warning: {text}")
-        .split(' ')
-        .map(str::to_owned)
-        .collect();
-    wrap(&words, " ", 80, "        ")
-}
-
-fn wrap(parts: &[String], sep: &str, width: usize, indent: &str) -> String {
-    let mut out = String::new();
-    let mut col = 0;
-    let indent_len = indent.chars().count();
-    let newline = |out: &mut String, col: &mut usize| {
-        out.push('\n');
-        out.push_str(indent);
-        *col = indent_len;
-    };
-    for (i, part) in parts.iter().enumerate() {
-        let len = part.chars().count();
-        let sep_len = if i > 0 { sep.chars().count() } else { 0 };
-        if col + sep_len + len <= width || (i == 0 && len <= width) {
-            if i > 0 {
-                out.push_str(sep);
-            }
-            out.push_str(part);
-            col += sep_len + len;
-            continue;
-        }
-        if i > 0 && indent_len + len <= width {
-            newline(&mut out, &mut col);
-            out.push_str(part);
-            col += len;
-            continue;
-        }
-        // Longer than a line: word by word.
-        if i > 0 {
-            out.push_str(sep.trim_end());
-            col += sep.trim_end().chars().count();
-        }
-        for (j, word) in part.split(' ').enumerate() {
-            let wlen = word.chars().count();
-            let space = usize::from(j > 0 || i > 0);
-            if col + space + wlen > width && col > indent_len {
-                newline(&mut out, &mut col);
-            } else if space == 1 {
-                out.push(' ');
-                col += 1;
-            }
-            out.push_str(word);
-            col += wlen;
-        }
-    }
-    out
+    crate::wrap::words(
+        &format!("runner: warning: {text}"),
+        crate::wrap::WIDTH,
+        "        ",
+    )
 }
 
 fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value> {

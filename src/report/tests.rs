@@ -518,30 +518,6 @@ fn readers_never_see_a_half_written_result() {
     assert!(complete > 0, "reader never saw the file");
 }
 
-/// A part longer than a line is broken at its spaces; a word longer than a line (a
-/// path) stays whole on a line of its own.
-#[test]
-fn long_parts_wrap_at_spaces() {
-    let long = format!(
-        "cannot enforce limits: failed to create cgroup `/sys/fs/cgroup/{}`: Permission \
-         denied (os error 13); run as root",
-        "x".repeat(70)
-    );
-    let parts = vec!["launch_error in 0.00s".to_string(), long.clone()];
-    let text = wrap(&parts, " · ", 80, "        ");
-    for line in text.lines() {
-        assert!(
-            line.chars().count() <= 80 || !line.trim().contains(' '),
-            "{line:?}"
-        );
-    }
-    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(
-        words(&text),
-        words(&format!("launch_error in 0.00s · {long}"))
-    );
-}
-
 /// A file planted where the temporary goes (a symlink to somewhere else) is never
 /// written through; a disk with no room left takes the result into the space set aside
 /// when the run started.

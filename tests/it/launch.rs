@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Output, Runner, limit, root};
+use crate::common::{Output, Runner, limit, root, runner};
 pub(crate) use crate::common::{needs_root, processes_with, spawn_runner, wait_for};
 
 /// `runner launch --json -q ARGS…`: the output and the parsed result.
@@ -1049,6 +1049,52 @@ fn errors_are_coloured_on_a_terminal_only() {
         assert!(
             drawn.starts_with("error: cannot read `nope.yaml`"),
             "{env:?}: {drawn:?}"
+        );
+    }
+}
+
+/// An error too long for the terminal is broken to fit it (80 columns at most), its
+/// later lines under the text after `error:` or `= hint:`: clap's own errors (a bad
+/// `--memory`), the runner's (a manifest's diagnostic) alike. In a pipe or a log the
+/// same error stays whole on one line, for `grep`. (Refused before anything runs: no
+/// root needed.)
+#[test]
+fn errors_fit_the_terminal_and_stay_whole_elsewhere() {
+    let cases: [(u16, &[&str]); 3] = [
+        (
+            80,
+            &[
+                "manifests/local.yaml",
+                "--memory",
+                "12parsecs",
+                "--",
+                "true",
+            ],
+        ),
+        (50, &["manifests/local.yaml", "--set", "x=1", "--", "true"]),
+        (120, &["manifests/local.yaml", "--set", "x=1", "--", "true"]),
+    ];
+    for (cols, args) in cases {
+        let (code, drawn) = on_a_terminal(cols, &[("NO_COLOR", "1")], args);
+        assert_eq!(code, 2, "{drawn}");
+        let drawn = drawn.replace("\r\n", "\n");
+        let width = usize::from(cols).min(80);
+        assert!(
+            drawn.lines().all(|l| l.chars().count() <= width),
+            "{cols} columns:\n{drawn}"
+        );
+        let piped = runner(std::iter::once("launch").chain(args.iter().copied()));
+        piped.expect_code(2);
+        assert!(
+            piped.stderr.lines().any(|l| l.chars().count() > width),
+            "the piped error is one long line:\n{}",
+            piped.stderr
+        );
+        // The same words, only broken differently.
+        assert_eq!(
+            drawn.split_whitespace().collect::<Vec<_>>(),
+            piped.stderr.split_whitespace().collect::<Vec<_>>(),
+            "{cols} columns"
         );
     }
 }
