@@ -7,6 +7,8 @@
 //!
 //! Only for a single-threaded caller: the child of a `fork` runs Rust code (it
 //! allocates), which is only sound when no other thread can hold a lock at the fork.
+//! (The threads this module leaves to reap a finished child only wait: they hold no
+//! lock.)
 
 use std::io::Read;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -86,12 +88,40 @@ where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> T,
 {
+    run_while(budget, f, || ()).map(|(outcome, ())| outcome)
+}
+
+/// [`run`], with `meanwhile` run in this process while the child computes (on another
+/// core, where there is one): its value beside the child's. Not run if there is no
+/// child (the fork failed).
+pub fn run_while<T, F, M, R>(
+    budget: Budget,
+    f: F,
+    meanwhile: M,
+) -> std::io::Result<(Result<T, Exceeded>, R)>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> T,
+    M: FnOnce() -> R,
+{
     let f = std::cell::Cell::new(Some(f));
-    let mut outcomes = run_each(budget, &[()], |_| match f.take() {
-        Some(f) => f(),
-        None => unreachable!("one item, one call"),
-    })?;
-    Ok(outcomes.remove(0))
+    let mut meanwhile = Some(meanwhile);
+    let mut value = None;
+    let Served { mut done, died } = serve(
+        budget,
+        &[()],
+        &|_| match f.take() {
+            Some(f) => f(),
+            None => unreachable!("one item, one call"),
+        },
+        Some(&mut || value = meanwhile.take().map(|m| m())),
+    )?;
+    let outcome = match died {
+        Some(e) => Err(e),
+        None => done.remove(0),
+    };
+    let value = value.unwrap_or_else(|| unreachable!("the parent ran it after the fork"));
+    Ok((outcome, value))
 }
 
 /// Run `f` on each of `items`, in as few children as the items allow: a child goes
@@ -117,7 +147,7 @@ where
     while outcomes.len() < items.len() {
         let from = outcomes.len();
         let to = if alone { from + 1 } else { items.len() };
-        let Served { done, died } = serve(budget, &items[from..to], &f)?;
+        let Served { done, died } = serve(budget, &items[from..to], &f, None)?;
         let first = done.is_empty();
         outcomes.extend(done);
         alone = false;
@@ -145,8 +175,14 @@ struct Served<T> {
     died: Option<Exceeded>,
 }
 
-/// One child over `items`.
-fn serve<I, T, F>(budget: Budget, items: &[I], f: &F) -> std::io::Result<Served<T>>
+/// One child over `items`; `meanwhile`, if any, runs in the parent while the child
+/// works, on another core.
+fn serve<I, T, F>(
+    budget: Budget,
+    items: &[I],
+    f: &F,
+    meanwhile: Option<&mut dyn FnMut()>,
+) -> std::io::Result<Served<T>>
 where
     T: Serialize + DeserializeOwned,
     F: Fn(&I) -> T,
@@ -220,6 +256,10 @@ where
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(write);
+            if let Some(meanwhile) = meanwhile {
+                elsewhere(child);
+                meanwhile();
+            }
             let mut from = std::io::BufReader::new(std::fs::File::from(read));
             let mut done = Vec::new();
             let mut bad = None;
@@ -248,17 +288,16 @@ where
                 });
             }
             drop(from);
-            let status = loop {
-                match nix::sys::wait::waitpid(child, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    other => break other?,
-                }
-            };
+            if bad.is_none() && done.len() == items.len() {
+                // All is back, so how the child ends no longer matters; its exit (the
+                // teardown of its copy of this process's memory) takes longer than
+                // the rest of the wait did. It is reaped on a thread of its own.
+                reap_aside(child);
+                return Ok(Served { done, died: None });
+            }
+            let status = reap(child)?;
             if let Some(e) = bad {
                 return Err(std::io::Error::other(e));
-            }
-            if done.len() == items.len() {
-                return Ok(Served { done, died: None });
             }
             let at = noted(unmap.0);
             use nix::sys::wait::WaitStatus;
@@ -272,6 +311,48 @@ where
                 done,
                 died: Some(died),
             })
+        }
+    }
+}
+
+/// Wait for the child to end.
+fn reap(child: nix::unistd::Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// [`reap`] on a thread that does nothing else (it holds no lock a later fork could
+/// inherit); here if no thread can be started.
+fn reap_aside(child: nix::unistd::Pid) {
+    let aside = std::thread::Builder::new()
+        .name("reap".into())
+        .spawn(move || {
+            let _ = reap(child);
+        });
+    if aside.is_err() {
+        let _ = reap(child);
+    }
+}
+
+/// Keep the child off this core, where this process may run on others: the scheduler
+/// tends to queue a new child behind its parent, where it would wait for whatever
+/// the parent does meanwhile. Best effort.
+fn elsewhere(child: nix::unistd::Pid) {
+    // SAFETY: plain system calls with cpu_set_t values we own; CPU_* touch only them.
+    unsafe {
+        let here = libc::sched_getcpu();
+        let mut others: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if here < 0 || libc::sched_getaffinity(0, size, &mut others) != 0 {
+            return;
+        }
+        libc::CPU_CLR(here as usize, &mut others);
+        if libc::CPU_COUNT(&others) > 0 {
+            libc::sched_setaffinity(child.as_raw(), size, &others);
         }
     }
 }

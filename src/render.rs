@@ -22,7 +22,9 @@ mod bounded;
 mod checks;
 mod renderer;
 
-pub use bounded::{Job, check_bounded, over_budget, render_bounded, unbounded};
+pub use bounded::{
+    Job, check_bounded, over_budget, render_bounded, render_bounded_while, unbounded,
+};
 use checks::{no_entrypoint, rendered_key_parts, secrets_unprinted};
 use renderer::Renderer;
 

@@ -314,6 +314,16 @@ pub fn load(manifest: &str, step: &StepArgs) -> Result<Loaded, CliError> {
 }
 
 pub fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<Plan, CliError> {
+    render_plan_while(l, run_dir, |_| ()).map(|(plan, ())| plan)
+}
+
+/// [`render_plan`], with `meanwhile` (given the run's id) run while the plan renders
+/// ([`render::render_bounded_while`]); its value is dropped with an error.
+pub fn render_plan_while<R>(
+    l: &Loaded,
+    run_dir: Option<PathBuf>,
+    meanwhile: impl FnOnce(&str) -> R,
+) -> Result<(Plan, R), CliError> {
     let cwd = std::env::current_dir()
         .map_err(|e| CliError::runner(format!("cannot read the current directory: {e}")))?;
     let at = Where {
@@ -323,13 +333,16 @@ pub fn render_plan(l: &Loaded, run_dir: Option<PathBuf>) -> Result<Plan, CliErro
         cwd,
         env: std::env::vars().collect(),
     };
-    render::render_bounded(&l.source, &l.flavor, &l.info, &at).map_err(|e| {
-        // Not the manifest's fault: the runner's error (125), not an invalid input (2).
-        match e.0.iter().find(|d| render::unbounded(d)) {
-            Some(d) => CliError::runner(d.message.clone()).hint(d.hint.clone().unwrap_or_default()),
-            None => CliError::Diagnostics(e.0),
-        }
-    })
+    render::render_bounded_while(&l.source, &l.flavor, &l.info, &at, || meanwhile(&at.run_id))
+        .map_err(|e| {
+            // Not the manifest's fault: the runner's error (125), not an invalid input (2).
+            match e.0.iter().find(|d| render::unbounded(d)) {
+                Some(d) => {
+                    CliError::runner(d.message.clone()).hint(d.hint.clone().unwrap_or_default())
+                }
+                None => CliError::Diagnostics(e.0),
+            }
+        })
 }
 
 pub fn render(

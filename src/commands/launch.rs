@@ -9,7 +9,7 @@ use steprunner::home::RunDir;
 use steprunner::plan::Plan;
 use steprunner::{exec, report, runs};
 
-use super::check::{load, render_plan};
+use super::check::{load, render_plan_while};
 use super::{CliError, Exit, chain};
 
 fn options(args: &LaunchArgs) -> exec::Options {
@@ -28,7 +28,11 @@ fn not_started(e: &dyn std::error::Error) -> CliError {
 
 pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit, CliError> {
     let loaded = load(manifest, step)?;
-    let plan = render_plan(&loaded, args.run_dir.clone())?;
+    // A launch in the foreground makes its cgroups while the plan renders; a detached
+    // one leaves them to its supervisor.
+    let (plan, ready) = render_plan_while(&loaded, args.run_dir.clone(), |run_id| {
+        (!args.detach).then(|| exec::Ready::new(run_id))
+    })?;
     // Before any work: the organisation's rules, and what the step asks for and will
     // not get.
     if let Some(policy) = steprunner::policy::Policy::from_arg(args.policy.as_deref())
@@ -60,7 +64,7 @@ pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit
         return detach(&plan, &loaded.info.environment, args);
     }
     let _ = runs::write_pid(&RunDir::new(&plan.dirs.run), std::process::id() as i32);
-    run_and_report(&plan, &loaded.info.environment, &options(args))
+    run_and_report(&plan, &loaded.info.environment, &options(args), ready)
 }
 
 /// The detached supervisor: run the plan in `dir` and write its result.
@@ -78,7 +82,7 @@ pub fn supervise(dir: &Path, args: &LaunchArgs) -> Result<Exit, CliError> {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
         .collect();
-    run_and_report(&plan, &secrets, &opts)
+    run_and_report(&plan, &secrets, &opts, None)
 }
 
 /// Execute a plan whose run folder exists, write `result.json`, print, and exit with
@@ -87,8 +91,9 @@ fn run_and_report(
     plan: &Plan,
     secrets: &BTreeMap<String, String>,
     opts: &exec::Options,
+    ready: Option<exec::Ready>,
 ) -> Result<Exit, CliError> {
-    let outcome = match exec::execute(plan, secrets, opts) {
+    let outcome = match exec::execute(plan, secrets, opts, ready) {
         Ok(o) => o,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&plan.dirs.run);

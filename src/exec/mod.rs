@@ -358,16 +358,44 @@ impl Run<'_> {
     }
 }
 
-/// Run the plan in its run folder (made by [`make_run_dir`]).
+/// What a run needs that does not depend on its plan: its signals caught, the cgroup
+/// filesystem found, the run's cgroup root made (and recorded). Made while the plan
+/// renders in its bounded child ([`crate::render::render_bounded_while`]), which is
+/// most of that time on a second core; dropped unused (a plan that does not render,
+/// or is refused), its root is removed.
+pub struct Ready {
+    signals: std::io::Result<Signals>,
+    fs: Option<cgroup::CgroupFs>,
+    root: Result<RunRoot, CgroupError>,
+}
+
+impl Ready {
+    /// For the run `run_id`.
+    pub fn new(run_id: &str) -> Ready {
+        let signals = Signals::install();
+        let fs = arm::cgroup_fs();
+        let found = fs.as_ref().ok().cloned();
+        Ready {
+            signals,
+            fs: found,
+            root: fs.and_then(|fs| RunRoot::acquire(&fs, run_id)),
+        }
+    }
+}
+
+/// Run the plan in its run folder (made by [`make_run_dir`]), with what is `ready`
+/// for it (else made here).
 pub fn execute(
     plan: &Plan,
     secrets: &BTreeMap<String, String>,
     opts: &Options,
+    ready: Option<Ready>,
 ) -> Result<Outcome, ExecError> {
     let started_at = crate::report::rfc3339(SystemTime::now());
     let t0 = Instant::now();
     let dir = RunDir::new(&plan.dirs.run);
-    let signals = Signals::install().map_err(ExecError::Signals)?;
+    let Ready { signals, fs, root } = ready.unwrap_or_else(|| Ready::new(&plan.run_id));
+    let signals = signals.map_err(ExecError::Signals)?;
     let out = Outcome {
         version: crate::report::VERSION,
         run_id: plan.run_id.clone(),
@@ -408,14 +436,12 @@ pub fn execute(
         containment: None,
     };
     // What runners that died left is removed beside this run, not before it.
-    let fs = arm::cgroup_fs();
-    let stale = fs.as_ref().ok().cloned().and_then(|fs| {
+    let stale = fs.and_then(|fs| {
         std::thread::Builder::new()
             .name("stale cgroups".into())
             .spawn(move || cgroup::clean_stale(&fs))
             .ok()
     });
-    let root = fs.and_then(|fs| RunRoot::acquire(&fs, &plan.run_id));
     let mut run = Run {
         plan,
         opts,

@@ -55,10 +55,24 @@ pub fn render_bounded(
     info: &StepInfo,
     at: &Where<'_>,
 ) -> Result<Plan, RenderError> {
-    match crate::bounded::run(crate::bounded::RENDER, || {
-        render(src, flavor, info, at).map_err(wire)
-    }) {
-        Ok(outcome) => settle(src, outcome),
+    render_bounded_while(src, flavor, info, at, || ()).map(|(plan, ())| plan)
+}
+
+/// [`render_bounded`], with `meanwhile` run in this process while the child renders
+/// ([`crate::bounded::run_while`]): its value beside the plan, dropped with an error.
+pub fn render_bounded_while<R>(
+    src: &Source,
+    flavor: &Flavor,
+    info: &StepInfo,
+    at: &Where<'_>,
+    meanwhile: impl FnOnce() -> R,
+) -> Result<(Plan, R), RenderError> {
+    match crate::bounded::run_while(
+        crate::bounded::RENDER,
+        || render(src, flavor, info, at).map_err(wire),
+        meanwhile,
+    ) {
+        Ok((outcome, value)) => settle(src, outcome).map(|plan| (plan, value)),
         Err(e) => Err(refused(src, &e)),
     }
 }

@@ -859,6 +859,71 @@ fn resources_above_the_machine_are_refused_before_anything_runs() {
     }
 }
 
+/// A launch makes its cgroups (and their record) while its plan renders; a plan that
+/// then does not render, or is refused by a policy, leaves neither behind: no
+/// directory in any cgroup hierarchy, no record, whatever the reason.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_plan_that_is_not_run_leaves_no_cgroup_and_no_record() {
+    if !needs_root() {
+        return;
+    }
+    let named = |path: &std::path::Path, name: &str| {
+        path.file_name()
+            .is_some_and(|f| f.to_string_lossy().contains(name))
+    };
+    let cases: [(&str, &[&str]); 3] = [
+        ("zzbomb", &["tests/fixtures/bombs/chained-sets.yaml"]),
+        (
+            "zzparsecs",
+            &["tests/fixtures/render-invalid/memory-parsecs.yaml"],
+        ),
+        (
+            "zzpolicy",
+            &[
+                "manifests/local.yaml",
+                "--policy",
+                "examples/policy/policy.yaml",
+                "--cpus",
+                "32",
+            ],
+        ),
+    ];
+    for (step, args) in cases {
+        let step = format!("{step}{}", std::process::id());
+        let out = runner(
+            ["launch", "--step", step.as_str()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .chain(["--", "true"]),
+        );
+        out.expect_code(2);
+        let mut left = Vec::new();
+        let mut todo = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+        while let Some(dir) = todo.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if named(&path, &step) {
+                        left.push(path.clone());
+                    }
+                    todo.push(path);
+                }
+            }
+        }
+        for entry in std::fs::read_dir("/run/steprunner/cgroups")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if named(&entry.path(), &step) {
+                left.push(entry.path());
+            }
+        }
+        assert!(left.is_empty(), "{step}: {left:?}\n{}", out.stderr);
+    }
+}
+
 /// A memory limit that is not a whole number of pages is held by the kernel rounded
 /// down to whole pages; the result lists what the step's cgroup holds (it listed the
 /// bytes asked for, which the step never had).
