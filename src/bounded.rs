@@ -82,18 +82,20 @@ fn address_space() -> u64 {
         .map_or(0, |pages| pages * PAGE as u64)
 }
 
-/// Run `f` in a child under `budget`; its value, or how it exceeded the budget.
+/// Run `f` in a child under `budget`; its value, or how it exceeded the budget. The
+/// child is gone when this returns.
 pub fn run<T, F>(budget: Budget, f: F) -> std::io::Result<Result<T, Exceeded>>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> T,
 {
-    run_while(budget, f, || ()).map(|(outcome, ())| outcome)
+    one(budget, f, None)
 }
 
 /// [`run`], with `meanwhile` run in this process while the child computes (on another
 /// core, where there is one): its value beside the child's. Not run if there is no
-/// child (the fork failed).
+/// child (the fork failed). The child may still be exiting when this returns (a
+/// thread reaps it).
 pub fn run_while<T, F, M, R>(
     budget: Budget,
     f: F,
@@ -104,24 +106,37 @@ where
     F: FnOnce() -> T,
     M: FnOnce() -> R,
 {
-    let f = std::cell::Cell::new(Some(f));
     let mut meanwhile = Some(meanwhile);
     let mut value = None;
-    let Served { mut done, died } = serve(
+    let outcome = one(
         budget,
-        &[()],
-        &|_| match f.take() {
-            Some(f) => f(),
-            None => unreachable!("one item, one call"),
-        },
+        f,
         Some(&mut || value = meanwhile.take().map(|m| m())),
     )?;
-    let outcome = match died {
-        Some(e) => Err(e),
-        None => done.remove(0),
-    };
     let value = value.unwrap_or_else(|| unreachable!("the parent ran it after the fork"));
     Ok((outcome, value))
+}
+
+/// One item in one child.
+fn one<T, F>(
+    budget: Budget,
+    f: F,
+    meanwhile: Option<&mut dyn FnMut()>,
+) -> std::io::Result<Result<T, Exceeded>>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> T,
+{
+    let f = std::cell::Cell::new(Some(f));
+    let once = |_: &()| match f.take() {
+        Some(f) => f(),
+        None => unreachable!("one item, one call"),
+    };
+    let Served { mut done, died } = serve(budget, &[()], &once, meanwhile)?;
+    Ok(match died {
+        Some(e) => Err(e),
+        None => done.remove(0),
+    })
 }
 
 /// Run `f` on each of `items`, in as few children as the items allow: a child goes
@@ -176,7 +191,8 @@ struct Served<T> {
 }
 
 /// One child over `items`; `meanwhile`, if any, runs in the parent while the child
-/// works, on another core.
+/// works, on another core, and the child is then reaped aside (the caller that waits
+/// for nothing meanwhile also waits for the child to be gone).
 fn serve<I, T, F>(
     budget: Budget,
     items: &[I],
@@ -256,6 +272,7 @@ where
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(write);
+            let aside = meanwhile.is_some();
             if let Some(meanwhile) = meanwhile {
                 elsewhere(child);
                 meanwhile();
@@ -288,7 +305,7 @@ where
                 });
             }
             drop(from);
-            if bad.is_none() && done.len() == items.len() {
+            if aside && bad.is_none() && done.len() == items.len() {
                 // All is back, so how the child ends no longer matters; its exit (the
                 // teardown of its copy of this process's memory) takes longer than
                 // the rest of the wait did. It is reaped on a thread of its own.
@@ -298,6 +315,9 @@ where
             let status = reap(child)?;
             if let Some(e) = bad {
                 return Err(std::io::Error::other(e));
+            }
+            if done.len() == items.len() {
+                return Ok(Served { done, died: None });
             }
             let at = noted(unmap.0);
             use nix::sys::wait::WaitStatus;

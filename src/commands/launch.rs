@@ -9,7 +9,7 @@ use steprunner::home::RunDir;
 use steprunner::plan::Plan;
 use steprunner::{exec, report, runs};
 
-use super::check::{load, render_plan_while};
+use super::check::{load, render_plan, render_plan_while};
 use super::{CliError, Exit, chain};
 
 fn options(args: &LaunchArgs) -> exec::Options {
@@ -28,11 +28,17 @@ fn not_started(e: &dyn std::error::Error) -> CliError {
 
 pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit, CliError> {
     let loaded = load(manifest, step)?;
-    // A launch in the foreground makes its cgroups while the plan renders; a detached
-    // one leaves them to its supervisor.
-    let (plan, ready) = render_plan_while(&loaded, args.run_dir.clone(), |run_id| {
-        (!args.detach).then(|| exec::Ready::new(run_id))
-    })?;
+    // A launch in the foreground on cgroup v1 makes its cgroups while the plan renders;
+    // a detached one leaves them to its supervisor.
+    let (plan, ready) = match exec::Ready::beside_render().filter(|_| !args.detach) {
+        Some(fs) => {
+            let (plan, ready) = render_plan_while(&loaded, args.run_dir.clone(), |run_id| {
+                exec::Ready::new(run_id, fs)
+            })?;
+            (plan, Some(ready))
+        }
+        None => (render_plan(&loaded, args.run_dir.clone())?, None),
+    };
     // Before any work: the organisation's rules, and what the step asks for and will
     // not get.
     if let Some(policy) = steprunner::policy::Policy::from_arg(args.policy.as_deref())

@@ -359,10 +359,10 @@ impl Run<'_> {
 }
 
 /// What a run needs that does not depend on its plan: its signals caught, the cgroup
-/// filesystem found, the run's cgroup root made (and recorded). Made while the plan
-/// renders in its bounded child ([`crate::render::render_bounded_while`]), which is
-/// most of that time on a second core; dropped unused (a plan that does not render,
-/// or is refused), its root is removed.
+/// filesystem found, the run's cgroup root made (and recorded). On cgroup v1 it is made
+/// while the plan renders in its bounded child ([`crate::render::render_bounded_while`]),
+/// mostly on a second core; dropped unused (a plan that does not render, or is
+/// refused), its root is removed.
 pub struct Ready {
     signals: std::io::Result<Signals>,
     fs: Option<cgroup::CgroupFs>,
@@ -370,8 +370,27 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// For the run `run_id`.
-    pub fn new(run_id: &str) -> Ready {
+    /// The cgroup filesystem if a run's root can be made while its plan renders: on v1,
+    /// where the root goes does not depend on who else is in the runner's cgroup. On
+    /// v2 it does (a runner alone in its cgroup steps into a leaf of it; one that is
+    /// not asks systemd), and the render's child is there until it has exited.
+    pub fn beside_render() -> Option<cgroup::CgroupFs> {
+        arm::cgroup_fs()
+            .ok()
+            .filter(|fs| fs.version() == cgroup::Version::V1)
+    }
+
+    /// For the run `run_id`, on `fs` ([`Ready::beside_render`]).
+    pub fn new(run_id: &str, fs: cgroup::CgroupFs) -> Ready {
+        Ready {
+            signals: Signals::install(),
+            root: RunRoot::acquire(&fs, run_id),
+            fs: Some(fs),
+        }
+    }
+
+    /// For the run `run_id`, on whatever cgroup filesystem this process has.
+    fn here(run_id: &str) -> Ready {
         let signals = Signals::install();
         let fs = arm::cgroup_fs();
         let found = fs.as_ref().ok().cloned();
@@ -394,7 +413,7 @@ pub fn execute(
     let started_at = crate::report::rfc3339(SystemTime::now());
     let t0 = Instant::now();
     let dir = RunDir::new(&plan.dirs.run);
-    let Ready { signals, fs, root } = ready.unwrap_or_else(|| Ready::new(&plan.run_id));
+    let Ready { signals, fs, root } = ready.unwrap_or_else(|| Ready::here(&plan.run_id));
     let signals = signals.map_err(ExecError::Signals)?;
     let out = Outcome {
         version: crate::report::VERSION,
