@@ -237,11 +237,7 @@ fn styled(text: &str) -> String {
         .map(|line| {
             if let Some(rest) = line.strip_prefix("error:") {
                 format!("\x1b[1;31merror:\x1b[0m{rest}")
-            } else if let Some(at) = line.find("= hint:").filter(|&at| {
-                line[..at]
-                    .chars()
-                    .all(|c| c == ' ' || c == '|' || c.is_ascii_digit())
-            }) {
+            } else if let Some(at) = crate::wrap::label_at(line, "= hint:") {
                 let (head, rest) = line.split_at(at + 2);
                 format!("{head}\x1b[1mhint:\x1b[0m{}", &rest[5..])
             } else {

@@ -533,7 +533,8 @@ pub fn warning_line(text: &str) -> String {
     )
 }
 
-fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value> {
+/// The value a result lists for one limit.
+pub(crate) fn limit_value(outcome: &Outcome, name: LimitKind) -> Option<&serde_json::Value> {
     outcome
         .limits
         .iter()

@@ -95,18 +95,24 @@ fn words_after(text: &str, width: usize, indent: &str) -> String {
 }
 
 /// Where the text of a labelled line starts: after `error: `, or after `= hint: ` or
-/// `tip: ` preceded only by the margin of a source excerpt (spaces, digits, `|`).
+/// `tip: ` in the margin.
 fn label_end(line: &str) -> Option<usize> {
     if line.starts_with("error: ") {
         return Some("error: ".len());
     }
-    ["= hint: ", "tip: "].iter().find_map(|label| {
-        let at = line.find(label)?;
-        line[..at]
-            .chars()
-            .all(|c| c == ' ' || c == '|' || c.is_ascii_digit())
-            .then_some(at + label.len())
-    })
+    ["= hint: ", "tip: "]
+        .iter()
+        .find_map(|label| Some(label_at(line, label)? + label.len()))
+}
+
+/// Where `label` is in `line` when only the margin of a source excerpt (spaces,
+/// digits, `|`) comes before it: a label of the error text, not words in it.
+pub fn label_at(line: &str, label: &str) -> Option<usize> {
+    let at = line.find(label)?;
+    line[..at]
+        .chars()
+        .all(|c| c == ' ' || c == '|' || c.is_ascii_digit())
+        .then_some(at)
 }
 
 /// The width to print errors to when stderr is a terminal: its columns, at most

@@ -33,7 +33,7 @@ pub fn launch(manifest: &str, step: &StepArgs, args: &LaunchArgs) -> Result<Exit
     let (plan, ready) = match exec::Ready::beside_render().filter(|_| !args.detach) {
         Some(fs) => {
             let (plan, ready) = render_plan_while(&loaded, args.run_dir.clone(), |run_id| {
-                exec::Ready::new(run_id, fs)
+                exec::Ready::new(run_id, Ok(fs))
             })?;
             (plan, Some(ready))
         }

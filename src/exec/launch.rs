@@ -11,7 +11,7 @@ use super::arm::Armed;
 use super::child::{self, Ended, Step};
 use super::command::{self, Job, Output, StartError};
 use super::supervise::{Policy, Stop};
-use crate::limits::{self, Enforcement, LimitKind};
+use crate::limits::{Enforcement, LimitKind};
 use crate::logs::{Live, LogSpec};
 use crate::plan::MeasuredBy;
 use crate::profile::{Profile, Sampler};
@@ -324,11 +324,10 @@ pub(super) fn launch(run: &mut Run<'_>, secrets: &BTreeMap<String, String>, arme
         ),
         // The kernel's counter, not the exit code, says whether memory ran out.
         (None, ended) if oom_kills_here > 0 && ended != Ended::Exited(0) => {
-            let limit = plan
-                .launch
-                .limits
-                .memory_bytes
-                .map(|b| format!(" of {}", crate::units::Bytes(limits::whole_pages(b))))
+            // As the result lists it: as the cgroup held it.
+            let limit = crate::report::limit_value(out, LimitKind::Memory)
+                .and_then(serde_json::Value::as_u64)
+                .map(|b| format!(" of {}", crate::units::Bytes(b)))
                 .unwrap_or_default();
             (
                 Ending::OomKilled { signal: killer },

@@ -380,23 +380,11 @@ impl Ready {
             .filter(|fs| fs.version() == cgroup::Version::V1)
     }
 
-    /// For the run `run_id`, on `fs` ([`Ready::beside_render`]).
-    pub fn new(run_id: &str, fs: cgroup::CgroupFs) -> Ready {
+    /// For the run `run_id`, on the cgroup filesystem `fs` (or without one).
+    pub fn new(run_id: &str, fs: Result<cgroup::CgroupFs, CgroupError>) -> Ready {
         Ready {
             signals: Signals::install(),
-            root: RunRoot::acquire(&fs, run_id),
-            fs: Some(fs),
-        }
-    }
-
-    /// For the run `run_id`, on whatever cgroup filesystem this process has.
-    fn here(run_id: &str) -> Ready {
-        let signals = Signals::install();
-        let fs = arm::cgroup_fs();
-        let found = fs.as_ref().ok().cloned();
-        Ready {
-            signals,
-            fs: found,
+            fs: fs.as_ref().ok().cloned(),
             root: fs.and_then(|fs| RunRoot::acquire(&fs, run_id)),
         }
     }
@@ -413,7 +401,8 @@ pub fn execute(
     let started_at = crate::report::rfc3339(SystemTime::now());
     let t0 = Instant::now();
     let dir = RunDir::new(&plan.dirs.run);
-    let Ready { signals, fs, root } = ready.unwrap_or_else(|| Ready::here(&plan.run_id));
+    let Ready { signals, fs, root } =
+        ready.unwrap_or_else(|| Ready::new(&plan.run_id, arm::cgroup_fs()));
     let signals = signals.map_err(ExecError::Signals)?;
     let out = Outcome {
         version: crate::report::VERSION,

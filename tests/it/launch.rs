@@ -141,6 +141,7 @@ fn oom_killed_at_the_memory_limit() {
     ]);
     out.expect_code(137);
     assert_eq!(r["status"], "oom_killed");
+    assert_eq!(r["message"], "OOM-killed at the memory limit of 64.0 MiB");
     assert!(r["oom_kills"].as_u64().unwrap() >= 1, "{r}");
     let peak = r["peak_memory_bytes"].as_u64().unwrap();
     assert!(
