@@ -1,7 +1,10 @@
 //! Starting one command: `clone3(CLONE_PIDFD | CLONE_INTO_CGROUP)`, so the child is born
 //! in its cgroup (no migration, no window in which it runs outside its limits) and the
 //! runner holds a pidfd from the start (no pid reuse race); `fork` and `pidfd_open`
-//! where the kernel has no `clone3` (before 5.3, or 5.7 for joining at birth).
+//! where the kernel has no `clone3` (before 5.3, or 5.7 for joining at birth). A child
+//! that joins its cgroups itself (cgroup v1, or none) shares the runner's memory until
+//! it execs, as `posix_spawn`'s does (`clone_shared`): a fork of the runner copied its
+//! page tables, took copy-on-write faults and tore the copy down at exec.
 //!
 //! Written here rather than through `std::process::Command`: std has neither flag, and
 //! what the child does before exec is this project's — new session, cgroup join on v1,
@@ -257,8 +260,18 @@ pub fn spawn(spec: Spec<'_>) -> Result<Spawned, SpawnError> {
     };
     let born_in = ctx(false);
     let mut pidfd: RawFd = -1;
-    // SAFETY: clone3 without CLONE_VM is a fork; the child runs only `child_main`.
-    let mut pid = unsafe { clone3(&mut pidfd, into) };
+    let blocked = Blocked::all();
+    // Where nothing joins at birth, the child shares this memory until it execs.
+    let mut pid = -1;
+    if into.is_none() {
+        // SAFETY: the child runs only `child_main` on `born_in`, which outlives it
+        // here: this thread is suspended until the child has exec'd or exited.
+        pid = unsafe { clone_shared(&born_in, &mut pidfd) };
+    }
+    if pid < 0 {
+        // SAFETY: clone3 without CLONE_VM is a fork; the child runs only `child_main`.
+        pid = unsafe { clone3(&mut pidfd, into) };
+    }
     let mut joined_ctx = None;
     if pid < 0 && into.is_some() {
         // A kernel without CLONE_INTO_CGROUP (before 5.7): join through cgroup.procs.
@@ -292,6 +305,7 @@ pub fn spawn(spec: Spec<'_>) -> Result<Spawned, SpawnError> {
         }
         pidfd = -1;
     }
+    drop(blocked);
     drop(report_w);
     drop(devnull);
     // The parent's copies of the child's output pipes close here.
@@ -355,6 +369,86 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
+/// The child's stack while it shares the runner's memory: what `child_main` needs,
+/// many times over.
+const SHARED_STACK: usize = 256 << 10;
+
+/// Clone a child that shares this process's memory until it execs (`CLONE_VM |
+/// CLONE_VFORK`, as `posix_spawn` does), on a stack of its own below a guard page: no
+/// copy of the runner's page tables to make, no copy-on-write faults in the child, no
+/// copy to tear down at exec. glibc's `clone` runs `child_main` on that stack;
+/// `clone3`, which alone can join a cgroup at birth, has no wrapper that can, so a
+/// child born into its cgroup is cloned as a fork. -1 on failure (errno set), and the
+/// caller clones as a fork.
+///
+/// # Safety
+///
+/// `ctx` must be what `child_main` may run on, and signals blocked in this thread
+/// ([`Blocked`]): none of the runner's handlers may run in the child.
+unsafe fn clone_shared(ctx: &ChildCtx<'_>, pidfd: &mut RawFd) -> libc::pid_t {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildCtx` of `clone_shared`, whose caller is suspended
+        // until this child has exec'd or exited.
+        unsafe { child_main(&*arg.cast::<ChildCtx<'_>>()) }
+    }
+    // SAFETY: a fresh private mapping, unmapped below once the child has left it; its
+    // lowest page is made inaccessible, so an overflow faults instead of writing below.
+    unsafe {
+        let page = crate::limits::page_size() as usize;
+        let len = SHARED_STACK + page;
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return -1;
+        }
+        if libc::mprotect(stack, page, libc::PROT_NONE) != 0 {
+            libc::munmap(stack, len);
+            return -1;
+        }
+        let pid = libc::clone(
+            entry,
+            stack.cast::<u8>().add(len).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (ctx as *const ChildCtx<'_>).cast_mut().cast(),
+            pidfd as *mut RawFd,
+        );
+        let errno = *libc::__errno_location();
+        libc::munmap(stack, len);
+        *libc::__errno_location() = errno;
+        pid
+    }
+}
+
+/// Every signal blocked in this thread until dropped: a child starts with them
+/// blocked, and unblocks them once the runner's handlers are gone from it.
+struct Blocked(libc::sigset_t);
+
+impl Blocked {
+    fn all() -> Blocked {
+        // SAFETY: sigset_t is plain data; pthread_sigmask only writes `before`.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+            Blocked(before)
+        }
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        // SAFETY: putting back the mask this thread had.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// `clone3` as a fork: the child returns 0, the parent the child's pid (and its pidfd
 /// in `pidfd`), -1 on failure (errno set). `into`: the cgroup to be born in.
 unsafe fn clone3(pidfd: &mut RawFd, into: Option<RawFd>) -> libc::pid_t {
@@ -390,7 +484,12 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
             libc::_exit(127)
         };
         let errno = || *libc::__errno_location();
-        // The runner ignores SIGPIPE; the command gets the default, and no blocked signal.
+        // The runner's handlers write into its memory and its signal pipe: the
+        // command gets the default for those, and for SIGPIPE (which the runner
+        // ignores), before any signal is unblocked.
+        for sig in crate::signals::FORWARDED {
+            libc::signal(sig as libc::c_int, libc::SIG_DFL);
+        }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

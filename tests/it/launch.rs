@@ -104,6 +104,39 @@ fn exit_codes_pass_through() {
     assert_eq!(r["status"], "succeeded");
 }
 
+/// The runner blocks every signal while it starts a step, and catches INT, TERM and
+/// HUP: the step must begin with nothing blocked, and with none of those (nor the
+/// SIGPIPE the runner ignores) ignored.
+#[test]
+#[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
+fn a_step_starts_with_no_signal_blocked_and_the_runners_own_not_ignored() {
+    if !needs_root() {
+        return;
+    }
+    let (out, r) = launch(&[
+        "manifests/local.yaml",
+        "--",
+        "grep",
+        "-E",
+        "^Sig(Blk|Ign):",
+        "/proc/self/status",
+    ]);
+    out.expect_code(0);
+    let log = std::fs::read_to_string(r["logs"]["stdout"].as_str().unwrap()).unwrap();
+    let mask = |name: &str| {
+        let line = log
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {log:?}"));
+        u64::from_str_radix(line.trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{log}");
+    let ignored = mask("SigIgn:");
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGPIPE, libc::SIGTERM] {
+        assert_eq!(ignored & (1 << (sig - 1)), 0, "signal {sig} ignored: {log}");
+    }
+}
+
 #[test]
 #[cfg_attr(skip_root, ignore = "needs root (cgroups, mounts)")]
 fn not_found_is_127_and_not_executable_126() {
