@@ -431,7 +431,10 @@ pub(super) fn kill_tree(
             .and_then(|t| keyed(&t, "populated"))
             == Some(1)
     };
-    let mut killed: BTreeSet<i32> = pids();
+    // The first look also serves the loop's first check below: a run whose processes
+    // are all gone (the usual end) reads each `cgroup.procs` once.
+    let mut first = Some(pids());
+    let mut killed: BTreeSet<i32> = first.clone().unwrap_or_default();
     // Poll until no process is left; records pids seen meanwhile. `true` if empty.
     let wait_empty = |timeout: Duration, seen: &mut BTreeSet<i32>| {
         let deadline = Instant::now() + timeout;
@@ -450,6 +453,8 @@ pub(super) fn kill_tree(
     if let Some(u) = unified {
         let kill_file = u.join("cgroup.kill");
         if kill_file.exists() {
+            // What was listed before the kill says nothing of what is left after it.
+            first = None;
             write_value(&kill_file, "1")?;
             if wait_empty(Duration::from_secs(1), &mut killed) {
                 return Ok(killed.len());
@@ -476,7 +481,7 @@ pub(super) fn kill_tree(
     };
     let deadline = Instant::now() + KILL_TIMEOUT;
     loop {
-        if pids().is_empty() && !unified_populated() {
+        if first.take().unwrap_or_else(pids).is_empty() && !unified_populated() {
             return Ok(killed.len());
         }
         if let Some(fz) = freezer {
